@@ -1,0 +1,81 @@
+"""Checkpoints: one folder holding `checkpoint.pt` (model, optimizer, epoch, metrics, config,
+taxonomy) plus `config.yaml` and `taxonomy.json` for people and other tools."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import yaml
+
+from cg_ray.config import Config, config_from_dict
+from cg_ray.errors import UserError
+from cg_ray.model.net import CityGuessrNet, build_model
+from cg_ray.taxonomy import Taxonomy
+
+FILENAME = "checkpoint.pt"
+
+
+def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    epoch: int, metrics: dict, config: Config, taxonomy: Taxonomy,
+                    text_dim: int, extra: dict | None = None) -> str:
+    os.makedirs(folder, exist_ok=True)
+    state = {
+        "format": "cg_ray/1",
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config.to_dict(),
+        "taxonomy": taxonomy.to_dict(),
+        "text_dim": text_dim,
+        "backbone_arch": model.backbone.arch(),
+        **(extra or {}),
+    }
+    torch.save(state, os.path.join(folder, FILENAME))
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        f.write(config.to_yaml())
+    with open(os.path.join(folder, "taxonomy.json"), "w") as f:
+        f.write(taxonomy.to_json())
+    return folder
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The saved dict from a checkpoint folder or its checkpoint.pt; a clear error otherwise."""
+    file = os.path.join(path, FILENAME) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise UserError(f"checkpoint '{path}' does not exist (expected a folder with {FILENAME})")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UserError(f"'{path}' is not a cg_ray checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != "cg_ray/1":
+        raise UserError(f"'{path}' is not a cg_ray checkpoint (no 'format: cg_ray/1' key)")
+    return state
+
+
+@dataclass
+class LoadedModel:
+    model: CityGuessrNet
+    config: Config
+    taxonomy: Taxonomy
+    epoch: int
+
+
+def load_model(path: str) -> LoadedModel:
+    """Rebuild the network of a checkpoint from its own config and taxonomy, weights loaded."""
+    state = read_checkpoint(path)
+    config = config_from_dict(state["config"])
+    taxonomy = Taxonomy.from_dict(state["taxonomy"])
+    # The saved architecture rebuilds the backbone without fetching its pretrained weights again.
+    model = build_model(config, taxonomy.sizes, state["text_dim"], state["backbone_arch"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedModel(model, config, taxonomy, int(state["epoch"]))
+
+
+def config_yaml(state: dict) -> str:
+    return yaml.safe_dump(state["config"], sort_keys=False)

@@ -1,0 +1,264 @@
+"""One typed config tree: nested dataclasses loaded from YAML with dotted overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.epochs=3", "model.sca.heads=4"])
+
+Unknown keys and values of the wrong type are refused with a one-line message naming the key.
+The resolved tree is saved with every run (`config.yaml` in the run folder and in MLflow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from cg_ray.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Prepared dataset: a folder or URI holding manifest.parquet and taxonomy.json."""
+    train_split: str = "train"
+    """Split used for training."""
+    val_split: str = "val"
+    """Split evaluated after each epoch."""
+    num_frames: int = 16
+    """Frames sampled evenly from each clip (T)."""
+    image_size: int = 224
+    """Frames are resized to image_size x image_size."""
+    scene_labels: str = "soft"
+    """Scene targets: 'soft' (fraction of frames per category) or 'majority' (one-hot)."""
+    max_bad_fraction: float = 0.01
+    """A run stops with an error when more than this fraction of clips cannot be decoded."""
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "videomae"
+    """Backbone from the registry in cg_ray.model.backbones."""
+    pretrained: Optional[str] = None
+    """Hub id (MCG-NJU/videomae-small-finetuned-kinetics) or local directory; None builds from scratch."""
+    hidden_size: int = 384
+    num_layers: int = 12
+    num_heads: int = 6
+    intermediate_size: int = 1536
+    patch_size: int = 16
+    tubelet_size: int = 2
+    attn_implementation: str = "sdpa"
+    """'sdpa' (fused attention) or 'eager'."""
+
+
+@dataclass
+class SCAConfig:
+    enabled: bool = True
+    """Self-Cross Attention and the scene loss; off with TLA off gives the VideoMAE baseline."""
+    embed_dim: int = 6
+    """E: each logit token is projected 1 -> E for q, k and v."""
+    heads: int = 2
+    """H: attention heads over the d logit tokens."""
+    scene_widths: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    """Hidden widths of FFN_s (d -> widths... -> num_scenes)."""
+    num_scenes: int = 16
+
+
+@dataclass
+class TLAConfig:
+    enabled: bool = True
+    """TextLabel Alignment to text features of the label names (needs `cg-ray text`)."""
+    widths: list[int] = field(default_factory=lambda: [466])
+    """Hidden widths of FFN_t (d -> widths... -> text dim)."""
+    levels: str = "all"
+    """Target: 'city' (the city's vector) or 'all' (mean of the four levels' vectors)."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    sca: SCAConfig = field(default_factory=SCAConfig)
+    tla: TLAConfig = field(default_factory=TLAConfig)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    """Per-channel normalization mean (applied on the device)."""
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class LossConfig:
+    city: float = 1.0
+    state: float = 1.0
+    country: float = 1.0
+    continent: float = 1.0
+    scene: float = 1.0
+    tla: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Adam learning rate (the paper's constant 1e-3)."""
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    num_workers: int = 1
+    """Ray Train workers (DDP ranks)."""
+    batch_size: int = 12
+    """Clips per worker per step."""
+    use_gpu: Optional[bool] = None
+    """None: use GPUs when the cluster has them."""
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    """Steps between progress lines on rank 0."""
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "codependent"
+    """'flat', 'independent' or 'codependent' (paper Sec. 4.6)."""
+    batch_size: int = 32
+
+
+@dataclass
+class RunConfig:
+    name: str = "cityguessr"
+    """Run name: the folder under storage_path and the MLflow run name."""
+    storage_path: str = "runs"
+    """Where checkpoints go (a local folder, made absolute, or a URI)."""
+    experiment: str = "cg_ray"
+    """MLflow experiment."""
+    tracking_uri: Optional[str] = None
+    """MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite in the working directory."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> "Config":
+        choices = {
+            "eval.mode": (self.eval.mode, ("flat", "independent", "codependent")),
+            "model.tla.levels": (self.model.tla.levels, ("city", "all")),
+            "data.scene_labels": (self.data.scene_labels, ("soft", "majority")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise UserError(f"config {key}={value!r}: must be one of {', '.join(allowed)}")
+        positive = {"train.epochs": self.train.epochs, "train.num_workers": self.train.num_workers,
+                    "train.batch_size": self.train.batch_size, "data.num_frames": self.data.num_frames,
+                    "data.image_size": self.data.image_size, "optim.lr": self.optim.lr}
+        for key, value in positive.items():
+            if value <= 0:
+                raise UserError(f"config {key}={value}: must be > 0")
+        if self.model.sca.embed_dim % self.model.sca.heads:
+            raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
+                            f"divisible by model.sca.heads={self.model.sca.heads}")
+        return self
+
+
+# -- building dataclasses from plain data, with type checks ---------------------------------------
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise UserError(f"config {key}: expected a section (mapping), got {value!r}")
+        return _build(hint, value, key + ".")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads '5e-4' (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise UserError(f"config {key}: expected {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' "
+                        f"(known in this section: {', '.join(sorted(names))})")
+    kwargs = {name: _check(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key=value (e.g. train.epochs=3)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def merge_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
+    data = merge_overrides(dict(data or {}), list(overrides or []))
+    return _build(Config, data).validate()
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+    """Config from a YAML file (or defaults when path is None) plus `key=value` overrides."""
+    data: dict = {}
+    if path:
+        from cg_ray import storage
+
+        if not storage.exists(path):
+            raise UserError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(storage.read_text(path)) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections")
+    return config_from_dict(data, overrides)

@@ -1,0 +1,1 @@
+"""Reading datasets: layouts -> manifest, decoding clips, the synthetic world, streaming."""

@@ -1,0 +1,118 @@
+"""Ray Data datasets that feed training, evaluation and prediction.
+
+manifest.parquet -> rows of one split -> (shuffled, seeded, a new order every epoch) ->
+decode T evenly spaced frames, resized -> uint8 batches with label ids and scene targets.
+
+A clip that cannot be decoded does not stop the stream: it comes out as zeros with
+`valid = False`, so the training loop can skip it and count it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import ray.data
+
+from cg_ray import storage
+from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.errors import UserError
+from cg_ray.taxonomy import LEVELS, Taxonomy
+
+log = logging.getLogger(__name__)
+
+NUM_SCENES = 16
+
+
+def manifest_path(data_path: str) -> str:
+    path = storage.join(data_path, "manifest.parquet")
+    if not storage.exists(path):
+        raise UserError(f"'{data_path}' is not a prepared dataset (no manifest.parquet); "
+                        f"run `cg-ray prepare SOURCE --out {data_path}` first")
+    return path
+
+
+def load_taxonomy(data_path: str) -> Taxonomy:
+    path = storage.join(data_path, "taxonomy.json")
+    if not storage.exists(path):
+        raise UserError(f"'{data_path}' has no taxonomy.json; run `cg-ray prepare` again")
+    return Taxonomy.from_json(storage.read_text(path))
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str, int]],
+                 num_frames: int, image_size: int, scene_labels: str,
+                 keep_ids: bool) -> dict[str, np.ndarray]:
+    """Manifest rows -> model inputs. video: (B, T, S, S, 3) uint8."""
+    n = len(batch["source"])
+    video = np.zeros((n, num_frames, image_size, image_size, 3), dtype=np.uint8)
+    valid = np.ones(n, dtype=bool)
+    for i, source in enumerate(batch["source"]):
+        try:
+            video[i] = decode_clip(str(source), num_frames, image_size)
+        except ClipError as exc:
+            log.warning("skipping clip %s: %s", batch["clip_id"][i], exc)
+            valid[i] = False
+    out = {"video": video, "valid": valid}
+    for level in LEVELS:
+        out[level] = np.array([label_ids[level][str(v)] for v in batch[level]], dtype=np.int64)
+    out["scene"] = scene_targets(batch.get("scene_soft"), n, scene_labels)
+    if keep_ids:
+        out["clip_id"] = np.asarray(batch["clip_id"]).astype(str)
+    return out
+
+
+def scene_targets(column, n: int, mode: str) -> np.ndarray:
+    """(B, 16) float32: the soft label, or one-hot of its argmax for 'majority'; zeros if absent."""
+    scenes = np.zeros((n, NUM_SCENES), dtype=np.float32)
+    if column is None:
+        return scenes
+    for i, row in enumerate(column):
+        if row is not None and len(row) == NUM_SCENES:
+            scenes[i] = np.asarray(row, dtype=np.float32)
+    if mode == "majority":
+        has = scenes.sum(axis=1) > 0
+        onehot = np.zeros_like(scenes)
+        onehot[np.arange(n), scenes.argmax(axis=1)] = 1.0
+        scenes = np.where(has[:, None], onehot, scenes)
+    return scenes
+
+
+def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int,
+                 image_size: int, scene_labels: str = "soft", shuffle_seed: int | None = None,
+                 keep_ids: bool = False, decode_batch_size: int = 4) -> ray.data.Dataset:
+    """The decoded clips of one split as a Ray Dataset (streamed; nothing materialized)."""
+    ds = ray.data.read_parquet(manifest_path(data_path))
+    ds = ds.filter(expr=f"split == '{split}'")
+    if shuffle_seed is not None:
+        # Rows of the manifest are small: shuffling them before decoding is cheap, and with a
+        # seed Ray Data re-seeds every execution, so each epoch gets its own reproducible order.
+        ds = ds.random_shuffle(seed=shuffle_seed)
+    label_ids = {level: taxonomy.index(level) for level in LEVELS}
+    return ds.map_batches(
+        decode_batch, batch_size=decode_batch_size, batch_format="numpy",
+        fn_kwargs=dict(label_ids=label_ids, num_frames=num_frames, image_size=image_size,
+                       scene_labels=scene_labels, keep_ids=keep_ids),
+    )
+
+
+def split_summary(data_path: str) -> dict[str, int]:
+    """Clips per split, read from the manifest's split column only."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(manifest_path(data_path))
+    table = pq.read_table(path, columns=["split"], filesystem=fs)
+    splits, counts = np.unique(table.column("split").to_numpy(zero_copy_only=False), return_counts=True)
+    return {str(s): int(c) for s, c in zip(splits, counts)}
+
+
+def has_scene_labels(data_path: str, split: str) -> bool:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(manifest_path(data_path))
+    schema = pq.read_schema(path, filesystem=fs)
+    if "scene_soft" not in schema.names:
+        return False
+    table = pq.read_table(path, columns=["split", "scene_soft"], filesystem=fs)
+    rows = table.filter(pc.equal(table["split"], split))
+    return rows.num_rows > 0 and rows["scene_soft"].null_count == 0

@@ -1,0 +1,96 @@
+"""Running a trained checkpoint over a prepared dataset: probabilities, metrics, predictions."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from cg_ray import storage
+from cg_ray.checkpoint import LoadedModel, load_model
+from cg_ray.errors import UserError
+from cg_ray.evaluation import MODES, Accuracy, rank
+from cg_ray.taxonomy import LEVELS
+
+
+@dataclass
+class DatasetProbs:
+    """Softmax outputs over a split (before any hierarchical product)."""
+
+    clip_ids: list[str]
+    labels: dict[str, np.ndarray]  # level -> (N,) true ids
+    probs: dict[str, np.ndarray]  # level -> (N, n_level)
+    bad_clips: int
+    seconds: float
+
+
+@torch.no_grad()
+def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: int = 32) -> DatasetProbs:
+    """Stream one split through Ray Data and the model (in this process)."""
+    from cg_ray.data.stream import clip_dataset, load_taxonomy, split_summary
+    from cg_ray.ray_env import init_ray
+
+    differences = loaded.taxonomy.differences(load_taxonomy(data_path))
+    if differences:
+        raise UserError(f"the checkpoint's taxonomy differs from the dataset's: {differences[0]}")
+    if not split_summary(data_path).get(split):
+        raise UserError(f"dataset '{data_path}' has no clips in split '{split}'")
+    init_ray()
+    d = loaded.config.data
+    ds = clip_dataset(data_path, split, loaded.taxonomy, d.num_frames, d.image_size, keep_ids=True)
+    ids, labels, probs, bad = [], {l: [] for l in LEVELS}, {l: [] for l in LEVELS}, 0
+    start = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        valid = batch["valid"]
+        bad += int((~valid).sum())
+        if not valid.any():
+            continue
+        out = loaded.model(torch.from_numpy(batch["video"][valid]))
+        ids.extend(batch["clip_id"][valid].tolist())
+        for level in LEVELS:
+            labels[level].append(batch[level][valid])
+            probs[level].append(torch.softmax(out.logits[level].float(), dim=-1).numpy())
+    if not ids:
+        raise UserError(f"no clip of split '{split}' in '{data_path}' could be decoded")
+    return DatasetProbs(ids, {l: np.concatenate(labels[l]) for l in LEVELS},
+                        {l: np.concatenate(probs[l]) for l in LEVELS}, bad, time.perf_counter() - start)
+
+
+def metrics_for(result: DatasetProbs, loaded: LoadedModel, mode: str) -> dict[str, float]:
+    accuracy = Accuracy(loaded.taxonomy, mode)
+    accuracy.update({l: torch.from_numpy(p) for l, p in result.probs.items()},
+                    {l: torch.from_numpy(y) for l, y in result.labels.items()})
+    return {**accuracy.metrics(), "num_clips": len(result.clip_ids), "bad_clips": result.bad_clips,
+            "clips_per_s": len(result.clip_ids) / max(result.seconds, 1e-9)}
+
+
+def write_predictions(path: str, result: DatasetProbs, loaded: LoadedModel, mode: str) -> None:
+    """One row per clip: clip_id, true and predicted names per level, the four prob vectors."""
+    names = loaded.taxonomy.labels
+    top = rank({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode, k=1)
+    columns: dict[str, pa.Array] = {"clip_id": pa.array(result.clip_ids)}
+    for level in LEVELS:
+        columns[f"true_{level}"] = pa.array([names[level][i] for i in result.labels[level]])
+    for level in LEVELS:
+        columns[f"pred_{level}"] = pa.array([names[level][i] for i in top[level][:, 0].tolist()])
+    for level in LEVELS:
+        columns[f"prob_{level}"] = pa.array(list(result.probs[level].astype(np.float32)),
+                                            type=pa.list_(pa.float32()))
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    storage.write_bytes(path, sink.getvalue())
+
+
+def evaluate(checkpoint: str, data_path: str, split: str = "val", modes=MODES,
+             predictions_out: str | None = None, batch_size: int = 32) -> dict[str, dict]:
+    """Metrics per mode for a checkpoint on a split; predictions (of the first mode) on request."""
+    loaded = load_model(checkpoint)
+    result = predict_split(loaded, data_path, split, batch_size)
+    if predictions_out:
+        write_predictions(predictions_out, result, loaded, modes[0])
+    return {mode: metrics_for(result, loaded, mode) for mode in modes}

@@ -1,0 +1,1 @@
+"""Auxiliary supervision: text features of label names (TLA) and scene labels."""

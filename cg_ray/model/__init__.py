@@ -1,0 +1,1 @@
+"""The CityGuessr network as plain nn.Modules: no Ray, no files, no MLflow."""

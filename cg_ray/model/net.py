@@ -1,0 +1,85 @@
+"""The CityGuessr network: backbone -> four hierarchy heads -> SCA -> FFN_s (scenes), FFN_t (text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from cg_ray.config import Config
+from cg_ray.model.backbones import build_backbone
+from cg_ray.model.sca import SelfCrossAttention, mlp
+from cg_ray.taxonomy import LEVELS
+
+
+@dataclass
+class GeoOutput:
+    """What the network returns, whatever its backbone or switches."""
+
+    logits: dict[str, torch.Tensor]
+    """Per level (B, n_level)."""
+    scene_logits: Optional[torch.Tensor] = None
+    """(B, n_scenes) from FFN_s, when SCA is on."""
+    text_embedding: Optional[torch.Tensor] = None
+    """(B, text_dim) from FFN_t, when TLA is on."""
+
+
+class Normalize(nn.Module):
+    """uint8 clips (B, T, H, W, 3) -> float (B, T, 3, H, W), scaled to [0,1] and standardized.
+
+    Living inside the model, it runs on the device and identically in training, evaluation and
+    prediction.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 1, 3, 1, 1), persistent=False)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = video.permute(0, 1, 4, 2, 3).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+
+class CityGuessrNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: Sequence[int], mean: Sequence[float],
+                 std: Sequence[float], sca: Optional[SelfCrossAttention] = None,
+                 ffn_scene: Optional[nn.Module] = None, ffn_text: Optional[nn.Module] = None):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(
+            {level: nn.Linear(backbone.feature_dim, n) for level, n in zip(LEVELS, num_classes)}
+        )
+        self.sca, self.ffn_scene, self.ffn_text = sca, ffn_scene, ffn_text
+
+    def forward(self, video: torch.Tensor) -> GeoOutput:
+        """video: (B, T, H, W, 3) uint8."""
+        feature = self.backbone(self.normalize(video))
+        logits = {level: head(feature) for level, head in self.heads.items()}
+        if self.sca is None:
+            return GeoOutput(logits)
+        attended = self.sca(torch.cat([logits[level] for level in LEVELS], dim=-1))
+        return GeoOutput(
+            logits,
+            scene_logits=self.ffn_scene(attended) if self.ffn_scene is not None else None,
+            text_embedding=self.ffn_text(attended) if self.ffn_text is not None else None,
+        )
+
+
+def build_model(cfg: Config, num_classes: Sequence[int], text_dim: int = 512,
+                backbone_arch: Optional[dict] = None) -> CityGuessrNet:
+    """The network a config describes, for a taxonomy with `num_classes` per level.
+
+    TLA attends over PV' from the SCA attention, so it builds the attention even when the scene
+    loss is off; with both off the network is the plain VideoMAE + four heads baseline.
+    """
+    m = cfg.model
+    backbone = build_backbone(m.backbone, cfg.data.num_frames, cfg.data.image_size, backbone_arch)
+    d = sum(num_classes)
+    sca = SelfCrossAttention(m.sca.embed_dim, m.sca.heads) if (m.sca.enabled or m.tla.enabled) else None
+    ffn_scene = mlp([d, *m.sca.scene_widths, m.sca.num_scenes]) if m.sca.enabled else None
+    ffn_text = mlp([d, *m.tla.widths, text_dim]) if m.tla.enabled else None
+    return CityGuessrNet(backbone, num_classes, m.mean, m.std, sca, ffn_scene, ffn_text)
