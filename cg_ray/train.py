@@ -138,7 +138,7 @@ def train_loop(loop_config: dict) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch = saved["epoch"] + 1
     model = ray.train.torch.prepare_model(model)
-    text_tables = ({k: torch.as_tensor(v, device=device) for k, v in tables.items()}
+    text_tables = ({k: torch.tensor(v, device=device) for k, v in tables.items()}
                    if tables else None)
     state = StepState(model, optimizer, cfg, device, text_tables)
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
@@ -147,7 +147,8 @@ def train_loop(loop_config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, cfg.train.epochs):
         metrics = train_epoch(state, train_shard, epoch, rank)
-        metrics.update(evaluate_epoch(model, val_shard, taxonomy, cfg.eval.mode,
+        # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
+        metrics.update(evaluate_epoch(_unwrap(model), val_shard, taxonomy, cfg.eval.mode,
                                       cfg.eval.batch_size, device))
         metrics["epoch"] = epoch
         seen = metrics["train_clips"] + metrics["bad_clips"]
@@ -179,16 +180,20 @@ class ValSplitDataConfig(DataConfig):
     """The training split in equal shards (every worker takes the same number of DDP steps),
     the val split in unequal shards so that every clip is evaluated exactly once."""
 
-    def __init__(self):
-        super().__init__(datasets_to_split=["train"])
-
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        train_only = {k: v for k, v in datasets.items() if k != "val"}
-        output = super().configure(train_only, world_size, worker_handles, worker_node_ids, **kwargs)
-        val = datasets["val"].copy(datasets["val"])
-        val.context.execution_options = self._resolve_execution_options("val")
-        for i, split in enumerate(val.streaming_split(world_size, equal=False)):
-            output[i]["val"] = split
+        # Ray Train V2 calls this once per dataset.
+        output = [{} for _ in range(world_size)]
+        for name, ds in datasets.items():
+            if name == "train":
+                part = super().configure({name: ds}, world_size, worker_handles, worker_node_ids,
+                                         **kwargs)
+                for i in range(world_size):
+                    output[i][name] = part[i][name]
+                continue
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                output[i][name] = split
         return output
 
 
