@@ -15,7 +15,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -29,8 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/core_pipeline.py
 
 clean:
 	rm -rf $(DEMO_DIR) runs mlflow.db mlartifacts

@@ -21,3 +21,37 @@ def small_taxonomy() -> Taxonomy:
         {"city": "Austin", "state": "Texas", "country": "USA", "continent": "America"},
     ]
     return Taxonomy.from_rows(rows)
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray for the whole session (starting one costs seconds), in its own temp dir
+    so a stale cluster elsewhere on the machine is never joined."""
+    import tempfile
+
+    import ray
+
+    from cg_ray.ray_env import init_ray
+
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="cgr-", dir="/tmp"))
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(min_cpus=4)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A prepared synthetic world with scene labels and (random open_clip) text features."""
+    from cg_ray.data.layouts import prepare
+    from cg_ray.data.stream import load_taxonomy
+    from cg_ray.data.synthetic import make_world
+    from cg_ray.labels.text import encode_label_names, save_text_features
+
+    root = tmp_path_factory.mktemp("world")
+    make_world(str(root / "world"), cities=6, clips_per_city=10, frames=10, size=(32, 32), seed=1)
+    data = str(root / "data")
+    prepare("cityguessr", str(root / "world"), data)
+    taxonomy = load_taxonomy(data)
+    save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
+    return data

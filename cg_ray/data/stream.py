@@ -33,6 +33,7 @@ def manifest_path(data_path: str) -> str:
 
 
 def load_taxonomy(data_path: str) -> Taxonomy:
+    manifest_path(data_path)  # a folder that was never prepared gets the clearer message
     path = storage.join(data_path, "taxonomy.json")
     if not storage.exists(path):
         raise UserError(f"'{data_path}' has no taxonomy.json; run `cg-ray prepare` again")

@@ -1,0 +1,65 @@
+"""Throughput of the demo configuration on this machine.
+
+    .venv/bin/python benchmarks/core_pipeline.py [--epochs 3] [--out /tmp/cg_bench]
+
+Prints training clips/s (Ray Data -> TorchTrainer, last epoch, so warm) with 1 and 2 workers,
+the wall time of each fit, and evaluation clips/s of the resulting checkpoint.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cg_ray.config import load_config  # noqa: E402
+from cg_ray.data.layouts import prepare  # noqa: E402
+from cg_ray.data.stream import load_taxonomy  # noqa: E402
+from cg_ray.data.synthetic import make_world  # noqa: E402
+from cg_ray.demo import WORLD  # noqa: E402
+from cg_ray.inference import evaluate  # noqa: E402
+from cg_ray.labels.text import encode_label_names, save_text_features  # noqa: E402
+from cg_ray.ray_env import init_ray  # noqa: E402
+from cg_ray.train import train  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", default="/tmp/cg_bench")
+    args = parser.parse_args()
+    os.environ["CG_RAY_PROGRESS"] = "0"
+    data = os.path.join(args.out, "data")
+    if not os.path.exists(os.path.join(data, "text_features.parquet")):
+        make_world(os.path.join(args.out, "world"), **WORLD)
+        prepare("cityguessr", os.path.join(args.out, "world"), data)
+        taxonomy = load_taxonomy(data)
+        save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
+    init_ray(min_cpus=4)
+    rows = []
+    checkpoint = None
+    for workers in (1, 2):
+        cfg = load_config(str(ROOT / "configs" / "demo.yaml"), [
+            f"data.path={data}", f"train.num_workers={workers}", f"train.epochs={args.epochs}",
+            f"run.storage_path={args.out}/runs", f"run.name=bench-{workers}w-{int(time.time())}",
+            f"run.tracking_uri=sqlite:///{args.out}/mlflow.db"])
+        start = time.perf_counter()
+        result = train(cfg)
+        rows.append((workers, result["train_clips_per_s"], time.perf_counter() - start,
+                     result["city_top1"]))
+        checkpoint = result["checkpoint"]
+    metrics = evaluate(checkpoint, data, "val", modes=("codependent",))["codependent"]
+    print(f"\ncores: {os.cpu_count()}  clips: {WORLD['cities'] * WORLD['clips_per_city']}  "
+          f"epochs: {args.epochs}  config: configs/demo.yaml")
+    print(f"{'workers':>8} {'train clips/s (last epoch)':>28} {'fit wall s':>11} {'city top-1':>11}")
+    for workers, rate, wall, top1 in rows:
+        print(f"{workers:>8} {rate:>28.1f} {wall:>11.1f} {top1:>11.1f}")
+    print(f"evaluation: {metrics['num_clips']} clips at {metrics['clips_per_s']:.1f} clips/s "
+          f"(decode + forward, driver process)")
+
+
+if __name__ == "__main__":
+    main()
