@@ -14,6 +14,7 @@ import yaml
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.model.net import CityGuessrNet, build_model
+from cg_ray.secrets import redact_tree
 from cg_ray.taxonomy import Taxonomy
 
 FILENAME = "checkpoint.pt"
@@ -29,7 +30,8 @@ def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.opt
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
         "metrics": metrics,
-        "config": config.to_dict(),
+        # Secrets never reach a checkpoint: it is logged to MLflow and shared with people.
+        "config": redact_tree(config.to_dict()),
         "taxonomy": taxonomy.to_dict(),
         "text_dim": text_dim,
         "backbone_arch": model.backbone.arch(),
@@ -37,7 +39,7 @@ def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.opt
     }
     torch.save(state, os.path.join(folder, FILENAME))
     with open(os.path.join(folder, "config.yaml"), "w") as f:
-        f.write(config.to_yaml())
+        f.write(yaml.safe_dump(state["config"], sort_keys=False))
     with open(os.path.join(folder, "taxonomy.json"), "w") as f:
         f.write(taxonomy.to_json())
     return folder

@@ -66,10 +66,12 @@ def cmd_train(args) -> None:
     from cg_ray.config import load_config
     from cg_ray.train import train
 
-    cfg = load_config(args.config, args.set)
-    result = train(cfg)
+    overrides = list(args.set) + ([f"run.register_as={args.register_as}"] if args.register_as else [])
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, resume=args.resume)
     _write_json(args.metrics_out, result)
-    print(json.dumps({k: v for k, v in result.items() if k.endswith("top1") or k == "checkpoint"}))
+    print(json.dumps({k: v for k, v in result.items()
+                      if k.endswith("top1") or k in ("checkpoint", "registered_model")}))
 
 
 def cmd_evaluate(args) -> None:
@@ -128,10 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--metrics-out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue run.name from its latest checkpoint (an error if there is none)")
+    p.add_argument("--register-as", metavar="NAME",
+                   help="register the best checkpoint in the MLflow model registry")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="hierarchical evaluation of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder or models:/NAME/VERSION")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--mode", choices=["flat", "independent", "codependent"])

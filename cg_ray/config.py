@@ -101,6 +101,12 @@ class OptimConfig:
     lr: float = 1e-3
     """Adam learning rate (the paper's constant 1e-3)."""
     weight_decay: float = 0.0
+    schedule: str = "constant"
+    """'constant' (the paper) or 'cosine' (decay to min_lr_ratio * lr after the warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many optimizer steps (either schedule)."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule, as a fraction of lr."""
 
 
 @dataclass
@@ -116,6 +122,20 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     """Steps between progress lines on rank 0."""
+    max_failures: int = 0
+    """Worker-group restarts from the latest checkpoint before a run gives up (-1: no limit)."""
+    keep_best: int = 2
+    """Checkpoints kept: the best k by city_top1, plus always the latest."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'."""
+    tf32: bool = True
+    """Allow TF32 matmuls and convolutions on GPU."""
+    compile: bool = False
+    """torch.compile the network before wrapping it in DDP."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size * workers * this)."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
 
 
 @dataclass
@@ -135,6 +155,8 @@ class RunConfig:
     """MLflow experiment."""
     tracking_uri: Optional[str] = None
     """MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite in the working directory."""
+    register_as: Optional[str] = None
+    """Register the best checkpoint in the MLflow model registry under this name."""
 
 
 @dataclass
@@ -158,13 +180,17 @@ class Config:
             "eval.mode": (self.eval.mode, ("flat", "independent", "codependent")),
             "model.tla.levels": (self.model.tla.levels, ("city", "all")),
             "data.scene_labels": (self.data.scene_labels, ("soft", "majority")),
+            "train.precision": (self.train.precision, ("auto", "bf16", "fp32")),
+            "optim.schedule": (self.optim.schedule, ("constant", "cosine")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise UserError(f"config {key}={value!r}: must be one of {', '.join(allowed)}")
         positive = {"train.epochs": self.train.epochs, "train.num_workers": self.train.num_workers,
                     "train.batch_size": self.train.batch_size, "data.num_frames": self.data.num_frames,
-                    "data.image_size": self.data.image_size, "optim.lr": self.optim.lr}
+                    "data.image_size": self.data.image_size, "optim.lr": self.optim.lr,
+                    "train.grad_accum_steps": self.train.grad_accum_steps,
+                    "train.keep_best": self.train.keep_best}
         for key, value in positive.items():
             if value <= 0:
                 raise UserError(f"config {key}={value}: must be > 0")

@@ -13,6 +13,7 @@ import torch
 
 from cg_ray import storage
 from cg_ray.checkpoint import LoadedModel, load_model
+from cg_ray.registry import resolve_checkpoint
 from cg_ray.errors import UserError
 from cg_ray.evaluation import MODES, Accuracy, rank
 from cg_ray.taxonomy import LEVELS
@@ -89,7 +90,7 @@ def write_predictions(path: str, result: DatasetProbs, loaded: LoadedModel, mode
 def evaluate(checkpoint: str, data_path: str, split: str = "val", modes=MODES,
              predictions_out: str | None = None, batch_size: int = 32) -> dict[str, dict]:
     """Metrics per mode for a checkpoint on a split; predictions (of the first mode) on request."""
-    loaded = load_model(checkpoint)
+    loaded = load_model(resolve_checkpoint(checkpoint))
     result = predict_split(loaded, data_path, split, batch_size)
     if predictions_out:
         write_predictions(predictions_out, result, loaded, modes[0])

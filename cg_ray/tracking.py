@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from cg_ray.errors import UserError
+from cg_ray.secrets import redact, redact_tree
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -43,8 +44,28 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail at start, not after an epoch of work, when the tracking store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}): start "
+                            f"it, or point MLFLOW_TRACKING_URI / run.tracking_uri elsewhere") from None
+    elif uri.startswith("sqlite:///"):
+        folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
+        if not os.path.isdir(folder):
+            raise UserError(f"MLflow store {uri}: folder '{folder}' does not exist")
+
+
 def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict | None = None) -> str:
-    """Create the run and log the flattened params; returns its id."""
+    """Create the run and log the flattened params (secrets masked); returns its id."""
+    params, tags = redact_tree(params), redact_tree(tags or {})
     client = _client(uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -76,7 +97,36 @@ def log_artifacts(uri: str, run_id: str, local_dir: str, artifact_path: str | No
 
 
 def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    _client(uri).log_text(run_id, text, artifact_file)
+    _client(uri).log_text(run_id, redact(text), artifact_file)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark an interrupted run as running again: a resumed training continues the same run."""
+    try:
+        _client(uri).update_run(run_id, status="RUNNING")
+    except Exception as exc:
+        raise UserError(f"cannot reopen MLflow run {run_id} in {redact(uri)} to resume it: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+def fill_epoch(uri: str, run_id: str, metrics: dict[str, float], epoch: int) -> bool:
+    """Log a checkpointed epoch's metrics if the run lacks them (the driver may have died
+    between persisting the checkpoint and logging). Returns True when it logged."""
+    history = _client(uri).get_metric_history(run_id, "city_top1")
+    if any(m.step == epoch for m in history):
+        return False
+    log_metrics(uri, run_id, metrics, step=epoch)
+    return True
+
+
+def system_metrics(uri: str, run_id: str, interval: float = 10.0):
+    """Start logging CPU, memory (and GPU, where there is one) to the run; call .finish()."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
+                                   tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

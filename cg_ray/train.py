@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ from cg_ray.errors import UserError
 from cg_ray.evaluation import Accuracy
 from cg_ray.model.losses import compute_losses, text_targets
 from cg_ray.model.net import build_model
+from cg_ray.secrets import redact_tree
+from cg_ray.optim import build_optimizer, build_schedule
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 log = logging.getLogger(__name__)
@@ -36,12 +40,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class StepState:
+class TrainState:
+    """What one worker's step needs."""
+
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     cfg: Config
     device: torch.device
     text_tables: dict[str, torch.Tensor] | None
+    bf16: bool
+    step: int = 0
 
 
 def _all_reduce(values: np.ndarray) -> np.ndarray:
@@ -52,10 +61,21 @@ def _all_reduce(values: np.ndarray) -> np.ndarray:
     return tensor.numpy()
 
 
-def train_step(state: StepState, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """One optimizer step on a batch; clips that failed to decode are left out of the loss."""
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, float]:
+    """Forward under autocast, losses, backward of loss * scale (scale = 1 / accumulation).
+
+    Clips that failed to decode (valid = False) are left out of the loss; a batch without any
+    valid clip still runs backward (of zero) so that DDP's gradient sync stays in step."""
     valid = batch["valid"]
-    out = state.model(batch["video"])
+    with _autocast(state.device, state.bf16):
+        out = state.model(batch["video"])
+    if not bool(valid.any()):
+        (sum(v.sum() for v in out.logits.values()) * 0.0).backward()
+        return {}
     if not bool(valid.all()):
         out.logits = {k: v[valid] for k, v in out.logits.items()}
         out.scene_logits = out.scene_logits[valid] if out.scene_logits is not None else None
@@ -64,52 +84,91 @@ def train_step(state: StepState, batch: dict[str, torch.Tensor]) -> dict[str, fl
     target = (text_targets(state.text_tables, labels, state.cfg.model.tla.levels)
               if state.text_tables is not None else None)
     losses = compute_losses(out, labels, state.cfg.loss, batch["scene"][valid], target)
-    loss = losses["loss"] if bool(valid.any()) else sum(p.sum() for p in out.logits.values()) * 0.0
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (losses["loss"] * scale).backward()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def optimizer_step(state: TrainState) -> None:
+    if state.cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.cfg.train.grad_clip)
     state.optimizer.step()
-    return {k: float(v.detach()) for k, v in losses.items()} if bool(valid.any()) else {}
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    state.step += 1
 
 
-def train_epoch(state: StepState, shard, epoch: int, rank: int) -> dict[str, float]:
+def _with_last(iterable):
+    """(item, is_last) pairs: the last micro-batch of an epoch must sync gradients."""
+    iterator = iter(iterable)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for upcoming in iterator:
+        yield current, False
+        current = upcoming
+    yield current, True
+
+
+def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, float]:
     state.model.train()
+    accum = state.cfg.train.grad_accum_steps
     sums: dict[str, float] = {}
-    steps, clips, bad, start = 0, 0, 0, time.perf_counter()
-    for batch in shard.iter_torch_batches(batch_size=state.cfg.train.batch_size, device=state.device):
-        losses = train_step(state, batch)
+    micro, clips, bad, start = 0, 0, 0, time.perf_counter()
+    batches = shard.iter_torch_batches(batch_size=state.cfg.train.batch_size, device=state.device,
+                                       pin_memory=state.device.type == "cuda")
+    for batch, last in _with_last(batches):
+        micro += 1
+        boundary = last or micro % accum == 0
+        # Between optimizer steps, DDP need not all-reduce gradients: no_sync skips it.
+        sync = nullcontext() if boundary or not hasattr(state.model, "no_sync") else state.model.no_sync()
+        with sync:
+            losses = forward_backward(state, batch, 1.0 / accum)
+        if boundary:
+            optimizer_step(state)
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value
-        steps += 1
         clips += int(batch["valid"].sum())
         bad += int((~batch["valid"]).sum())
-        if rank == 0 and steps % state.cfg.train.log_every == 0:
-            print(f"epoch {epoch} step {steps} loss {losses.get('loss', float('nan')):.4f}", flush=True)
+        if rank == 0 and micro % state.cfg.train.log_every == 0:
+            print(f"epoch {epoch} batch {micro} loss {losses.get('loss', float('nan')):.4f}", flush=True)
     elapsed = time.perf_counter() - start
     keys = sorted(sums)
-    totals = _all_reduce(np.array([sums[k] for k in keys] + [steps, clips, bad, elapsed]))
-    world_steps = max(totals[len(keys)], 1)
-    metrics = {f"train_{k}": totals[i] / world_steps for i, k in enumerate(keys)}
+    totals = _all_reduce(np.array([sums[k] for k in keys] + [micro, clips, bad, elapsed]))
+    world_batches = max(totals[len(keys)], 1)
+    metrics = {f"train_{k}": totals[i] / world_batches for i, k in enumerate(keys)}
     seen, bad_total = totals[len(keys) + 1], totals[len(keys) + 2]
     world = dist.get_world_size() if dist.is_initialized() else 1
-    metrics.update(train_clips=seen, bad_clips=bad_total,
+    metrics.update(train_clips=seen, bad_clips=bad_total, lr=state.scheduler.get_last_lr()[0],
                    train_clips_per_s=seen / max(totals[-1] / world, 1e-9))
     return metrics
 
 
 @torch.no_grad()
 def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
-                   batch_size: int, device: torch.device) -> dict[str, float]:
+                   batch_size: int, device: torch.device, bf16: bool = False) -> dict[str, float]:
     model.eval()
     accuracy = Accuracy(taxonomy, mode)
     for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
         valid = batch["valid"]
         if not bool(valid.any()):
             continue
-        out = model(batch["video"][valid])
+        with _autocast(device, bf16):
+            out = model(batch["video"][valid])
         probs = {level: torch.softmax(out.logits[level].float(), dim=-1) for level in LEVELS}
         accuracy.update(probs, {level: batch[level][valid] for level in LEVELS})
     accuracy.load_state(_all_reduce(accuracy.state().astype(np.float64)).round().astype(np.int64))
     return {**accuracy.metrics(), "val_clips": float(accuracy.total)}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _uses_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
 
 def train_loop(loop_config: dict) -> None:
@@ -119,58 +178,89 @@ def train_loop(loop_config: dict) -> None:
 
     cfg = config_from_dict(loop_config["config"])
     taxonomy = Taxonomy.from_dict(loop_config["taxonomy"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
+    if device.type == "cuda" and cfg.train.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _seed_everything(cfg.train.seed)
 
     tables = loop_config.get("text_tables")
     text_dim = next(iter(tables.values())).shape[1] if tables else 512
     model = build_model(cfg, taxonomy.sizes, text_dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    start_epoch = 0
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_schedule(optimizer, cfg.optim, loop_config["total_steps"])
+    start_epoch, step = 0, 0
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # a resumed run or a restarted worker group
         with checkpoint.as_directory() as folder:
             saved = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        start_epoch = saved["epoch"] + 1
-    model = ray.train.torch.prepare_model(model)
-    text_tables = ({k: torch.tensor(v, device=device) for k, v in tables.items()}
-                   if tables else None)
-    state = StepState(model, optimizer, cfg, device, text_tables)
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, step = saved["epoch"] + 1, saved["step"]
+    model.to(device)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
+    text_tables = {k: torch.tensor(v, device=device) for k, v in tables.items()} if tables else None
+    bf16 = _uses_bf16(cfg, device)
+    state = TrainState(model, optimizer, scheduler, cfg, device, text_tables, bf16, step)
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
+    monitor = tracking.system_metrics(uri, run_id) if rank == 0 else None
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    for epoch in range(start_epoch, cfg.train.epochs):
-        metrics = train_epoch(state, train_shard, epoch, rank)
-        # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
-        metrics.update(evaluate_epoch(_unwrap(model), val_shard, taxonomy, cfg.eval.mode,
-                                      cfg.eval.batch_size, device))
-        metrics["epoch"] = epoch
-        seen = metrics["train_clips"] + metrics["bad_clips"]
-        if seen and metrics["bad_clips"] / seen > cfg.data.max_bad_fraction:
-            raise RuntimeError(f"{UserError.__name__}: {int(metrics['bad_clips'])} of {int(seen)} "
-                               f"training clips could not be decoded (more than data.max_bad_fraction="
-                               f"{cfg.data.max_bad_fraction}); see the worker log for which")
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                save_checkpoint(folder, model=_unwrap(model), optimizer=optimizer, epoch=epoch,
-                                metrics=metrics, config=cfg, taxonomy=taxonomy, text_dim=text_dim,
-                                extra={"mlflow_run_id": run_id})
-                tracking.log_metrics(uri, run_id, metrics, step=epoch)
-                print(f"epoch {epoch}: " + " ".join(
-                    f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("top1") or k == "train_loss"),
-                    flush=True)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
-                             if rank == 0 else None)
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            # Randomness is a function of (seed, epoch, rank): a resumed epoch draws the same.
+            _seed_everything(cfg.train.seed + 1000 * epoch + rank)
+            metrics = train_epoch(state, train_shard, epoch, rank)
+            # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
+            metrics.update(evaluate_epoch(_unwrap(model), val_shard, taxonomy, cfg.eval.mode,
+                                          cfg.eval.batch_size, device, bf16))
+            metrics.update(epoch=epoch, step=state.step)
+            _check_bad_fraction(metrics, cfg.data.max_bad_fraction)
+            _report(state, metrics, taxonomy, text_dim, rank, loop_config)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _check_bad_fraction(metrics: dict, limit: float) -> None:
+    seen = metrics["train_clips"] + metrics["bad_clips"]
+    if seen and metrics["bad_clips"] / seen > limit:
+        raise RuntimeError(f"{UserError.__name__}: {int(metrics['bad_clips'])} of {int(seen)} "
+                           f"training clips could not be decoded (more than data.max_bad_fraction="
+                           f"{limit}); see the worker log for which")
+
+
+def _report(state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int, rank: int,
+            loop_config: dict) -> None:
+    """Checkpoint (rank 0 writes it), report to Ray Train, then log to MLflow: logging after
+    the checkpoint is persisted means a resumed run never logs an epoch twice."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        if rank == 0:
+            save_checkpoint(folder, model=_unwrap(state.model), optimizer=state.optimizer,
+                            epoch=int(metrics["epoch"]), metrics=metrics, config=state.cfg,
+                            taxonomy=taxonomy, text_dim=text_dim,
+                            extra={"mlflow_run_id": loop_config["run_id"], "step": state.step,
+                                   "scheduler": state.scheduler.state_dict()})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
+                         if rank == 0 else None)
+    if rank == 0:
+        tracking.log_metrics(loop_config["tracking_uri"], loop_config["run_id"], metrics,
+                             step=int(metrics["epoch"]))
+        shown = " ".join(f"{k}={v:.2f}" for k, v in metrics.items()
+                         if k.endswith("top1") or k == "train_loss")
+        print(f"epoch {int(metrics['epoch'])}: {shown}", flush=True)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    model = model.module if hasattr(model, "module") else model  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
 
 
 # -- the driver side --------------------------------------------------------------------------
@@ -222,23 +312,81 @@ def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
     return taxonomy, tables
 
 
-def train(cfg: Config) -> dict:
-    """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id."""
+# Keys that may change when a run resumes; any other difference means another experiment.
+RESUMABLE_CHANGES = {"train.epochs", "train.max_failures", "train.log_every", "train.num_workers",
+                     "train.cpus_per_worker", "train.use_gpu", "train.keep_best", "data.path",
+                     "data.max_bad_fraction", "eval.batch_size", "run.tracking_uri",
+                     "run.register_as", "run.storage_path"}
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint folder of a run (Ray names them by time), or None."""
+    entries = [e for e in storage.list_dir(run_dir)
+               if e.base_name.startswith("checkpoint_") and e.type.name == "Directory"]
+    if not entries:
+        return None
+    return storage.uri_of(run_dir, max(entries, key=lambda e: e.base_name).path)
+
+
+def check_resumable(state: dict, cfg: Config, taxonomy: Taxonomy, where: str) -> None:
+    """Refuse to continue a checkpoint of another experiment, naming what differs."""
+    differences = Taxonomy.from_dict(state["taxonomy"]).differences(taxonomy)
+    if differences:
+        raise UserError(f"cannot resume {where}: its taxonomy differs from the dataset's: "
+                        f"{differences[0]}")
+    old = tracking.flatten(state["config"])
+    new = tracking.flatten(redact_tree(cfg.to_dict()))
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise UserError(f"cannot resume {where} with a different config ({shown}); use another "
+                        f"run.name to start a new run")
+
+
+def _steps_per_epoch(cfg: Config, train_clips: int) -> int:
+    per_worker = train_clips // cfg.train.num_workers
+    batches = -(-per_worker // cfg.train.batch_size)
+    return max(-(-batches // cfg.train.grad_accum_steps), 1)
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id.
+
+    A run whose folder (run.storage_path/run.name) already holds checkpoints continues from the
+    latest one, in the same MLflow run; `resume=True` insists that there is one.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cg_ray.data.stream import clip_dataset
+    from cg_ray.checkpoint import read_checkpoint
+    from cg_ray.data.stream import clip_dataset, split_summary
     from cg_ray.ray_env import init_ray
 
     taxonomy, tables = check_inputs(cfg)
     storage_path = cfg.run.storage_path
     if not storage.is_uri(storage_path):
         storage_path = os.path.abspath(storage_path)  # Ray Train refuses relative paths
+    run_dir = storage.join(storage_path, cfg.run.name)
     uri = tracking.tracking_uri(cfg.run.tracking_uri)
-    run_id = tracking.start_run(uri, cfg.run.experiment, cfg.run.name, cfg.to_dict(),
-                                tags={"cg_ray.data": cfg.data.path})
-    tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
-    tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
+    tracking.check_reachable(uri)
+
+    previous = latest_checkpoint(run_dir)
+    if resume and previous is None:
+        raise UserError(f"nothing to resume: no checkpoint under {run_dir}")
+    start_epoch = 0
+    if previous is not None:
+        state = read_checkpoint(previous)
+        check_resumable(state, cfg, taxonomy, previous)
+        run_id, start_epoch = state["mlflow_run_id"], state["epoch"] + 1
+        tracking.reopen_run(uri, run_id)
+        tracking.fill_epoch(uri, run_id, state["metrics"], state["epoch"])
+        print(f"resuming {cfg.run.name} after epoch {state['epoch']} (MLflow run {run_id})", flush=True)
+    else:
+        run_id = tracking.start_run(uri, cfg.run.experiment, cfg.run.name, cfg.to_dict(),
+                                    tags={"cg_ray.data": cfg.data.path})
+        tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
+        tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
 
     init_ray(min_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 2)
     use_gpu = cfg.train.use_gpu
@@ -252,14 +400,24 @@ def train(cfg: Config) -> dict:
                               d.scene_labels, shuffle_seed=cfg.train.seed),
         "val": clip_dataset(d.path, d.val_split, taxonomy, d.num_frames, d.image_size, d.scene_labels),
     }
+    # Ray Data re-seeds the shuffle on every execution (one per epoch) from a counter on the
+    # dataset's context; starting it at the resumed epoch gives that epoch its own order again.
+    datasets["train"].context._execution_idx = start_epoch
+    total_steps = _steps_per_epoch(cfg, split_summary(d.path)[d.train_split]) * cfg.train.epochs
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "taxonomy": taxonomy.to_dict(),
-                           "text_tables": tables, "tracking_uri": uri, "run_id": run_id},
+                           "text_tables": tables, "tracking_uri": uri, "run_id": run_id,
+                           "total_steps": total_steps},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=cfg.run.name, storage_path=storage_path),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_best, checkpoint_score_attribute="city_top1",
+                checkpoint_score_order="max")),
         datasets=datasets,
         dataset_config=ValSplitDataConfig(),
     )
@@ -268,11 +426,25 @@ def train(cfg: Config) -> dict:
     except Exception as exc:
         tracking.end_run(uri, run_id, "FAILED")
         raise _user_error_from(exc) from None
-    checkpoint_path = result.checkpoint.path
+    return _finish(cfg, result, uri, run_id, storage_path)
+
+
+def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> dict:
+    """Artifacts, registration and the summary of a finished fit."""
+    from cg_ray.registry import register_checkpoint
+
+    latest = result.checkpoint.path
+    best = result.get_best_checkpoint(metric="city_top1", mode="max")
+    best_path = best.path if best is not None else latest
+    summary = {**result.metrics, "checkpoint": latest, "best_checkpoint": best_path, "run_id": run_id}
     if not storage.is_uri(storage_path):
-        tracking.log_artifacts(uri, run_id, checkpoint_path, "checkpoint")
+        tracking.log_artifacts(uri, run_id, latest, "checkpoint")
+        if cfg.run.register_as:
+            summary["registered_version"] = register_checkpoint(uri, run_id, best_path,
+                                                                cfg.run.register_as)
+            summary["registered_model"] = f"models:/{cfg.run.register_as}/{summary['registered_version']}"
     tracking.end_run(uri, run_id)
-    return {**result.metrics, "checkpoint": checkpoint_path, "run_id": run_id}
+    return summary
 
 
 def _user_error_from(exc: Exception) -> Exception:
