@@ -12,6 +12,7 @@ import os
 import tempfile
 
 import numpy as np
+import yaml
 
 from cg_ray.errors import UserError
 
@@ -81,7 +82,13 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> str:
     except Exception as exc:  # MLflow raises its own and HTTP errors here
         raise UserError(f"cannot fetch {reference} from the registry at {uri}: "
                         f"{str(exc).splitlines()[0]}") from None
-    folder = os.path.join(local, "artifacts", CHECKPOINT_ARTIFACT)
+    # The MLmodel file maps the artifact's key to where it was stored inside the model.
+    try:
+        with open(os.path.join(local, "MLmodel")) as f:
+            flavor = yaml.safe_load(f)["flavors"]["python_function"]
+        folder = os.path.join(local, flavor["artifacts"][CHECKPOINT_ARTIFACT]["path"])
+    except (OSError, KeyError, TypeError):
+        folder = ""
     if not os.path.isdir(folder):
         raise UserError(f"{reference} is not a cg_ray model (no {CHECKPOINT_ARTIFACT} artifact)")
     return folder

@@ -50,8 +50,18 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         import urllib.error
         import urllib.request
 
+        import base64
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(uri)
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        request = urllib.request.Request(urllib.parse.urlunsplit(
+            (parts.scheme, host, parts.path.rstrip("/") + "/health", "", "")))
+        if parts.username:  # credentials in the URI go in a header, as MLflow's client does
+            token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 response.read()
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -109,9 +119,10 @@ def reopen_run(uri: str, run_id: str) -> None:
                         f"{str(exc).splitlines()[0]}") from None
 
 
-def fill_epoch(uri: str, run_id: str, metrics: dict[str, float], epoch: int) -> bool:
-    """Log a checkpointed epoch's metrics if the run lacks them (the driver may have died
-    between persisting the checkpoint and logging). Returns True when it logged."""
+def log_epoch(uri: str, run_id: str, metrics: dict[str, float], epoch: int) -> bool:
+    """Log an epoch's metrics unless the run has them already: after a failure an epoch can be
+    reported twice, and a checkpointed epoch may have died before its metrics were logged.
+    Returns True when it logged."""
     history = _client(uri).get_metric_history(run_id, "city_top1")
     if any(m.step == epoch for m in history):
         return False
@@ -119,7 +130,7 @@ def fill_epoch(uri: str, run_id: str, metrics: dict[str, float], epoch: int) -> 
     return True
 
 
-def system_metrics(uri: str, run_id: str, interval: float = 10.0):
+def system_metrics(uri: str, run_id: str, interval: float = 5.0):
     """Start logging CPU, memory (and GPU, where there is one) to the run; call .finish()."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 

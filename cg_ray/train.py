@@ -191,7 +191,7 @@ def train_loop(loop_config: dict) -> None:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_schedule(optimizer, cfg.optim, loop_config["total_steps"])
     start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = _newest(ray.train.get_checkpoint(), latest_checkpoint(loop_config["run_dir"]))
     if checkpoint is not None:  # a resumed run or a restarted worker group
         with checkpoint.as_directory() as folder:
             saved = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=False)
@@ -208,6 +208,11 @@ def train_loop(loop_config: dict) -> None:
     state = TrainState(model, optimizer, scheduler, cfg, device, text_tables, bf16, step)
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
     monitor = tracking.system_metrics(uri, run_id) if rank == 0 else None
+    if rank == 0 and checkpoint is not None:
+        # The checkpointed epoch's metrics, in case its process died before logging them; and a
+        # visible trace of every resume or worker-group restart, at the epoch it started from.
+        tracking.log_epoch(uri, run_id, saved["metrics"], saved["epoch"])
+        tracking.log_metrics(uri, run_id, {"resumed_at_epoch": start_epoch}, step=start_epoch)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -225,6 +230,17 @@ def train_loop(loop_config: dict) -> None:
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def _newest(reported, folder: str | None):
+    """The checkpoint to start from: Ray Train's latest reported one (a restarted worker group,
+    or a run Ray restored) or the newest complete folder in the run, whichever is newer. A
+    process killed right after a checkpoint was written can leave it unknown to Ray."""
+    import ray.train
+
+    found = ray.train.Checkpoint(folder) if folder else None
+    candidates = [c for c in (reported, found) if c is not None]
+    return max(candidates, key=lambda c: os.path.basename(c.path.rstrip("/")), default=None)
 
 
 def _check_bad_fraction(metrics: dict, limit: float) -> None:
@@ -251,8 +267,9 @@ def _report(state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int,
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
                          if rank == 0 else None)
     if rank == 0:
-        tracking.log_metrics(loop_config["tracking_uri"], loop_config["run_id"], metrics,
-                             step=int(metrics["epoch"]))
+        # Idempotent: an epoch re-run after a failure is never logged twice.
+        tracking.log_epoch(loop_config["tracking_uri"], loop_config["run_id"], metrics,
+                           int(metrics["epoch"]))
         shown = " ".join(f"{k}={v:.2f}" for k, v in metrics.items()
                          if k.endswith("top1") or k == "train_loss")
         print(f"epoch {int(metrics['epoch'])}: {shown}", flush=True)
@@ -269,6 +286,13 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 class ValSplitDataConfig(DataConfig):
     """The training split in equal shards (every worker takes the same number of DDP steps),
     the val split in unequal shards so that every clip is evaluated exactly once."""
+
+    def _resolve_execution_options(self, dataset_name: str):
+        options = super()._resolve_execution_options(dataset_name)
+        # Blocks in a fixed order: with the seeded shuffle, a run is reproducible and a resumed
+        # epoch sees the same clips in the same order.
+        options.preserve_order = True
+        return options
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         # Ray Train V2 calls this once per dataset.
@@ -323,9 +347,11 @@ def latest_checkpoint(run_dir: str) -> str | None:
     """The newest checkpoint folder of a run (Ray names them by time), or None."""
     entries = [e for e in storage.list_dir(run_dir)
                if e.base_name.startswith("checkpoint_") and e.type.name == "Directory"]
-    if not entries:
-        return None
-    return storage.uri_of(run_dir, max(entries, key=lambda e: e.base_name).path)
+    for entry in sorted(entries, key=lambda e: e.base_name, reverse=True):
+        folder = storage.uri_of(run_dir, entry.path)
+        if storage.exists(storage.join(folder, "checkpoint.pt")):  # complete
+            return folder
+    return None
 
 
 def check_resumable(state: dict, cfg: Config, taxonomy: Taxonomy, where: str) -> None:
@@ -337,7 +363,8 @@ def check_resumable(state: dict, cfg: Config, taxonomy: Taxonomy, where: str) ->
     old = tracking.flatten(state["config"])
     new = tracking.flatten(redact_tree(cfg.to_dict()))
     changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                     and not k.startswith("tune."))  # search settings: not the run's
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise UserError(f"cannot resume {where} with a different config ({shown}); use another "
@@ -350,11 +377,14 @@ def _steps_per_epoch(cfg: Config, train_clips: int) -> int:
     return max(-(-batches // cfg.train.grad_accum_steps), 1)
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
+def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
+          run_tags: dict | None = None) -> dict:
     """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id.
 
     A run whose folder (run.storage_path/run.name) already holds checkpoints continues from the
-    latest one, in the same MLflow run; `resume=True` insists that there is one.
+    latest one, in the same MLflow run; `resume=True` insists that there is one. `callbacks` go
+    to the trainer's RunConfig and `run_tags` onto a new MLflow run (cg_ray.tune: a trial's
+    TuneReportCallback and its parent run).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -380,11 +410,11 @@ def train(cfg: Config, resume: bool = False) -> dict:
         check_resumable(state, cfg, taxonomy, previous)
         run_id, start_epoch = state["mlflow_run_id"], state["epoch"] + 1
         tracking.reopen_run(uri, run_id)
-        tracking.fill_epoch(uri, run_id, state["metrics"], state["epoch"])
+        tracking.log_epoch(uri, run_id, state["metrics"], state["epoch"])
         print(f"resuming {cfg.run.name} after epoch {state['epoch']} (MLflow run {run_id})", flush=True)
     else:
         run_id = tracking.start_run(uri, cfg.run.experiment, cfg.run.name, cfg.to_dict(),
-                                    tags={"cg_ray.data": cfg.data.path})
+                                    tags={"cg_ray.data": cfg.data.path, **(run_tags or {})})
         tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
         tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
 
@@ -408,13 +438,15 @@ def train(cfg: Config, resume: bool = False) -> dict:
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "taxonomy": taxonomy.to_dict(),
                            "text_tables": tables, "tracking_uri": uri, "run_id": run_id,
-                           "total_steps": total_steps},
+                           "total_steps": total_steps, "run_dir": run_dir},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=storage_path,
+            name=cfg.run.name, storage_path=storage.ray_storage(storage_path)[1],
+            storage_filesystem=storage.ray_storage(storage_path)[0],  # s3: endpoint and keys from env
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks or []),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_best, checkpoint_score_attribute="city_top1",
                 checkpoint_score_order="max")),
@@ -433,9 +465,10 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> di
     """Artifacts, registration and the summary of a finished fit."""
     from cg_ray.registry import register_checkpoint
 
-    latest = result.checkpoint.path
+    latest = storage.uri_of(storage_path, result.checkpoint.path)  # s3: the s3:// URI again
     best = result.get_best_checkpoint(metric="city_top1", mode="max")
-    best_path = best.path if best is not None else latest
+    best_path = storage.uri_of(storage_path, best.path) if best is not None else latest
+    _prune_unregistered(result, storage_path, cfg.run.name)
     summary = {**result.metrics, "checkpoint": latest, "best_checkpoint": best_path, "run_id": run_id}
     if not storage.is_uri(storage_path):
         tracking.log_artifacts(uri, run_id, latest, "checkpoint")
@@ -445,6 +478,19 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> di
             summary["registered_model"] = f"models:/{cfg.run.register_as}/{summary['registered_version']}"
     tracking.end_run(uri, run_id)
     return summary
+
+
+def _prune_unregistered(result, storage_path: str, name: str) -> None:
+    """Keep exactly what Ray Train retained (the best k and the latest): a checkpoint written
+    just before a process was killed may have escaped its bookkeeping."""
+    kept = {c.path.rstrip("/") for c, _ in result.best_checkpoints}
+    kept.add(result.checkpoint.path.rstrip("/"))
+    run_dir = storage.join(storage_path, name)
+    fs, _ = storage.filesystem(run_dir)
+    for entry in storage.list_dir(run_dir):  # entry.path: inside the filesystem, as Ray's paths
+        if (entry.base_name.startswith("checkpoint_") and entry.type.name == "Directory"
+                and entry.path.rstrip("/") not in kept):
+            fs.delete_dir(entry.path)
 
 
 def _user_error_from(exc: Exception) -> Exception:

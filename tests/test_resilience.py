@@ -1,0 +1,216 @@
+"""Training you can trust: determinism, exact resume after the driver dies, recovery when a
+worker dies, best-k retention, and a real MLflow server with the model registry."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from cg_ray.cli import main
+from cg_ray.config import load_config
+from cg_ray.train import train
+
+pytestmark = pytest.mark.slow
+DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+COMPARED = ["city_top1", "city_top5", "state_top1", "country_top1", "continent_top1",
+            "train_loss", "train_city", "train_scene", "train_tla"]
+
+
+def overrides(data, out, name, **extra):
+    values = {"data.path": data, "train.epochs": 2, "train.num_workers": 1, "train.batch_size": 4,
+              "run.storage_path": f"{out}/runs", "run.name": name, "run.experiment": "resilience",
+              "run.tracking_uri": f"sqlite:///{out}/mlflow.db", **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoints(run_dir):
+    if not os.path.isdir(run_dir):
+        return []
+    return sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / "checkpoint.pt").exists())
+
+
+def history(uri, run_id, key="city_top1"):
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("resilience")
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_dataset, ray_session, out):
+    return train(load_config(DEMO, overrides(tiny_dataset, out, "baseline")))
+
+
+def test_same_seed_same_metrics(baseline, tiny_dataset, out):
+    again = train(load_config(DEMO, overrides(tiny_dataset, out, "again")))
+    for key in COMPARED:
+        assert again[key] == baseline[key], key
+
+
+def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_dataset, out):
+    args = overrides(tiny_dataset, out, "killed")
+    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="cgk-", dir="/tmp"), CG_RAY_PROGRESS="0")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "cg_ray", "train", "--config", DEMO]
+    for item in args:
+        cmd += ["--set", item]
+    driver = subprocess.Popen(cmd, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = f"{out}/runs/killed"
+    try:
+        wait_for(lambda: checkpoints(run_dir) or driver.poll() is not None, 240, "a checkpoint")
+        assert driver.poll() is None, "the driver ended before it could be killed"
+        family = [driver.pid] + [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    # Ray daemons of that driver may have left its process group: stop them by pid, and wait,
+    # so that no second cluster lingers beside the session's.
+    leftovers = [psutil.Process(pid) for pid in family if psutil.pid_exists(pid)]
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=30)
+    assert len(checkpoints(run_dir)) == 1
+
+    resumed = train(load_config(DEMO, args))
+    uri = f"sqlite:///{out}/mlflow.db"
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("resilience").experiment_id],
+        filter_string="attributes.run_name = 'killed'")
+    assert len(runs) == 1 and runs[0].info.run_id == resumed["run_id"]
+    assert runs[0].info.status == "FINISHED"
+    assert [step for step, _ in history(uri, resumed["run_id"])] == [0, 1]
+    assert resumed["epoch"] == 1
+    assert [s for s, _ in history(uri, resumed["run_id"], "resumed_at_epoch")] == [1]
+    # Exact resume: the interrupted run ends where the uninterrupted one does.
+    for key in COMPARED:
+        assert resumed[key] == pytest.approx(baseline[key], rel=1e-6, abs=1e-6), key
+    with pytest.raises(Exception, match="different config.*optim.lr"):
+        train(load_config(DEMO, args + ["optim.lr=0.01", "train.epochs=3"]))
+
+
+def test_worker_killed_mid_run_recovers_and_keeps_best_k(tiny_dataset, ray_session, out):
+    import ray
+    import ray.util.state
+
+    cfg = load_config(DEMO, overrides(tiny_dataset, out, "workerkill", **{
+        "train.num_workers": 2, "train.epochs": 4, "train.max_failures": 2, "train.keep_best": 1}))
+    box = {}
+
+    def run():
+        try:
+            box["result"] = train(cfg)
+        except Exception as exc:  # shown by the assertion below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    run_dir = f"{out}/runs/workerkill"
+    wait_for(lambda: checkpoints(run_dir), 240, "the first checkpoint")
+    # The address of this session's cluster: other Ray clusters may run on the same machine.
+    workers = ray.util.state.list_actors(address=ray.get_runtime_context().gcs_address,
+                                         filters=[("class_name", "=", "RayTrainWorker"),
+                                                  ("state", "=", "ALIVE")])
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=400)
+    assert "error" not in box, repr(box.get("error"))
+    result = box["result"]
+    assert result["epoch"] == 3
+    uri = f"sqlite:///{out}/mlflow.db"
+    steps = [s for s, _ in history(uri, result["run_id"])]
+    assert steps == [0, 1, 2, 3]
+    assert history(uri, result["run_id"], "resumed_at_epoch"), "no restart was recorded"
+    # Best-k retention: the best checkpoint by city_top1 and the latest, nothing else.
+    per_epoch = dict(history(uri, result["run_id"]))
+    kept = {torch.load(p / "checkpoint.pt", weights_only=False)["epoch"] for p in checkpoints(run_dir)}
+    best_value = max(per_epoch.values())
+    assert 3 in kept and len(kept) <= 2
+    assert any(per_epoch[e] == best_value for e in kept)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--default-artifact-root", f"{tmp_path}/artifacts", "--workers", "1"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import urllib.request
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 90, "mlflow server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_mlflow_server_registry_and_no_secrets(mlflow_server, tiny_dataset, ray_session, tmp_path,
+                                               monkeypatch):
+    secret = "Zq8-super-secret-Xv2"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    uri = mlflow_server.replace("http://", "http://alice:pa55-w0rd-99@")
+    cfg = load_config(DEMO, overrides(tiny_dataset, tmp_path, "served") + [
+        f"run.tracking_uri={uri}", "train.epochs=1", "run.register_as=geo"])
+    result = train(cfg)
+    assert result["registered_model"] == "models:/geo/1"
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert any(k.startswith("system/") for k in run.data.metrics), "no system metrics logged"
+    recorded = json.dumps(run.data.params) + json.dumps(run.data.tags)
+    local = Path(client.download_artifacts(result["run_id"], "", str(tmp_path / "dl")))
+    blobs = [p.read_bytes() for p in local.rglob("*") if p.is_file()]
+    for needle in (secret, "pa55-w0rd-99", "alice"):
+        assert needle not in recorded
+        assert not any(needle.encode() in blob for blob in blobs), needle
+    assert run.data.params["run.tracking_uri"].startswith("http://***@")
+
+    version = client.get_model_version("geo", "1")
+    assert version.run_id == result["run_id"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    metrics_out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", "models:/geo/1", "--data", tiny_dataset,
+                 "--metrics-out", str(metrics_out)]) == 0
+    assert json.loads(metrics_out.read_text())["num_clips"] == 12
