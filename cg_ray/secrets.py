@@ -24,7 +24,7 @@ def redact(text: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m.group('key')}{MASK}", text)
     for name, value in os.environ.items():
-        if _SECRET_ENV.search(name) and len(value) >= 6 and value in text:
+        if _SECRET_ENV.search(name) and len(value) >= 8 and value in text:
             text = text.replace(value, MASK)
     return text
 

@@ -178,11 +178,15 @@ def mlflow_server(tmp_path):
             return False
 
     try:
-        wait_for(healthy, 90, "mlflow server")
+        wait_for(healthy, 240, "mlflow server")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn workers
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def test_mlflow_server_registry_and_no_secrets(mlflow_server, tiny_dataset, ray_session, tmp_path,
