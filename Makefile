@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean submit
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# make submit JOB=train CONFIG=configs/demo.yaml RAY_ADDRESS=http://HEAD:8265 [ARGS="--set k=v ..."]
+#   [RUNTIME_ENV=jobs/runtime_env.dev.yaml]: submits jobs/$(JOB).py, follows its logs, and exits
+#   non-zero unless the job SUCCEEDED.
+RUNTIME_ENV ?= jobs/runtime_env.yaml
+submit: $(STAMP)
+	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...]" >&2; exit 2; }
+	$(BIN)/python jobs/submit.py $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core_pipeline.py

@@ -46,7 +46,18 @@ def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.opt
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """The saved dict from a checkpoint folder or its checkpoint.pt; a clear error otherwise."""
+    """The saved dict from a checkpoint folder or its checkpoint.pt; a clear error otherwise.
+    A URI (s3://bucket/runs/name/checkpoint_...) is downloaded to a temporary folder first."""
+    from cg_ray import storage
+
+    if storage.is_uri(path) and not path.startswith("file://"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="cg_ray-ckpt-") as local:
+            try:
+                return read_checkpoint(storage.download(path, local))
+            except UserError as exc:  # name the URI, not the temporary copy
+                raise UserError(str(exc).replace(local, path.rstrip("/").rsplit("/", 1)[0])) from None
     file = os.path.join(path, FILENAME) if os.path.isdir(path) else path
     if not os.path.exists(file):
         raise UserError(f"checkpoint '{path}' does not exist (expected a folder with {FILENAME})")

@@ -40,7 +40,7 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = "videomae"
-    """Backbone from the registry in cg_ray.model.backbones."""
+    """Backbone from the registry in cg_ray.model.backbones: videomae, vit, mae, timesformer."""
     pretrained: Optional[str] = None
     """Hub id (MCG-NJU/videomae-small-finetuned-kinetics) or local directory; None builds from scratch."""
     hidden_size: int = 384
@@ -51,6 +51,9 @@ class BackboneConfig:
     tubelet_size: int = 2
     attn_implementation: str = "sdpa"
     """'sdpa' (fused attention) or 'eager'."""
+    frame: str = "random"
+    """Image backbones (vit, mae): the frame they see: first, middle, last, or random (a random
+    frame per clip in training, the middle one in evaluation). Video backbones ignore it."""
 
 
 @dataclass
@@ -160,6 +163,38 @@ class RunConfig:
 
 
 @dataclass
+class TuneConfig:
+    """`cg-ray tune`: the search lives in storage_path/run.name (see cg_ray/tune.py)."""
+
+    metric: str = "city_top1"
+    """Per-epoch metric the search optimizes (city_top1, train_loss, ...)."""
+    mode: str = "max"
+    """'max' or 'min'."""
+    scheduler: str = "asha"
+    """'asha' (stop weak trials at rungs of epochs) or 'fifo' (every trial runs all epochs)."""
+    search: str = "random"
+    """Search algorithm: 'random' (random and grid sampling) or 'optuna' (TPE)."""
+    num_samples: int = 8
+    """Trials (with grid distributions: samples of each grid point)."""
+    max_concurrent: int = 0
+    """Trials at once; 0: as many as the cluster's CPUs and GPUs fit."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: float = 2.0
+    """ASHA: 1/reduction_factor of the trials at a rung go on to the next one."""
+    seed: Optional[int] = 0
+    """Seed of the sampler (random or optuna); None: a different search every time."""
+    data_cpus: float = 1.0
+    """CPUs a trial leaves free for its Ray Data decode tasks, besides its training workers."""
+    check_resources: bool = True
+    """Refuse a search whose single trial does not fit the cluster now (off for autoscaling)."""
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dotted config key -> one distribution: {"optim.lr": {"loguniform": [1e-4, 1e-2]}}; kinds:
+    uniform, loguniform [low, high], quniform [low, high, q], randint [low, high) (high
+    excluded), qrandint [low, high, q], choice [values], grid [values]."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -168,6 +203,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -182,6 +218,7 @@ class Config:
             "data.scene_labels": (self.data.scene_labels, ("soft", "majority")),
             "train.precision": (self.train.precision, ("auto", "bf16", "fp32")),
             "optim.schedule": (self.optim.schedule, ("constant", "cosine")),
+            "model.backbone.frame": (self.model.backbone.frame, ("first", "middle", "last", "random")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -197,6 +234,9 @@ class Config:
         if self.model.sca.embed_dim % self.model.sca.heads:
             raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
                             f"divisible by model.sca.heads={self.model.sca.heads}")
+        from cg_ray.search_space import check_tune_section  # the tune section: its own module
+
+        check_tune_section(self)
         return self
 
 

@@ -43,7 +43,8 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
         raise UserError(f"dataset '{data_path}' has no clips in split '{split}'")
     init_ray()
     d = loaded.config.data
-    ds = clip_dataset(data_path, split, loaded.taxonomy, d.num_frames, d.image_size, keep_ids=True)
+    ds = clip_dataset(data_path, split, loaded.taxonomy, d.num_frames, d.image_size, keep_ids=True,
+                      decode_batch_size=batch_size)
     ids, labels, probs, bad = [], {l: [] for l in LEVELS}, {l: [] for l in LEVELS}, 0
     start = time.perf_counter()
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):

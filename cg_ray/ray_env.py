@@ -18,6 +18,14 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
 def init_ray(min_cpus: float = 0) -> None:
     """Join $RAY_ADDRESS when set, else start a local Ray bound to 127.0.0.1.
 
@@ -30,16 +38,31 @@ def init_ray(min_cpus: float = 0) -> None:
     if ray.is_initialized():
         return
     env_vars = {k: os.environ[k] for k in QUIET_ENV if k in os.environ}
-    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"):
         if key in os.environ:
             env_vars[key] = os.environ[key]
     runtime_env = {"env_vars": env_vars}
+    # Ray's helpers in worker processes (Train V2's placement-group cleaner, which frees the
+    # resources of a trial Tune stopped; the state API) find their cluster by RAY_ADDRESS, else
+    # by scanning the machine, which fails when another Ray runs on it: tell every worker.
     if os.environ.get("RAY_ADDRESS"):
+        if "://" not in os.environ["RAY_ADDRESS"] and os.environ["RAY_ADDRESS"] != "auto":
+            env_vars["RAY_ADDRESS"] = os.environ["RAY_ADDRESS"]
+        # In a submitted job these variables came from the job's own runtime_env, and Ray
+        # refuses a driver runtime_env that names them again unless told to merge.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(runtime_env=runtime_env, log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env, log_to_driver=True)
+    port = _free_port()
+    env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by a local ray.init only
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env=runtime_env, log_to_driver=True)
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = os.environ.get("CG_RAY_PROGRESS", "1") == "1"

@@ -21,8 +21,11 @@ def is_uri(path: str) -> bool:
 
 
 @lru_cache(maxsize=16)
-def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
-    kwargs = {}
+def _s3(endpoint: str | None, region: str | None, keys: tuple | None = None) -> pafs.S3FileSystem:
+    # Keys from the environment are given explicitly, so the filesystem object carries them when
+    # it is pickled to another process (Ray Train workers); without them the SDK's own chain
+    # (instance roles, config files) applies wherever the filesystem is used.
+    kwargs = dict(zip(("access_key", "secret_key", "session_token"), keys)) if keys else {}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -37,7 +40,11 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     if path.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        return _s3(endpoint, region), path[len("s3://"):].rstrip("/")
+        keys = None
+        if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            keys = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                    os.environ.get("AWS_SESSION_TOKEN"))
+        return _s3(endpoint, region, keys), path[len("s3://"):].rstrip("/")
     if is_uri(path) and not path.startswith("file://"):
         try:
             return pafs.FileSystem.from_uri(path)
@@ -99,3 +106,29 @@ def uri_of(path: str, inner: str) -> str:
     if str(path).startswith("s3://"):
         return "s3://" + inner
     return inner
+
+
+def ray_storage(path: str) -> tuple[pafs.FileSystem | None, str]:
+    """(storage_filesystem, storage_path) for ray.train.RunConfig: for s3:// our own S3
+    filesystem (endpoint, region and keys from the AWS environment variables) and the path inside
+    it; otherwise (None, path) and Ray resolves it."""
+    if str(path).startswith("s3://"):
+        return filesystem(path)
+    return None, path
+
+
+def download(uri: str, local_dir: str) -> str:
+    """Copy a file or a folder at `uri` into local_dir; returns the local path of the copy."""
+    fs, inner = filesystem(uri)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"'{uri}' does not exist")
+    target = os.path.join(local_dir, posixpath.basename(inner.rstrip("/")) or "download")
+    if info.type == pafs.FileType.Directory:
+        os.makedirs(target, exist_ok=True)
+        pafs.copy_files(inner, target, source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    else:
+        with fs.open_input_stream(inner) as src, open(target, "wb") as dst:
+            dst.write(src.read())
+    return target

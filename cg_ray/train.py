@@ -29,7 +29,7 @@ from cg_ray.errors import UserError
 from cg_ray.evaluation import Accuracy
 from cg_ray.model.losses import compute_losses, text_targets
 from cg_ray.model.net import build_model
-from cg_ray.secrets import redact_tree
+from cg_ray.secrets import redact, redact_tree
 from cg_ray.optim import build_optimizer, build_schedule
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
@@ -263,6 +263,7 @@ def _report(state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int,
                             epoch=int(metrics["epoch"]), metrics=metrics, config=state.cfg,
                             taxonomy=taxonomy, text_dim=text_dim,
                             extra={"mlflow_run_id": loop_config["run_id"], "step": state.step,
+                                   "mlflow_tracking_uri": redact(loop_config["tracking_uri"]),
                                    "scheduler": state.scheduler.state_dict()})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
                          if rank == 0 else None)
@@ -426,9 +427,12 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     d = cfg.data
     datasets = {
+        # Decoded blocks of one batch each: the step's batches are then zero-copy views.
         "train": clip_dataset(d.path, d.train_split, taxonomy, d.num_frames, d.image_size,
-                              d.scene_labels, shuffle_seed=cfg.train.seed),
-        "val": clip_dataset(d.path, d.val_split, taxonomy, d.num_frames, d.image_size, d.scene_labels),
+                              d.scene_labels, shuffle_seed=cfg.train.seed,
+                              decode_batch_size=cfg.train.batch_size),
+        "val": clip_dataset(d.path, d.val_split, taxonomy, d.num_frames, d.image_size, d.scene_labels,
+                            decode_batch_size=cfg.eval.batch_size),
     }
     # Ray Data re-seeds the shuffle on every execution (one per epoch) from a counter on the
     # dataset's context; starting it at the resumed epoch gives that epoch its own order again.

@@ -6,6 +6,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CG_RAY_PROGRESS", "0")
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The S3-compatible test server's address and dummy keys are in the environment before anything
+# starts Ray, so Ray's worker processes inherit them (see the `s3` fixture).
+S3_PORT = int(os.environ.setdefault("CG_RAY_TEST_S3_PORT", str(_free_port())))
+os.environ.setdefault("AWS_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
 import pytest
 
 from cg_ray.taxonomy import Taxonomy
@@ -55,3 +73,29 @@ def tiny_dataset(tmp_path_factory):
     taxonomy = load_taxonomy(data)
     save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
     return data
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto) on 127.0.0.1 at $AWS_ENDPOINT_URL; yields a function
+    that creates a fresh bucket and returns its s3:// URI."""
+    import itertools
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    counter = itertools.count()
+
+    def bucket(name: str = "cg-ray-test") -> str:
+        full = f"{name}-{next(counter)}"
+        client.create_bucket(Bucket=full)
+        return f"s3://{full}"
+
+    yield bucket
+    server.stop()

@@ -120,3 +120,19 @@ def test_empty_and_missing_clips_raise(tmp_path):
         decode_clip(str(tmp_path / "empty"), num_frames=4, size=8)
     with pytest.raises(ClipError, match="nowhere.*does not exist"):
         decode_clip(str(tmp_path / "nowhere"), num_frames=4, size=8)
+
+
+def test_video_seeks_to_the_sampled_frames(tmp_path):
+    """Keyframes every 4 frames: 16 frames sampled from 100 come from seeking to the keyframe
+    before each, not from decoding the whole video, and they are the right frames."""
+    from cg_ray.data.decode import read_video
+
+    values = (np.arange(100) * 2.5).astype(np.uint8)
+    frames = np.repeat(values, 32 * 48 * 3).reshape(100, 32, 48, 3)
+    path = tmp_path / "gop4.mp4"
+    path.write_bytes(_mp4(frames, gop=4))
+    clip, decoded = read_video(str(path), num_frames=16, size=16)
+    np.testing.assert_allclose(clip.mean(axis=(1, 2, 3)), values[sample_indices(100, 16)], atol=3)
+    assert decoded <= 16 * 4  # at most one GOP (4 frames) per sampled frame, not all 100
+    path.write_bytes(_mp4(frames))  # one keyframe: nothing to seek to, everything is decoded
+    assert read_video(str(path), num_frames=16, size=16)[1] == 100

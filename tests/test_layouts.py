@@ -123,7 +123,7 @@ def test_stratified_split_keeps_every_city_in_train():
 def test_missing_source_and_unknown_layout(tmp_path):
     with pytest.raises(UserError, match=r"source '.*nowhere' does not exist"):
         prepare("cityguessr", str(tmp_path / "nowhere"), str(tmp_path / "out"))
-    with pytest.raises(UserError, match="unknown layout 'msls2'; known layouts: cityguessr, videos"):
+    with pytest.raises(UserError, match="unknown layout 'msls2'; known layouts: cityguessr, msls, videos"):
         prepare("msls2", str(tmp_path), str(tmp_path / "out"))
 
 

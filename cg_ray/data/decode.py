@@ -6,12 +6,18 @@ CityGuessr68k frame folder on disk, an mp4 on S3, or a clip written by the synth
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 
 import av
 import numpy as np
 from PIL import Image
+
+try:  # libjpeg-turbo with DCT-domain downscaling, faster than PIL; PIL stands in without it
+    import simplejpeg
+except ImportError:  # pragma: no cover
+    simplejpeg = None
 
 from cg_ray import storage
 from cg_ray.errors import UserError
@@ -55,21 +61,41 @@ def _resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
+def decode_jpeg_at(data: bytes, size: int) -> np.ndarray:
+    """JPEG bytes -> (size, size, 3) uint8, decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    stays >= size: most of the speed-up when a 1280x720 frame becomes 224x224."""
+    if simplejpeg is not None:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
+        return _resize(Image.fromarray(pixels), size)
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (size, size))
+        return _resize(image, size)
+
+
 def _decode_frame(path: str, size: int) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
-            # draft() lets libjpeg decode at 1/2, 1/4 or 1/8 scale (never below `size`), which is
-            # most of the speed-up when 1280x720 frames become 224x224; PNGs ignore it.
-            image.draft("RGB", (size, size))
+        data = storage.read_bytes(path)
+        if data[:3] == b"\xff\xd8\xff":  # JPEG magic, whatever the file is called
+            return decode_jpeg_at(data, size)
+        with Image.open(io.BytesIO(data)) as image:  # PNG and anything else PIL reads
             return _resize(image, size)
+    except FileNotFoundError:
+        raise ClipError(f"frame '{path}' does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ClipError(f"cannot decode frame '{path}': {exc}") from None
 
 
-def _decode_frames(folder: str, num_frames: int, size: int) -> np.ndarray:
-    frames = list_frames(folder)
-    if not frames:
-        raise ClipError(f"clip '{folder}' has no frames (no .jpg/.jpeg/.png files)")
+def _check_length(source: str, available: int, min_frames: int) -> None:
+    if available == 0:
+        raise ClipError(f"clip '{source}' has no frames (no .jpg/.jpeg/.png files)")
+    if available < min_frames:
+        raise ClipError(f"clip '{source}' has {available} frames, fewer than the {min_frames} "
+                        f"required (min_frames)")
+
+
+def _decode_frame_files(source: str, frames: list[str], num_frames: int, size: int,
+                        min_frames: int) -> np.ndarray:
+    _check_length(source, len(frames), min_frames)
     # Only the sampled frames are read: a CityGuessr clip has 100 frames and we want 16.
     picks = sample_indices(len(frames), num_frames)
     decoded = {i: _decode_frame(frames[i], size) for i in sorted(set(picks.tolist()))}
@@ -77,45 +103,85 @@ def _decode_frames(folder: str, num_frames: int, size: int) -> np.ndarray:
 
 
 def _open_video(source: str):
-    """An open PyAV container; URIs are read through pyarrow's random-access file."""
+    """An open PyAV container. Remote objects are read whole, once: PyAV's many small reads
+    would each be a request to the object store."""
     if storage.is_uri(source) and not source.startswith("file://"):
-        fs, path = storage.filesystem(source)
-        return av.open(fs.open_input_file(path))
+        return av.open(io.BytesIO(storage.read_bytes(source)))
     return av.open(storage.filesystem(source)[1])
 
 
-def _video_frames(source: str, size: int, wanted: set[int] | None):
-    """Yield (index, (size, size, 3) uint8) for decoded frames whose index is wanted (all if None)."""
-    with _open_video(source) as container:
-        if not container.streams.video:
-            raise ClipError(f"video '{source}' has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        last = max(wanted) if wanted else None
-        for index, frame in enumerate(container.decode(stream)):
-            if wanted is None or index in wanted:
-                yield index, _resize(Image.fromarray(frame.to_ndarray(format="rgb24")), size)
-            if last is not None and index >= last:
-                break  # the rest of the video is not needed
+def _frame_index(container, stream) -> tuple[list[int], list[int]] | None:
+    """(sorted pts of every frame, sorted pts of the keyframes), from demuxing alone (no
+    decoding); None when some packet has no timestamp."""
+    pts, keys = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None:
+            return None
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+    return sorted(pts), sorted(keys)
 
 
-def _decode_video(source: str, num_frames: int, size: int) -> np.ndarray:
+def _decode_at(container, stream, wanted: list[int], keys: list[int],
+               size: int) -> tuple[dict[int, np.ndarray], int]:
+    """Frames at the wanted pts (sorted) -> ({pts: (size, size, 3) uint8}, frames decoded).
+
+    For each wanted frame, seek to its keyframe when that keyframe lies past what was decoded
+    already, else decode on: at most one GOP is decoded per wanted frame, never the whole video.
+    """
+    out: dict[int, np.ndarray] = {}
+    wanted_set, frames, last, decoded = set(wanted), None, None, 0
+    for target in wanted:
+        if target in out:
+            continue
+        before = bisect.bisect_right(keys, target) - 1
+        key = keys[before] if before >= 0 else None
+        if frames is None or (key is not None and last is not None and key > last):
+            container.seek(key if key is not None else 0, stream=stream, backward=True)
+            frames = container.decode(stream)
+        for frame in frames:
+            decoded += 1
+            last = frame.pts
+            if frame.pts in wanted_set and frame.pts not in out:
+                out[frame.pts] = _resize(frame.to_image(), size)
+            if frame.pts is None or frame.pts >= target:
+                break
+    return out, decoded
+
+
+def read_video(source: str, num_frames: int, size: int,
+               min_frames: int = 1) -> tuple[np.ndarray, int]:
+    """A video -> ((T, size, size, 3) uint8, frames decoded to get them)."""
     try:
-        known = count_frames(source, decode_if_unknown=False)
-        if known > 0:
-            picks = sample_indices(known, num_frames)
-            got = dict(_video_frames(source, size, set(picks.tolist())))
-            if len(got) == len(set(picks.tolist())):
-                return np.stack([got[i] for i in picks.tolist()])
-            # The container's frame count was wrong (it happens with edited files): fall through.
-        frames = [f for _, f in _video_frames(source, size, None)]
+        with _open_video(source) as container:
+            if not container.streams.video:
+                raise ClipError(f"video '{source}' has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            index = _frame_index(container, stream)
+            if index and index[0]:
+                pts, keys = index
+                _check_length(source, len(pts), min_frames)
+                picks = [pts[i] for i in sample_indices(len(pts), num_frames).tolist()]
+                got, decoded = _decode_at(container, stream, sorted(set(picks)), keys, size)
+                if len(got) == len(set(picks)):
+                    return np.stack([got[p] for p in picks]), decoded
+            # No usable timestamps, or frames the decoder would not give back at them (broken
+            # files): decode the whole video in order.
+            container.seek(0, stream=stream)
+            frames = [_resize(f.to_image(), size) for f in container.decode(stream)]
     except av.FFmpegError as exc:
         raise ClipError(f"cannot decode video '{source}': {exc}") from None
+    except FileNotFoundError:
+        raise ClipError(f"clip '{source}' does not exist") from None
     except OSError as exc:
         raise ClipError(f"cannot read video '{source}': {exc}") from None
-    if not frames:
-        raise ClipError(f"video '{source}' has no frames")
-    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames).tolist()])
+    _check_length(source, len(frames), min_frames)
+    picks = sample_indices(len(frames), num_frames).tolist()
+    return np.stack([frames[i] for i in picks]), len(frames)
 
 
 def count_frames(source: str, decode_if_unknown: bool = True) -> int:
@@ -138,19 +204,25 @@ def count_frames(source: str, decode_if_unknown: bool = True) -> int:
         raise ClipError(f"cannot read video '{source}': {exc}") from None
 
 
-def decode_clip(source: str, num_frames: int, size: int) -> np.ndarray:
-    """A frames folder or a video file -> (T, size, size, 3) uint8 RGB, T = num_frames.
+def decode_clip(source: str, num_frames: int, size: int, frames: list[str] | None = None,
+                min_frames: int = 1) -> np.ndarray:
+    """A frames folder, a video file, or an explicit list of frame files (names relative to
+    `source`, in playing order) -> (T, size, size, 3) uint8 RGB, T = num_frames.
 
-    Frames are spread evenly over the whole clip; a clip shorter than T repeats frames.
-    Raises ClipError (naming the source) when the clip is missing, empty or corrupt.
+    Frames are spread evenly over the whole clip; a clip shorter than T repeats frames, one
+    shorter than `min_frames` is refused. Raises ClipError (naming the source) when the clip is
+    missing, too short, empty or corrupt.
     """
     try:
+        if frames is not None:
+            paths = [storage.join(source, name) for name in frames]
+            return _decode_frame_files(source, paths, num_frames, size, min_frames)
         if storage.is_dir(source):
-            return _decode_frames(source, num_frames, size)
+            return _decode_frame_files(source, list_frames(source), num_frames, size, min_frames)
         if not storage.exists(source):
             raise ClipError(f"clip '{source}' does not exist")
     except ClipError:
         raise
     except OSError as exc:  # storage errors: permissions, network, bad credentials
         raise ClipError(f"cannot read clip '{source}': {exc}") from None
-    return _decode_video(source, num_frames, size)
+    return read_video(source, num_frames, size, min_frames)[0]

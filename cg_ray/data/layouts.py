@@ -9,101 +9,78 @@ UserError.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import posixpath
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cg_ray import storage
-from cg_ray.data.decode import ClipError, count_frames, is_frame_name
+from cg_ray.data.decode import ClipError, count_frames
+from cg_ray.data.tables import (NUM_SCENES, dirs, frames_per_child, read_csv, read_scene_labels,
+                                stratified_split, val_count)
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
-NUM_SCENES = 16
+__all__ = ["LAYOUTS", "MANIFEST_SCHEMA", "NUM_SCENES", "PrepareOptions", "prepare",
+           "stratified_split", "val_count"]
+
 MANIFEST_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("source", pa.string()),
     ("city", pa.string()), ("state", pa.string()), ("country", pa.string()),
     ("continent", pa.string()), ("split", pa.string()), ("num_frames", pa.int32()),
     ("scene_soft", pa.list_(pa.float32())),
+    # Frame files in playing order, relative to `source`, for clips that are not a folder of
+    # their own (MSLS sequences); null for frame folders and videos.
+    ("frames", pa.list_(pa.string())),
 ])
 
 Skipped = list  # of {"clip_id", "source", "reason"}: filled by a layout, written to the report
 
 
-def val_count(num_clips: int, val_fraction: float) -> int:
-    """Clips of one city that go to val: the fraction, at least 1, but never all of them."""
-    if val_fraction <= 0 or num_clips < 2:
-        return 0
-    return min(max(1, round(num_clips * val_fraction)), num_clips - 1)
+@dataclass
+class PrepareOptions:
+    val_fraction: float = 0.2
+    """Share of each city's clips that go to val, when the layout has no split of its own."""
+    seed: int = 0
+    """Seed of that split."""
+    min_frames: int | None = None
+    """Clips with fewer frames are skipped and reported; None: the layout's default."""
+    hierarchy: str | None = None
+    """msls: a city,state,country,continent CSV (default: the 30 MSLS cities, shipped)."""
 
 
-def _read_csv(path: str, columns: list[str]) -> list[dict[str, str]]:
-    """Rows of a CSV with a header that must hold `columns` (a BOM from Excel is tolerated)."""
-    reader = csv.DictReader(io.StringIO(storage.read_text(path).lstrip("\ufeff")))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UserError(f"'{path}' is missing columns {missing}; its header must have {columns}")
-    return list(reader)
+def cityguessr_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[dict]:
+    """CityGuessr68k: the release (labels_list.csv + <split>/<City>/<video_id>/<n>.jpg), or the
+    official training code's label files (txt lines of ids + a JSON of id maps) when present."""
+    from cg_ray.data.official import find_official, official_rows
 
-
-def _read_scene_labels(path: str) -> dict[str, list[float]]:
-    """video_id -> 16 scene fractions, from scene_labels.csv when the dataset has one."""
-    if not storage.exists(path):
-        return {}
-    columns = [f"scene_{i}" for i in range(NUM_SCENES)]
-    rows = _read_csv(path, ["video_id"] + columns)
-    out = {}
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        try:
-            out[row["video_id"]] = [float(row[c]) for c in columns]
-        except (TypeError, ValueError):
-            raise UserError(f"'{path}' line {number}: scene values must be 16 numbers") from None
-    return out
-
-
-def _dirs(path: str) -> list[pafs.FileInfo]:
-    # Hidden and underscore folders (.ipynb_checkpoints, _tmp) are never data.
-    return [i for i in storage.list_dir(path)
-            if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_"))]
-
-
-def cityguessr_rows(source: str, skipped: Skipped, val_fraction: float,
-                    seed: int) -> Iterator[dict]:
-    """CityGuessr68k release: labels_list.csv + <split>/<City>/<video_id>/<n>.jpg."""
+    official = find_official(source)
+    if official is not None:
+        yield from official_rows(source, official, skipped)
+        return
     labels_path = storage.join(source, "labels_list.csv")
     if not storage.exists(labels_path):
         raise UserError(f"'{source}' has no labels_list.csv (City,State,Country,Continent); "
                         f"is it a CityGuessr68k folder? Use --layout videos for video files")
-    table = _read_csv(labels_path, ["City", "State", "Country", "Continent"])
+    table = read_csv(labels_path, ["City", "State", "Country", "Continent"])
     hierarchy = [{level: row[level.capitalize()].strip() for level in LEVELS} for row in table]
     Taxonomy.from_rows(hierarchy, where="labels_list.csv row")  # refuses inconsistent rows
     by_city = {row["city"]: row for row in hierarchy}
-    scenes = _read_scene_labels(storage.join(source, "scene_labels.csv"))
-    for split_dir in _dirs(source):
+    scenes = read_scene_labels(storage.join(source, "scene_labels.csv"))
+    for split_dir in dirs(source):
         split = split_dir.base_name
-        for city_dir in _dirs(storage.uri_of(source, split_dir.path)):
+        for city_dir in dirs(storage.uri_of(source, split_dir.path)):
             city_uri = storage.uri_of(source, city_dir.path)
             if city_dir.base_name not in by_city:
                 raise UserError(f"city folder '{city_uri}' is not in labels_list.csv; add a row "
                                 f"for '{city_dir.base_name}' or remove the folder")
             labels = by_city[city_dir.base_name]
-            # One recursive listing per city, not one per clip: on S3 that is 166 listings
-            # instead of 68k.
-            frames: dict[str, int] = {}
-            for info in storage.list_dir(city_uri, recursive=True):
-                parts = posixpath.relpath(info.path, city_dir.path).split("/")
-                if len(parts) == 1 and info.type == pafs.FileType.Directory:
-                    frames.setdefault(parts[0], 0)
-                elif len(parts) == 2 and info.is_file and is_frame_name(parts[1]):
-                    frames[parts[0]] = frames.get(parts[0], 0) + 1
+            frames = frames_per_child(city_uri)
             if not any(frames.values()):
                 raise UserError(f"city folder '{city_uri}' has no frames in any clip folder; "
                                 f"expected {city_uri}/<video_id>/1.jpg ...")
@@ -117,28 +94,14 @@ def cityguessr_rows(source: str, skipped: Skipped, val_fraction: float,
                            num_frames=frames[clip_id], scene_soft=scenes.get(clip_id))
 
 
-def stratified_split(cities: list[str], val_fraction: float, seed: int) -> list[str]:
-    """'train'/'val' per row: per city, val_count() of its rows (chosen with the seed) go to val."""
-    rng = np.random.default_rng(seed)
-    rows_of = defaultdict(list)
-    for i, city in enumerate(cities):
-        rows_of[city].append(i)
-    splits = ["train"] * len(cities)
-    for city in sorted(rows_of):
-        rows = rows_of[city]
-        for i in rng.permutation(rows)[: val_count(len(rows), val_fraction)]:
-            splits[int(i)] = "val"
-    return splits
-
-
-def video_rows(source: str, skipped: Skipped, val_fraction: float, seed: int) -> Iterator[dict]:
+def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[dict]:
     """Video files listed in a CSV (SOURCE itself or SOURCE/labels.csv):
     path,city,state,country,continent[,split]; paths relative to the CSV's folder or absolute."""
     csv_path = storage.join(source, "labels.csv") if storage.is_dir(source) else source
     if not storage.exists(csv_path):
         raise UserError(f"'{source}' has no labels.csv (path,city,state,country,continent"
                         f"[,split]); pass the CSV itself or the folder holding it")
-    table = _read_csv(csv_path, ["path", *LEVELS])
+    table = read_csv(csv_path, ["path", *LEVELS])
     name = posixpath.basename(csv_path)
     Taxonomy.from_rows(table, where=f"{name} row")  # refuses inconsistent rows, naming them
     given = [(row.get("split") or "").strip() for row in table]
@@ -147,7 +110,7 @@ def video_rows(source: str, skipped: Skipped, val_fraction: float, seed: int) ->
                         f"fill the split column everywhere or leave it out")
     base = posixpath.dirname(csv_path) if storage.is_uri(csv_path) else \
         os.path.dirname(storage.filesystem(csv_path)[1])
-    scenes = _read_scene_labels(storage.join(base, "scene_labels.csv"))
+    scenes = read_scene_labels(storage.join(base, "scene_labels.csv"))
     usable = []
     for row, split in zip(table, given):
         given_path = row["path"].strip()
@@ -168,33 +131,74 @@ def video_rows(source: str, skipped: Skipped, val_fraction: float, seed: int) ->
             clip_id=clip_id, source=path, **{level: row[level].strip() for level in LEVELS},
             split=split, num_frames=num_frames,
             scene_soft=scenes.get(clip_id, scenes.get(posixpath.basename(clip_id)))))
-    if not any(given):
-        # Split after skipping unreadable videos, so every city keeps its share of val clips.
-        splits = stratified_split([row["city"] for row in usable], val_fraction, seed)
-        for row, split in zip(usable, splits):
-            row["split"] = split
-    yield from usable
+    yield from usable  # without a split column, prepare() splits them by city
 
 
-LAYOUTS: dict[str, Callable[[str, Skipped, float, int], Iterator[dict]]] = {
-    "cityguessr": cityguessr_rows,
-    "videos": video_rows,
+@dataclass
+class Layout:
+    rows: Callable[[str, Skipped, PrepareOptions], Iterator[dict]]
+    """Yields manifest rows (split "" when the layout has none) and fills `skipped`."""
+    min_frames: int = 1
+    """Default of --min-frames."""
+
+
+def _msls(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[dict]:
+    from cg_ray.data.msls import msls_rows
+
+    return msls_rows(source, skipped, opts)
+
+
+LAYOUTS: dict[str, Layout] = {
+    "cityguessr": Layout(cityguessr_rows),
+    "msls": Layout(_msls, min_frames=15),  # the CityGuessr paper keeps sequences of >= 15 frames
+    "videos": Layout(video_rows),
 }
 
 
-def prepare(layout: str, source: str, dest: str, val_fraction: float = 0.2,
-            seed: int = 0) -> dict:
+def _usable(rows: list[dict], min_frames: int, skipped: Skipped) -> list[dict]:
+    """Rows with at least min_frames frames; the others go to `skipped` with the reason."""
+    kept = []
+    for row in rows:
+        if row["num_frames"] < min_frames:
+            skipped.append({"clip_id": row["clip_id"], "source": row["source"],
+                            "reason": f"{row['num_frames']} frames, fewer than --min-frames {min_frames}"})
+        else:
+            kept.append(row)
+    return kept
+
+
+def _assign_splits(rows: list[dict], source: str, opts: PrepareOptions) -> None:
+    """Rows without a split are split by city (after skipping, so every city keeps its share)."""
+    given = [bool(row.get("split")) for row in rows]
+    if all(given):
+        return
+    if any(given):
+        row = rows[given.index(False)]
+        raise UserError(f"clip '{row['clip_id']}' in '{source}' has no split while others do")
+    for row, split in zip(rows, stratified_split([r["city"] for r in rows], opts.val_fraction,
+                                                 opts.seed)):
+        row["split"] = split
+
+
+def prepare(layout: str, source: str, dest: str, val_fraction: float = 0.2, seed: int = 0,
+            min_frames: int | None = None, hierarchy: str | None = None) -> dict:
     """Read a dataset in `layout` from `source`; write DEST/manifest.parquet, taxonomy.json and
     prepare_report.json. Returns the report (clips per split and per label, skipped clips)."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout '{layout}'; known layouts: {', '.join(sorted(LAYOUTS))}")
     if not storage.exists(source):
         raise UserError(f"source '{source}' does not exist")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction {val_fraction} must be in [0, 1)")
+    spec = LAYOUTS[layout]
+    opts = PrepareOptions(val_fraction, seed, spec.min_frames if min_frames is None else min_frames,
+                          hierarchy)
     skipped: Skipped = []
-    rows = list(LAYOUTS[layout](source, skipped, val_fraction, seed))
+    rows = _usable(list(spec.rows(source, skipped, opts)), opts.min_frames, skipped)
     if not rows:
         raise UserError(f"no clips found in '{source}' (layout '{layout}', {len(skipped)} "
                         f"skipped); check the folder layout")
+    _assign_splits(rows, source, opts)
     taxonomy = Taxonomy.from_rows(rows, where="clip")
     ids = Counter(row["clip_id"] for row in rows)
     if len(ids) < len(rows):
@@ -209,10 +213,15 @@ def prepare(layout: str, source: str, dest: str, val_fraction: float = 0.2,
     storage.write_text(storage.join(dest, "taxonomy.json"), taxonomy.to_json())
     report = {
         "layout": layout, "source": source, "dest": dest, "clips": len(rows),
+        "min_frames": opts.min_frames,
         "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
         "sizes": dict(zip(LEVELS, taxonomy.sizes)),
         "clips_per_label": {level: dict(sorted(Counter(r[level] for r in rows).items()))
                             for level in LEVELS},
+        "clips_per_split_and_label": {
+            split: {level: dict(sorted(Counter(r[level] for r in rows if r["split"] == split).items()))
+                    for level in LEVELS}
+            for split in sorted({r["split"] for r in rows})},
         "with_scene_labels": sum(r["scene_soft"] is not None for r in rows),
         "skipped": skipped,
     }

@@ -47,23 +47,28 @@ def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str,
     n = len(batch["source"])
     video = np.zeros((n, num_frames, image_size, image_size, 3), dtype=np.uint8)
     valid = np.ones(n, dtype=bool)
+    frame_lists = batch.get("frames")  # explicit frame files (MSLS sequences), else None
     for i, source in enumerate(batch["source"]):
+        names = None if frame_lists is None or frame_lists[i] is None else [str(f) for f in frame_lists[i]]
         try:
-            video[i] = decode_clip(str(source), num_frames, image_size)
+            video[i] = decode_clip(str(source), num_frames, image_size, frames=names)
         except ClipError as exc:
             log.warning("skipping clip %s: %s", batch["clip_id"][i], exc)
             valid[i] = False
     out = {"video": video, "valid": valid}
     for level in LEVELS:
         out[level] = np.array([label_ids[level][str(v)] for v in batch[level]], dtype=np.int64)
-    out["scene"] = scene_targets(batch.get("scene_soft"), n, scene_labels)
+    out["scene"] = scene_targets(batch.get("scene_soft"), n, scene_labels,
+                                 batch.get("scene_majority"))
     if keep_ids:
         out["clip_id"] = np.asarray(batch["clip_id"]).astype(str)
     return out
 
 
-def scene_targets(column, n: int, mode: str) -> np.ndarray:
-    """(B, 16) float32: the soft label, or one-hot of its argmax for 'majority'; zeros if absent."""
+def scene_targets(column, n: int, mode: str, majority=None) -> np.ndarray:
+    """(B, 16) float32: the soft label, or for 'majority' one-hot of the `scene_majority` id
+    (`cg-ray scenes` writes it) where the manifest has one, else of the soft label's argmax;
+    zeros if absent."""
     scenes = np.zeros((n, NUM_SCENES), dtype=np.float32)
     if column is None:
         return scenes
@@ -72,8 +77,13 @@ def scene_targets(column, n: int, mode: str) -> np.ndarray:
             scenes[i] = np.asarray(row, dtype=np.float32)
     if mode == "majority":
         has = scenes.sum(axis=1) > 0
+        ids = scenes.argmax(axis=1)
+        for i, value in enumerate(majority if majority is not None else []):
+            if value is not None and not (isinstance(value, float) and np.isnan(value)) \
+                    and 0 <= int(value) < NUM_SCENES:
+                ids[i], has[i] = int(value), True
         onehot = np.zeros_like(scenes)
-        onehot[np.arange(n), scenes.argmax(axis=1)] = 1.0
+        onehot[np.arange(n), ids] = 1.0
         scenes = np.where(has[:, None], onehot, scenes)
     return scenes
 
@@ -81,14 +91,25 @@ def scene_targets(column, n: int, mode: str) -> np.ndarray:
 def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int,
                  image_size: int, scene_labels: str = "soft", shuffle_seed: int | None = None,
                  keep_ids: bool = False, decode_batch_size: int = 4) -> ray.data.Dataset:
-    """The decoded clips of one split as a Ray Dataset (streamed; nothing materialized)."""
-    ds = ray.data.read_parquet(manifest_path(data_path))
+    """The decoded clips of one split as a Ray Dataset (streamed; nothing materialized).
+
+    Reads the packed shards of (num_frames, image_size) when `cg-ray pack` made them, else
+    decodes the raw clips; the columns are the same either way.
+    """
+    from cg_ray.data.shards import packed_dataset
+
+    label_ids = {level: taxonomy.index(level) for level in LEVELS}
+    packed = packed_dataset(data_path, split, label_ids, num_frames, image_size, scene_labels,
+                            shuffle_seed, keep_ids, decode_batch_size)
+    if packed is not None:
+        return packed
+    fs, path = storage.filesystem(manifest_path(data_path))
+    ds = ray.data.read_parquet(path, filesystem=fs)
     ds = ds.filter(expr=f"split == '{split}'")
     if shuffle_seed is not None:
-        # Rows of the manifest are small: shuffling them before decoding is cheap, and with a
-        # seed Ray Data re-seeds every execution, so each epoch gets its own reproducible order.
-        ds = ds.random_shuffle(seed=shuffle_seed)
-    label_ids = {level: taxonomy.index(level) for level in LEVELS}
+        # Rows of the manifest are small: shuffling them before decoding is cheap. An int seed
+        # would give the same order every epoch; this config re-seeds with each execution.
+        ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(shuffle_seed, reseed_after_execution=True))
     return ds.map_batches(
         decode_batch, batch_size=decode_batch_size, batch_format="numpy",
         fn_kwargs=dict(label_ids=label_ids, num_frames=num_frames, image_size=image_size,
@@ -114,6 +135,12 @@ def has_scene_labels(data_path: str, split: str) -> bool:
     schema = pq.read_schema(path, filesystem=fs)
     if "scene_soft" not in schema.names:
         return False
-    table = pq.read_table(path, columns=["split", "scene_soft"], filesystem=fs)
-    rows = table.filter(pc.equal(table["split"], split))
-    return rows.num_rows > 0 and rows["scene_soft"].null_count == 0
+    # Batch by batch, two columns: a manifest of millions of rows is never held whole.
+    rows = 0
+    with fs.open_input_file(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["split", "scene_soft"], batch_size=65536):
+            mine = batch.filter(pc.equal(batch.column("split"), split))
+            if mine.column("scene_soft").null_count:
+                return False
+            rows += mine.num_rows
+    return rows > 0

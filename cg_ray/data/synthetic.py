@@ -19,7 +19,9 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
+import itertools
 import time
+from typing import Iterable, Iterator
 
 import av
 import numpy as np
@@ -92,8 +94,9 @@ class _Look:
 
 
 def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generator,
-                 width: int, height: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of one clip; `scenes` is the (T,) scene category per frame."""
+                 width: int, height: int) -> Iterator[np.ndarray]:
+    """The T frames of one clip, one (H, W, 3) uint8 array at a time; `scenes` is the (T,) scene
+    category per frame. Frame by frame, so a 100-frame 1280x720 clip needs megabytes, not GBs."""
     city, state, country, continent = (look.ids[k][place[k]] for k in range(4))
     # Per-clip colour jitter, larger for finer levels: that, and smaller areas, is what makes
     # the city the hardest label to read and the continent the easiest.
@@ -121,7 +124,6 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
     base[patch & ~dark] = col[0]
     base[patch & dark] = col[0] * 0.6
 
-    frames = np.empty((len(scenes), height, width, 3))
     pan0, pan_speed = rng.integers(0, width), rng.uniform(-2.0, 2.0)
     car_x, car_speed = rng.uniform(0, width), rng.uniform(2.0, 5.0) * rng.choice([-1, 1])
     car_h, car_w = max(2, height // 7), max(3, width // 8)
@@ -132,9 +134,10 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
         frame[: int(0.2 * height)] = look.scene_colours[scene]
         x = int(car_x + car_speed * t) % width
         frame[height - car_h - 1: height - 1, x: x + car_w] = 235.0 if t % 2 else 30.0
-        frames[t] = frame * brightness
-    frames += rng.normal(0, 6, size=frames.shape)
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+        frame *= brightness
+        # Noise drawn frame after frame is the same stream as one draw for the whole clip.
+        frame += rng.normal(0, 6, size=frame.shape)
+        yield np.clip(np.round(frame), 0, 255).astype(np.uint8)
 
 
 def _jpeg(frame: np.ndarray) -> bytes:
@@ -143,14 +146,18 @@ def _jpeg(frame: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _mp4(frames: np.ndarray, fps: int = 8) -> bytes:
-    """(T, H, W, 3) uint8 with even H, W -> h264/yuv420p mp4 bytes."""
+def _mp4(frames: Iterable[np.ndarray], fps: int = 8, gop: int | None = None) -> bytes:
+    """(H, W, 3) uint8 frames with even H, W -> h264/yuv420p mp4 bytes; `gop`: keyframe interval
+    (None: the encoder's default, one keyframe for a short clip)."""
     buf = io.BytesIO()
+    frames = iter(frames)
+    first = next(frames)
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for frame in frames:
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast",
+                          **({"g": str(gop), "keyint_min": str(gop)} if gop else {})}
+        for frame in itertools.chain([first], frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush the encoder's delayed frames
     return buf.getvalue()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -25,28 +26,79 @@ FILENAME = "text_features.parquet"
 DEFAULT_TEMPLATE = "a street in {}."
 
 
+def _open_clip_model(model_name: str, pretrained: str | None):
+    """open_clip model with weights from a tag ('openai'), a weights file (local or a URI, e.g.
+    a state_dict saved with torch.save), or random weights when None."""
+    import tempfile
+
+    import open_clip
+
+    if pretrained and storage.is_uri(pretrained) and not pretrained.startswith("file://"):
+        with tempfile.TemporaryDirectory() as folder:  # open_clip reads local files only
+            return _open_clip_model(model_name, storage.download(pretrained, folder))
+    if pretrained and pretrained.startswith("file://"):
+        pretrained = pretrained[len("file://"):]
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained or None)
+    except (RuntimeError, AssertionError, KeyError, ValueError, OSError,
+            pickle.UnpicklingError) as exc:  # open_clip's ways of saying "these weights do not fit"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot build open_clip '{model_name}' with pretrained="
+                        f"'{pretrained}': {reason}") from None
+
+
+def _token_count(tokenizer, text: str) -> int | None:
+    """Tokens of `text` with its start/end tokens, or None for a tokenizer we cannot ask."""
+    if hasattr(tokenizer, "encode"):  # open_clip's BPE tokenizer: + start and end token
+        return len(tokenizer.encode(text)) + 2
+    inner = getattr(tokenizer, "tokenizer", None)
+    if callable(inner):  # a Hugging Face tokenizer, special tokens included
+        return len(inner(text)["input_ids"])
+    return None
+
+
+def check_embeddable(tokenizer, level: str, names: list[str], texts: list[str]) -> None:
+    """Refuse, naming it, a label the encoder would not see whole: an empty name, or a prompt
+    longer than the encoder's context (the tokenizer would silently cut it)."""
+    limit = getattr(tokenizer, "context_length", None)
+    for name, text in zip(names, texts):
+        if not name.replace("_", " ").strip():
+            raise UserError(f"{level} label '{name}' is empty once underscores become spaces: "
+                            f"the text encoder cannot embed it; rename it in the dataset")
+        count = _token_count(tokenizer, text) if limit else None
+        if count is not None and count > limit:
+            raise UserError(f"{level} label '{name}' needs {count} tokens in '{text[:60]}...', more "
+                            f"than the text encoder's {limit}: shorten the label or --template")
+
+
 def encode_label_names(taxonomy: Taxonomy, model_name: str = "ViT-B-32",
                        pretrained: str | None = None, template: str = DEFAULT_TEMPLATE,
                        seed: int = 0) -> dict[str, np.ndarray]:
     """level -> (n_level, D) float32, unit rows. `pretrained`: an open_clip tag ('openai'), a
-    local weights file, or None for random weights (seeded, so reproducible)."""
+    weights file (local or URI), or None for random weights (seeded, so reproducible).
+
+    A label the encoder cannot embed (empty, longer than its context, or a non-finite vector)
+    is refused with an error naming it."""
     import open_clip
 
     if "{}" not in template:
         raise UserError(f"text template '{template}' must contain {{}} where the label goes")
     torch.manual_seed(seed)
-    try:
-        model = open_clip.create_model(model_name, pretrained=pretrained or None)
-    except RuntimeError as exc:
-        raise UserError(f"cannot build open_clip '{model_name}' with pretrained="
-                        f"'{pretrained}': {str(exc).splitlines()[0]}") from None
+    model = _open_clip_model(model_name, pretrained)
     tokenizer = open_clip.get_tokenizer(model_name)
     model.eval()
     out = {}
     with torch.no_grad():
         for level in LEVELS:
-            texts = [template.format(name.replace("_", " ")) for name in taxonomy.labels[level]]
+            names = taxonomy.labels[level]
+            texts = [template.format(name.replace("_", " ")) for name in names]
+            check_embeddable(tokenizer, level, names, texts)
             features = model.encode_text(tokenizer(texts)).float()
+            bad = ~torch.isfinite(features).all(dim=-1) | (features.norm(dim=-1) == 0)
+            if bad.any():
+                name = names[int(bad.nonzero()[0])]
+                raise UserError(f"the text encoder gives no usable vector for {level} label "
+                                f"'{name}' (non-finite or zero): check the --pretrained weights")
             out[level] = torch.nn.functional.normalize(features, dim=-1).numpy()
     return out
 

@@ -1,0 +1,174 @@
+"""`cg-ray tune`: Ray Tune over the same training as `cg-ray train`.
+
+    search(cfg)                 driver: checks, parent MLflow run, Tuner (or Tuner.restore), summary
+      run_trial(params)         one trial (a Tune function trainable): its config, then train()
+        train(cfg, callbacks=[EpochReport()])   the TorchTrainer; its reports go on to Tune
+
+Ray 2.60 runs Train V2, where a TorchTrainer is not a Tune trainable: each trial is a function
+that builds and fits the trainer, with a callback forwarding every epoch's metrics to Tune.
+The search lives in `run.storage_path/run.name/`: Tune's state, `cg_ray_search.json` (the
+parent MLflow run and the config), `trials/<name>-<n>/` (each trial's training run, whose
+checkpoints a resumed search continues from) and `best_config.yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from cg_ray import storage, tracking
+from cg_ray.config import Config, config_from_dict
+from cg_ray.errors import UserError
+from cg_ray.search_space import apply_params, tune_space
+from cg_ray.tune_scheduling import STOPPED, EpochReport, expected_trials, stopped_trials, tune_config
+from cg_ray.tune_tracking import (existing_search, open_parent, settle_children, trial_rows,
+                                  write_best)
+
+# The trial function holds no training workers itself: a sliver of a CPU, as Tune refuses 0.
+TRIAL_DRIVER_CPU = 0.01
+class SearchInterrupted(KeyboardInterrupt):
+    """Tune ended the search early (SIGINT, SIGUSR1); its state is saved for --resume."""
+
+
+def trial_config(base: dict, params: dict, search_dir: str, name: str, trial_id: str,
+                 uri: str) -> Config:
+    """The training config of one trial: the base with the sampled params, its run in
+    search_dir/trials/<name>-<n>, logging to the search's MLflow store."""
+    data = apply_params(base, params)
+    index = trial_id.rsplit("_", 1)[-1]
+    data["run"].update(storage_path=storage.join(search_dir, "trials"), name=f"{name}-{index}",
+                       tracking_uri=uri, register_as=None)
+    return config_from_dict(data)
+
+
+def run_trial(params: dict, *, base: dict, search_dir: str, parent_run_id: str, uri: str) -> None:
+    """One trial, in a Tune actor: train() with the trial's config; an MLflow child run."""
+    from ray import tune
+
+    from cg_ray.train import train
+
+    trial_id = tune.get_context().get_trial_id()
+    name = base["run"]["name"]
+    cfg = trial_config(base, params, search_dir, name, trial_id, uri)
+    tags = {"mlflow.parentRunId": parent_run_id, "cg_ray.trial_id": trial_id,
+            "cg_ray.search": name}
+    train(cfg, callbacks=[EpochReport()], run_tags=tags)
+
+
+# -- resources -----------------------------------------------------------------------------------
+
+
+def trial_needs(cfg: Config, use_gpu: bool) -> dict[str, float]:
+    """What one trial holds while it trains: its workers, plus CPUs for Ray Data decoding."""
+    t = cfg.train
+    return {"CPU": t.num_workers * t.cpus_per_worker + cfg.tune.data_cpus,
+            "GPU": float(t.num_workers) if use_gpu else 0.0}
+
+
+def plan_concurrency(cfg: Config, use_gpu: bool, total: dict, nodes: list[dict]) -> int:
+    """Trials that can run at once on a cluster with `total` resources and these nodes'
+    resources; a UserError when not even one fits (a trial would wait forever)."""
+    wanted = cfg.tune.max_concurrent or cfg.tune.num_samples
+    if not cfg.tune.check_resources:
+        return wanted
+    need = trial_needs(cfg, use_gpu)
+    t = cfg.train
+    what = (f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} "
+            f"+ tune.data_cpus={cfg.tune.data_cpus}")
+    if need["CPU"] > total.get("CPU", 0):
+        raise UserError(f"one trial needs {need['CPU']:g} CPUs ({what}) but the cluster has "
+                        f"{total.get('CPU', 0):g}: lower them, add nodes, or set "
+                        f"tune.check_resources=false on an autoscaling cluster")
+    if need["GPU"] > total.get("GPU", 0):
+        raise UserError(f"one trial needs {need['GPU']:g} GPUs (train.num_workers={t.num_workers}) "
+                        f"but the cluster has {total.get('GPU', 0):g}: lower train.num_workers, "
+                        f"set train.use_gpu=false, or add GPU nodes")
+    worker = {"CPU": t.cpus_per_worker, "GPU": 1.0 if use_gpu else 0.0}
+    if not any(all(node.get(k, 0) >= v for k, v in worker.items()) for node in nodes):
+        raise UserError(f"no node can host one training worker ({worker['CPU']:g} CPUs"
+                        f"{', 1 GPU' if use_gpu else ''}): lower train.cpus_per_worker")
+    fits = min(int(total.get(k, 0) // v) for k, v in need.items() if v > 0)
+    if fits < wanted:
+        held = ", ".join(f"{v:g} {k}" for k, v in need.items() if v > 0)
+        print(f"running at most {fits} trials at once: each holds {held} of the cluster's "
+              f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU", flush=True)
+    return max(1, min(fits, wanted))
+
+
+def _cluster(cfg: Config, wanted: int) -> tuple[bool, dict, list[dict]]:
+    """Start or join Ray; (use_gpu, cluster resources, resources of each alive node)."""
+    import ray
+
+    from cg_ray.ray_env import init_ray
+
+    need = trial_needs(cfg, use_gpu=False)["CPU"]
+    init_ray(min_cpus=need * max(wanted, 1))  # a local Ray fits `wanted` trials
+    total = ray.cluster_resources()
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else total.get("GPU", 0) > 0
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return use_gpu, total, nodes
+
+
+# -- the Tuner -------------------------------------------------------------------------------------
+
+
+def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: bool):
+    """A new Tuner for the search, or the interrupted one restored from its folder."""
+    from ray import tune
+
+    fs, path = storage.ray_storage(search_root)
+    experiment = storage.join(search_root, cfg.run.name)
+    if restore and tune.Tuner.can_restore(storage.ray_storage(experiment)[1], storage_filesystem=fs):
+        return tune.Tuner.restore(storage.ray_storage(experiment)[1], trainable,
+                                  resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
+    return tune.Tuner(trainable, param_space=tune_space(cfg.tune.space),
+                      tune_config=tune_config(cfg, concurrency, experiment),
+                      run_config=tune.RunConfig(name=cfg.run.name, storage_path=path,
+                                                storage_filesystem=fs, verbose=1))
+
+
+def search(cfg: Config, resume: bool = False, best_config_out: str | None = None) -> dict:
+    """Run (or with resume, continue) the search of cfg.tune; returns its summary."""
+    from ray import tune
+
+    from cg_ray.train import check_inputs
+
+    if not cfg.tune.space:
+        raise UserError("tune.space is empty: give the config a search space, e.g. tune: {space: "
+                        "{optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see configs/demo.yaml)")
+    check_inputs(cfg)
+    if not storage.is_uri(cfg.data.path):  # trials run in their own working directories
+        cfg.data.path = os.path.abspath(cfg.data.path)
+    root = cfg.run.storage_path if storage.is_uri(cfg.run.storage_path) else \
+        os.path.abspath(cfg.run.storage_path)
+    search_dir = storage.join(root, cfg.run.name)
+    meta = existing_search(cfg, search_dir, resume)
+    uri = tracking.tracking_uri(cfg.run.tracking_uri)
+    tracking.check_reachable(uri)
+    use_gpu, total, nodes = _cluster(cfg, cfg.tune.max_concurrent or 1)
+    concurrency = plan_concurrency(cfg, use_gpu, total, nodes)
+    parent_run_id, resumed = open_parent(cfg, search_dir, uri, meta), meta is not None
+    base = cfg.to_dict()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, search_dir=search_dir,
+                             parent_run_id=parent_run_id, uri=uri),
+        {"cpu": TRIAL_DRIVER_CPU})
+    start = time.perf_counter()
+    try:
+        results = _tuner(cfg, trainable, concurrency, root, resumed).fit()
+    except BaseException:
+        tracking.end_run(uri, parent_run_id, "KILLED")  # --resume reopens it
+        raise
+    seconds = time.perf_counter() - start
+    rows = trial_rows(cfg, results, stopped_trials(storage.join(search_dir, STOPPED)))
+    # Tune ends early on SIGINT or SIGUSR1 and returns what it has: trials neither finished nor
+    # stopped nor failed, or trials it never made.
+    if any(row["status"] == "interrupted" for row in rows) or len(rows) < expected_trials(cfg):
+        tracking.end_run(uri, parent_run_id, "KILLED")
+        print(f"search interrupted; continue it with --resume (state in {search_dir})", flush=True)
+        raise SearchInterrupted(search_dir)
+    settle_children(uri, parent_run_id, rows)
+    summary = write_best(cfg, uri, parent_run_id, results, rows, search_dir, best_config_out)
+    return {**summary, "search_dir": search_dir, "parent_run_id": parent_run_id,
+            "concurrency": concurrency, "seconds": round(seconds, 1), "resumed": resumed}

@@ -1,0 +1,14 @@
+"""`ray job submit` entry point: `cg-ray evaluate ARGS...` on the cluster the job runs in.
+
+    ray job submit --address http://HEAD:8265 --runtime-env jobs/runtime_env.yaml \
+        -- python evaluate.py ARGS...        (make submit JOB=evaluate ... does this and waits)
+
+The job's driver finds the cluster through RAY_ADDRESS, which Ray sets for submitted jobs.
+"""
+
+import sys
+
+from cg_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,0 +1,105 @@
+"""Submit a cg_ray job to a Ray cluster, follow its logs, exit 0 only when it SUCCEEDED.
+
+    python jobs/submit.py train --address http://HEAD:8265 -- --config configs/demo.yaml --set ...
+    make submit JOB=train CONFIG=configs/demo.yaml RAY_ADDRESS=http://HEAD:8265 ARGS="--set ..."
+
+The runtime_env comes from a YAML file (jobs/runtime_env.yaml: cg_ray installed on the nodes;
+jobs/runtime_env.dev.yaml: the checkout travels with the job); its working_dir is relative to the
+repository root. The storage and MLflow settings of this shell (PASS_ENV) are added to its
+env_vars; credentials never are: the nodes take theirs from their own environment.
+(`ray job submit` alone exits 0 for a job that was stopped; this exits 1 for anything but SUCCEEDED.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shlex
+import sys
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOBS = ("pack", "scenes", "text", "train", "tune", "evaluate")
+PASS_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+            "AWS_DEFAULT_REGION", "CG_RAY_PROGRESS")
+SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL|SESSION", re.I)
+
+
+def runtime_env(path: str, extra_env: list[str]) -> dict:
+    """The YAML's runtime_env, working_dir made absolute, this shell's settings added."""
+    with open(path) as f:
+        env = yaml.safe_load(f) or {}
+    if env.get("working_dir") and "://" not in env["working_dir"]:
+        env["working_dir"] = os.path.normpath(os.path.join(ROOT, env["working_dir"]))
+    env_vars = dict(env.get("env_vars") or {})
+    for name in (*PASS_ENV, *extra_env):
+        if SECRET.search(name):
+            raise SystemExit(f"submit: refusing to send {name} with the job: give the nodes "
+                             f"their credentials (instance role, Kubernetes Secret)")
+        if name in os.environ:
+            env_vars[name] = os.environ[name]
+    env["env_vars"] = env_vars
+    return env
+
+
+def entrypoint(job: str, env: dict, args: list[str]) -> str:
+    """`python <the job script, relative to working_dir> ARGS`, or the installed `cg-ray`
+    command when nothing travels with the job."""
+    working_dir = env.get("working_dir")
+    if working_dir and "://" not in working_dir:
+        script = os.path.relpath(os.path.join(ROOT, "jobs", f"{job}.py"), working_dir)
+        return shlex.join(["python", script, *args])
+    return shlex.join(["cg-ray", job, *args])
+
+
+async def _follow(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def submit(job: str, address: str, env: dict, args: list[str], submission_id: str | None) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    command = entrypoint(job, env, args)
+    job_id = client.submit_job(entrypoint=command, runtime_env=env, submission_id=submission_id)
+    print(f"submitted {job_id}: {command}", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(_follow(client, job_id))
+        status = client.get_job_status(job_id)
+        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            time.sleep(1)  # the log stream can end a moment before the status does
+            status = client.get_job_status(job_id)
+    except KeyboardInterrupt:
+        print(f"submit: stopped following; the job goes on: ray job stop {job_id} "
+              f"--address {address}", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    print(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""),
+          file=sys.stderr)
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job", choices=JOBS)
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="the job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
+    parser.add_argument("--runtime-env", default=os.path.join(ROOT, "jobs", "runtime_env.yaml"))
+    parser.add_argument("--env", action="append", default=[], metavar="NAME",
+                        help="also pass this variable of the submitting shell")
+    parser.add_argument("--submission-id")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="-- then the command's arguments")
+    ns = parser.parse_args(argv)
+    if not ns.address:
+        parser.error("no cluster: give --address http://HEAD:8265 or set RAY_ADDRESS")
+    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
+    return submit(ns.job, ns.address, runtime_env(ns.runtime_env, ns.env), args, ns.submission_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""A real two-node Ray cluster on this machine for tests: `ray start --block` processes (a head and
+a worker node), each with its own resources, temp dir and ports; the dashboard and job server on
+127.0.0.1 (Ray advertises the machine's address for the nodes themselves, whatever
+--node-ip-address says); token authentication on, with a token of the test's own (not
+~/.ray/auth_token). Stopped by the pids this module started, never
+with `ray stop`, which would stop every Ray on the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.path.dirname(sys.executable)  # the venv's bin: ray, python
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ports() -> list[str]:
+    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    return [f"--{name}={free_port()}" for name in names]
+
+
+class LocalCluster:
+    """`with LocalCluster(head_cpus=3, worker_cpus=3) as c:` c.gcs, c.dashboard, c.env."""
+
+    def __init__(self, head_cpus: int, worker_cpus: int, root: str | None = None):
+        self.root = root or tempfile.mkdtemp(prefix="r7c-", dir="/tmp")
+        token_path = os.path.join(self.root, "auth_token")
+        with open(token_path, "w") as f:
+            f.write(secrets.token_hex(32))
+        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path,
+                        PATH=BIN + os.pathsep + os.environ.get("PATH", ""),
+                        RAY_USAGE_STATS_ENABLED="0")
+        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_GCS_SERVER_PORT"):
+            self.env.pop(key, None)
+        self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
+        self.gcs = f"127.0.0.1:{free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.procs: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], name: str, tmpdir: str) -> None:
+        os.makedirs(tmpdir, exist_ok=True)
+        log = open(os.path.join(self.root, f"{name}.log"), "w")
+        env = dict(self.env, RAY_TMPDIR=tmpdir)
+        self.procs.append(subprocess.Popen(
+            [os.path.join(BIN, "ray"), "start", "--block", *_ports(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True))
+
+    def __enter__(self) -> "LocalCluster":
+        port = self.gcs.rsplit(":", 1)[1]
+        dash_port = self.dashboard.rsplit(":", 1)[1]
+        self._start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
+                     f"--num-cpus={self.head_cpus}", "--resources", json.dumps({"head": 1})],
+                    "head", os.path.join(self.root, "head"))
+        self.wait_nodes(1)
+        self._start([f"--address={self.gcs}", f"--num-cpus={self.worker_cpus}",
+                     "--resources", json.dumps({"second": 1})],
+                    "worker", os.path.join(self.root, "worker"))
+        self.wait_nodes(2)
+        return self
+
+    def ray(self, *args: str, timeout: float = 120, cwd: str | None = None) -> subprocess.CompletedProcess:
+        """A `ray` CLI call against this cluster (its token, its address)."""
+        return subprocess.run([os.path.join(BIN, "ray"), *args], env=self.env, text=True,
+                              capture_output=True, timeout=timeout, cwd=cwd)
+
+    def alive_nodes(self) -> list[dict]:
+        out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json",
+                       "--filter", "state=ALIVE")
+        return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+
+    def wait_nodes(self, count: int, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a ray start process exited; see {self.root}/*.log")
+            if len(self.alive_nodes()) >= count:
+                return
+            time.sleep(2)
+        raise TimeoutError(f"{count} Ray nodes not up in {timeout} s; see {self.root}/*.log")
+
+    def __exit__(self, *exc) -> None:
+        # `ray start --block` takes its node's processes down when it is terminated; anything
+        # left (a worker process) belongs to this cluster's process group or temp dir.
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(self.root)
+
+
+def _kill_leftovers(root: str) -> None:
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(root in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue

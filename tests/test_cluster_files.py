@@ -1,0 +1,222 @@
+"""Every YAML of cluster/ and jobs/ against what Ray and KubeRay require: Ray's own cluster
+launcher validation (its JSON schema and checks, offline), Ray's runtime_env type checks, and the
+KubeRay CRD fields by hand; plus the safe defaults (dashboard not public, token auth, no secret
+written in a file) and jobs/submit.py's runtime_env and entrypoint."""
+
+import copy
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "jobs"))
+import submit  # noqa: E402  jobs/submit.py
+
+YAMLS = sorted([*ROOT.glob("cluster/**/*.yaml"), *ROOT.glob("jobs/*.yaml")])
+KUBERAY = {"RayCluster": ROOT / "cluster/kuberay/raycluster.yaml",
+           "RayJob": ROOT / "cluster/kuberay/rayjob-tune.yaml"}
+# Fields of KubeRay v1.5/1.6 (ray.io/v1), from its API types.
+RAYCLUSTER_SPEC = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
+                   "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy",
+                   "gcsFaultToleranceOptions", "authOptions", "upgradeStrategy"}
+HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
+WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts",
+                "rayStartParams", "template", "scaleStrategy", "suspend", "idleTimeoutSeconds"}
+AUTOSCALER = {"resources", "image", "imagePullPolicy", "env", "envFrom", "volumeMounts",
+              "securityContext", "idleTimeoutSeconds", "upscalingMode", "version"}
+RAYJOB_SPEC = {"entrypoint", "runtimeEnvYAML", "rayClusterSpec", "clusterSelector",
+               "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "activeDeadlineSeconds",
+               "backoffLimit", "submissionMode", "submitterPodTemplate", "submitterConfig",
+               "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "suspend",
+               "managedBy", "jobId", "metadata", "deletionStrategy"}
+RUNTIME_ENV = {"working_dir", "py_modules", "pip", "uv", "conda", "env_vars", "excludes",
+               "container", "image_uri", "config", "py_executable", "java_jars", "nsight"}
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|AUTH_TOKEN$|CREDENTIAL", re.I)
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_yaml_loads_and_writes_no_secret(path):
+    docs = _docs(path)
+    assert docs
+
+    def walk(node):
+        if isinstance(node, dict):
+            # env_vars mappings (NAME: value) and Kubernetes env entries (name: NAME, value: v)
+            pairs = list(node.items()) + ([(node["name"], node["value"])]
+                                          if {"name", "value"} <= set(node) else [])
+            for key, value in pairs:
+                if ENV_NAME.fullmatch(str(key)) and SECRET_NAME.search(str(key)) and \
+                        isinstance(value, (str, int)):
+                    pytest.fail(f"{path}: {key} has a value written in the file")
+                if isinstance(value, str) and "://" in value:
+                    assert "@" not in value.split("://", 1)[1].split("/")[0], f"credentials: {value}"
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for doc in docs:
+        walk(doc)
+    text = path.read_text()
+    assert not re.search(r"(?i)(aws_secret_access_key|password)\s*[:=]\s*\S", text)
+
+
+def _launcher():
+    return yaml.safe_load((ROOT / "cluster/aws.yaml").read_text())
+
+
+def test_cluster_launcher_yaml_passes_ray_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(copy.deepcopy(_launcher()))
+    validate_config(config)  # Ray's JSON schema and its cross-checks (min <= max workers, head)
+    broken = _launcher()
+    broken["available_node_types"]["worker.gpu"]["gpus"] = 1
+    with pytest.raises(Exception, match="gpus"):
+        validate_config(prepare_config(broken))
+
+
+def test_cluster_launcher_node_types_limits_and_safe_defaults():
+    config = _launcher()
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0} and not head["node_config"]["InstanceType"].startswith(("g", "p"))
+    gpu, cpu = types["worker.gpu"], types["worker.cpu"]
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))  # GPU instance families
+    assert cpu["node_config"]["InstanceType"].startswith(("c", "m"))
+    for node in (gpu, cpu):
+        assert 0 <= node["min_workers"] <= node["max_workers"] <= config["max_workers"]
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "--num-cpus=0" in head_start
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "RAY_AUTH_MODE=token" in " ".join(commands)
+    assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    assert config["file_mounts"]["/home/ubuntu/cg_ray.env"] == "cluster/cg_ray.env"
+    ssh = config["provider"]["security_group"]["IpPermissions"]
+    assert all(r["CidrIp"] != "0.0.0.0/0" for rule in ssh for r in rule["IpRanges"])
+    example = (ROOT / "cluster/cg_ray.env.example").read_text()
+    assert "CG_RAY_DATA=s3://" in example and "MLFLOW_TRACKING_URI=" in example
+    assert "cluster/cg_ray.env" in (ROOT / ".gitignore").read_text()
+
+
+def _check_group(group: dict, kind: str) -> dict:
+    """A head or worker group: known fields, one Ray container wired to the settings."""
+    assert set(group) <= (HEAD_GROUP if kind == "head" else WORKER_GROUP), set(group)
+    assert isinstance(group["rayStartParams"], dict)
+    assert all(isinstance(v, str) for v in group["rayStartParams"].values())  # map[string]string
+    pod = group["template"]["spec"]
+    assert pod["serviceAccountName"] == "cg-ray"
+    container = pod["containers"][0]
+    assert container["name"] == f"ray-{kind}" and container["image"]
+    sources = container["envFrom"]
+    assert {"configMapRef": {"name": "cg-ray-settings"}} in sources
+    assert {"secretRef": {"name": "cg-ray-secrets", "optional": True}} in sources
+    if kind == "worker":
+        assert group["groupName"] and 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    return container["resources"]
+
+
+def _check_cluster_spec(spec: dict) -> None:
+    import ray
+
+    assert set(spec) <= RAYCLUSTER_SPEC, set(spec) - RAYCLUSTER_SPEC
+    assert spec["rayVersion"] == ray.__version__
+    assert spec["authOptions"] == {"mode": "token"}  # KubeRay >= 1.5.1, Ray >= 2.52
+    assert spec["enableInTreeAutoscaling"] is True
+    assert set(spec["autoscalerOptions"]) <= AUTOSCALER
+    head = spec["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP" and not head.get("enableIngress")
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    _check_group(head, "head")
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"gpu", "cpu"}
+    gpu = _check_group(groups["gpu"], "worker")
+    cpu = _check_group(groups["cpu"], "worker")
+    assert gpu["limits"]["nvidia.com/gpu"] == "1" and "nvidia.com/gpu" not in cpu["limits"]
+    assert groups["gpu"]["maxReplicas"] >= 1 and groups["cpu"]["maxReplicas"] >= 1
+
+
+def test_kuberay_raycluster_manifest():
+    (doc,) = _docs(KUBERAY["RayCluster"])
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayCluster")
+    assert doc["metadata"]["namespace"] == "cg-ray"
+    _check_cluster_spec(doc["spec"])
+
+
+def test_kuberay_rayjob_manifest_runs_the_tune_entry_point():
+    from ray.runtime_env import RuntimeEnv
+
+    from cg_ray.config import load_config
+
+    (doc,) = _docs(KUBERAY["RayJob"])
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob")
+    spec = doc["spec"]
+    assert set(spec) <= RAYJOB_SPEC, set(spec) - RAYJOB_SPEC
+    assert spec["submissionMode"] == "K8sJobMode" and spec["shutdownAfterJobFinishes"] is True
+    _check_cluster_spec(spec["rayClusterSpec"])
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert set(env) <= RUNTIME_ENV
+    RuntimeEnv(**env)
+    submitter = spec["submitterPodTemplate"]["spec"]
+    assert submitter["restartPolicy"] == "Never"
+    assert {"configMapRef": {"name": "cg-ray-settings"}} in submitter["containers"][0]["envFrom"]
+    # The entry point is a jobs/ script of the image's checkout, with a config that loads.
+    words = shlex.split(spec["entrypoint"])
+    assert words[0] == "python" and words[1] == "/opt/cg_ray/jobs/tune.py"
+    assert (ROOT / "jobs" / "tune.py").exists()
+    config = words[words.index("--config") + 1].replace("/opt/cg_ray/", "")
+    assert load_config(str(ROOT / config)).tune.space
+    assert "data.path=$CG_RAY_DATA" in words and "run.storage_path=$CG_RAY_STORAGE" in words
+    dockerfile = (ROOT / "cluster/Dockerfile").read_text()
+    assert "COPY --chown=ray:users . /opt/cg_ray" in dockerfile
+    assert ".venv" in (ROOT / "cluster/Dockerfile.dockerignore").read_text()
+
+
+@pytest.mark.parametrize("name", ["runtime_env.yaml", "runtime_env.dev.yaml"])
+def test_job_runtime_envs_pass_rays_checks(name):
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((ROOT / "jobs" / name).read_text())
+    assert set(env) <= RUNTIME_ENV
+    RuntimeEnv(**env)
+    assert (ROOT / env["working_dir"]).is_dir()
+    resolved = submit.runtime_env(str(ROOT / "jobs" / name), [])
+    assert Path(resolved["working_dir"]).is_absolute()
+    if name == "runtime_env.dev.yaml":
+        assert ".venv" in env["excludes"] and ".git" in env["excludes"]
+
+
+def test_job_entry_points_call_the_cli_with_their_command():
+    from cg_ray.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    for job in submit.JOBS:
+        text = (ROOT / "jobs" / f"{job}.py").read_text()
+        assert f'main(["{job}", *sys.argv[1:]])' in text
+        assert job in commands
+
+
+def test_submit_passes_settings_not_secrets(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-to-be-sent")
+    env = submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), [])
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert env["env_vars"]["AWS_REGION"] == "eu-west-1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env["env_vars"]
+    with pytest.raises(SystemExit, match="refusing to send AWS_SECRET_ACCESS_KEY"):
+        submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), ["AWS_SECRET_ACCESS_KEY"])
+    assert submit.entrypoint("train", env, ["--config", "a b.yaml"]) == "python train.py --config 'a b.yaml'"
+    dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
+    assert submit.entrypoint("tune", dev, ["--resume"]) == "python jobs/tune.py --resume"
+    assert submit.entrypoint("pack", {}, ["DEST"]) == "cg-ray pack DEST"

@@ -1,0 +1,75 @@
+"""A real multi-node run on one machine: a Ray head and a second node started with `ray start`
+(3 CPUs each, token auth), the training job submitted with `ray job submit` to the head's job
+server and followed with `ray job status`/`ray job logs`; its two workers (2 CPUs each) cannot
+share a node, so they must run on both. Then `make submit` of a failing job exits non-zero."""
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _status(cluster, job_id: str) -> str:
+    out = cluster.ray("job", "status", job_id, "--address", cluster.dashboard)
+    found = re.search(r"Status for job '[^']+': (\w+)", out.stdout + out.stderr)
+    return found.group(1) if found else "UNKNOWN"
+
+
+def _wait(cluster, job_id: str, timeout: float = 400) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = _status(cluster, job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(3)
+    return "TIMEOUT"
+
+
+def _train_worker_nodes(cluster) -> set[str]:
+    out = cluster.ray("list", "actors", "--address", cluster.dashboard, "--detail", "--format",
+                      "json", "--filter", "class_name=RayTrainWorker", "--limit", "1000")
+    assert out.returncode == 0, out.stderr
+    return {actor["node_id"] for actor in json.loads(out.stdout)}
+
+
+def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
+    with LocalCluster(head_cpus=3, worker_cpus=3) as cluster:
+        node_ids = {node["node_id"] for node in cluster.alive_nodes()}
+        assert len(node_ids) == 2
+        job_id = "cg-ray-train-two-nodes"
+        args = ["--config", "configs/demo.yaml", "--set", f"data.path={tiny_dataset}",
+                "--set", "train.num_workers=2", "--set", "train.cpus_per_worker=2",
+                "--set", "train.epochs=1", "--set", "train.batch_size=8",
+                "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.name=two-nodes",
+                "--set", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                "--metrics-out", f"{tmp_path}/metrics.json"]
+        submitted = cluster.ray("job", "submit", "--address", cluster.dashboard, "--no-wait",
+                                "--submission-id", job_id, "--runtime-env",
+                                "jobs/runtime_env.dev.yaml", "--", "python", "jobs/train.py",
+                                *args, cwd=str(ROOT))
+        assert submitted.returncode == 0, submitted.stderr
+        status = _wait(cluster, job_id)
+        logs = cluster.ray("job", "logs", job_id, "--address", cluster.dashboard).stdout
+        assert status == "SUCCEEDED", logs[-3000:]
+        assert "epoch 0: " in logs and "city_top1=" in logs
+        metrics = json.loads((tmp_path / "metrics.json").read_text())
+        assert metrics["epoch"] == 0 and Path(metrics["checkpoint"]).is_dir()
+        assert _train_worker_nodes(cluster) == node_ids
+
+        # make submit: follows the job and fails with it (here: a config file that is not there).
+        made = subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed", "submit", "JOB=train",
+             "CONFIG=/nonexistent/search.yaml", f"RAY_ADDRESS={cluster.dashboard}",
+             "RUNTIME_ENV=jobs/runtime_env.dev.yaml"],
+            cwd=ROOT, env=cluster.env, text=True, capture_output=True, timeout=300)
+        assert made.returncode != 0
+        assert "config file '/nonexistent/search.yaml' does not exist" in made.stdout
+        assert ": FAILED" in made.stderr
