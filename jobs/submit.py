@@ -84,8 +84,14 @@ def submit(job: str, address: str, env: dict, args: list[str], submission_id: st
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(submit's own options, the command's arguments)."""
+    # Everything after `--` goes to the command untouched (argparse's REMAINDER would also
+    # swallow submit's own options after the job name).
+    split = argv.index("--") if "--" in argv else len(argv)
+    own, args = argv[:split], argv[split + 1:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     usage="%(prog)s JOB [options] -- [the command's arguments]")
     parser.add_argument("job", choices=JOBS)
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="the job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
@@ -93,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="NAME",
                         help="also pass this variable of the submitting shell")
     parser.add_argument("--submission-id")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="-- then the command's arguments")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(own)
     if not ns.address:
         parser.error("no cluster: give --address http://HEAD:8265 or set RAY_ADDRESS")
-    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
-    return submit(ns.job, ns.address, runtime_env(ns.runtime_env, ns.env), args, ns.submission_id)
+    return ns, args
 
+
+def main(argv: list[str] | None = None) -> int:
+    ns, args = parse(sys.argv[1:] if argv is None else list(argv))
+    return submit(ns.job, ns.address, runtime_env(ns.runtime_env, ns.env), args, ns.submission_id)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -55,7 +55,11 @@ class LocalCluster:
         log = open(os.path.join(self.root, f"{name}.log"), "w")
         env = dict(self.env, RAY_TMPDIR=tmpdir)
         self.procs.append(subprocess.Popen(
-            [os.path.join(BIN, "ray"), "start", "--block", *_ports(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            # Each node its own --temp-dir: a joining node otherwise takes the head's, and the
+            # two runtime-env agents unpack the job's working_dir into the same folder at once
+            # (a driver then fails to import a module that is being re-extracted under it).
+            [os.path.join(BIN, "ray"), "start", "--block", *_ports(), f"--temp-dir={tmpdir}",
+             *args], env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True))
 
     def __enter__(self) -> "LocalCluster":
@@ -80,7 +84,10 @@ class LocalCluster:
     def alive_nodes(self) -> list[dict]:
         out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json",
                        "--filter", "state=ALIVE")
-        return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+        try:  # before the first node registers, Ray prints "No resource in the cluster"
+            return json.loads(out.stdout) if out.returncode == 0 else []
+        except json.JSONDecodeError:
+            return []
 
     def wait_nodes(self, count: int, timeout: float = 180) -> None:
         deadline = time.time() + timeout

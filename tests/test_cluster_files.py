@@ -220,3 +220,13 @@ def test_submit_passes_settings_not_secrets(monkeypatch):
     dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
     assert submit.entrypoint("tune", dev, ["--resume"]) == "python jobs/tune.py --resume"
     assert submit.entrypoint("pack", {}, ["DEST"]) == "cg-ray pack DEST"
+
+
+def test_submit_keeps_its_own_options_apart_from_the_commands():
+    ns, args = submit.parse(["train", "--address", "http://head:8265", "--runtime-env",
+                             "jobs/runtime_env.dev.yaml", "--", "--config", "c.yaml", "--set",
+                             "train.epochs=2", "--address", "not-submits"])
+    assert (ns.job, ns.address, ns.runtime_env) == ("train", "http://head:8265", "jobs/runtime_env.dev.yaml")
+    assert args == ["--config", "c.yaml", "--set", "train.epochs=2", "--address", "not-submits"]
+    ns, args = submit.parse(["tune", "--address", "http://head:8265"])
+    assert ns.job == "tune" and args == []

@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _status(cluster, job_id: str) -> str:
     out = cluster.ray("job", "status", job_id, "--address", cluster.dashboard)
-    found = re.search(r"Status for job '[^']+': (\w+)", out.stdout + out.stderr)
-    return found.group(1) if found else "UNKNOWN"
+    text = out.stdout + out.stderr
+    # "Status for job 'ID': RUNNING" while it runs; "Job 'ID' succeeded|failed|stopped" at the end.
+    found = (re.search(r"Status for job '[^']+': (\w+)", text)
+             or re.search(r"Job '[^']+' (succeeded|failed|stopped)", text))
+    return found.group(1).upper() if found else "UNKNOWN"
 
 
 def _wait(cluster, job_id: str, timeout: float = 400) -> str:

@@ -4,7 +4,7 @@ and the best trial's config trained with `cg-ray train`.
 
 Determinism: the trials run one at a time (max_concurrent 1) over a grid of scene-loss weights
 (0, 3, 4) and the search minimizes train_loss, which the scene weight raises by ~3 per unit: the
-first trial is the best and ASHA stops the other two at their first rung, whatever the timing.
+first trial is the best and ASHA stops the worst one at its first rung, whatever the timing.
 """
 
 import json
@@ -101,11 +101,15 @@ def test_each_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
         assert run.info.status == "FINISHED" and run.data.tags["cg_ray.search"] == "s3"
         assert run.data.params["train.epochs"] == "2"
     assert children["0.0"].data.tags["cg_ray.trial_status"] == "completed"
-    for weight in ("3.0", "4.0"):  # far higher train_loss at the first rung: stopped there
-        run = children[weight]
-        assert run.data.tags["cg_ray.trial_status"] == "stopped_early"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0]
-    assert (summary["completed"], summary["stopped_early"], summary["failed"]) == (1, 2, 0)
+    # Weight 4 is always cut at the first rung (the rung holds weight 3's loss or trial 0's).
+    # Weight 3 is cut too unless the interrupt landed before Tune had recorded trial 0's first
+    # result in ASHA's rung: then weight 3 reaches the rung first and rightly runs on.
+    stopped = [w for w in ("3.0", "4.0") if children[w].data.tags["cg_ray.trial_status"] == "stopped_early"]
+    assert "4.0" in stopped
+    for weight, run in children.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert steps == ([0] if weight in stopped else [0, 1])
+    assert (summary["completed"], summary["stopped_early"], summary["failed"]) == (3 - len(stopped), len(stopped), 0)
 
 
 def test_best_config_trains_with_cg_ray_train(searched, tmp_path, capsys):

@@ -155,7 +155,8 @@ def _fingerprint(table: pa.Table, opts: PackOptions) -> dict:
 
 def _check_plan(root: str, fingerprint: dict, stamp: dict) -> dict | None:
     """A re-run resumes only the same pack: same clips, same options. Returns the manifest
-    stamp the existing shards were labelled from (None for a new pack) and records `stamp`."""
+    stamp the existing shards were labelled from (None for a new pack). pack() records the new
+    stamp only once every shard carries its labels, so an interrupted relabel resumes too."""
     path = storage.join(root, PLAN)
     before = json.loads(storage.read_text(path)) if storage.exists(path) else None
     if before is not None:
@@ -163,11 +164,12 @@ def _check_plan(root: str, fingerprint: dict, stamp: dict) -> dict | None:
         if before != fingerprint:
             old, new = before["options"], fingerprint["options"]
             changed = sorted(k for k in old if old[k] != new.get(k))
-            what = f"options {changed}" if changed else "the manifest"
+            what = f"options {changed}" if changed else "the manifest's clips"
             raise UserError(f"'{root}' holds shards of another pack ({what} differ); delete that "
                             f"folder to pack again, or rerun with the same options")
+        return labelled_from
     storage.write_text(path, json.dumps({**fingerprint, "manifest": stamp}, indent=1))
-    return labelled_from if before is not None else None
+    return None
 
 
 def _clear_temporaries(root: str) -> None:
@@ -228,6 +230,8 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
                 f"({row['clips']} clips, {len(json.loads(row['skipped']))} skipped), {rate:.1f} clips/s")
     report = _report(root, plans, table, opts, skipped, packed, time.perf_counter() - start)
     report["manifest"] = stamp
+    storage.write_text(storage.join(root, PLAN), json.dumps({**_fingerprint(table, opts),
+                                                             "manifest": stamp}, indent=1))
     storage.write_text(storage.join(root, REPORT), json.dumps(report, indent=1))
     return report
 
