@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cg_ray import storage
 from cg_ray.data.listing import list_inputs
 from cg_ray.errors import UserError
+from cg_ray.ray_env import pool_plan
 from cg_ray.taxonomy import LEVELS
 
 OUTPUT_SCHEMA = pa.schema(
@@ -96,21 +97,6 @@ def prediction_table(inputs: list[str], rows: list[dict], bad_inputs: list[str],
 
 
 # -- the driver -----------------------------------------------------------------------------------
-
-
-def pool_plan(resources: dict, actors: int | None = None) -> dict:
-    """How many predictor actors and what each holds, from the cluster's resources.
-
-    With GPUs: one actor per GPU, and decoding runs in CPU tasks beside them. Without: one
-    single-threaded actor per CPU; Ray Data fuses the decode step into these actors then, so
-    each clip is decoded and predicted in one process and never crosses the object store.
-    """
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if actors is not None and actors < 1:
-        raise UserError(f"--actors must be at least 1, got {actors}")
-    if gpus:
-        return {"actors": min(actors or gpus, gpus), "num_gpus": 1, "use_gpu": True}
-    return {"actors": actors or cpus, "num_gpus": 0, "use_gpu": False}
 
 
 def _inference_bytes(path: str) -> bytes:

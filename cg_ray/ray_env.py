@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from cg_ray.errors import UserError
+
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -66,3 +68,19 @@ def init_ray(min_cpus: float = 0) -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = os.environ.get("CG_RAY_PROGRESS", "1") == "1"
+
+
+def pool_plan(resources: dict, actors: int | None = None) -> dict:
+    """How many inference actors (predictors, scene labellers) and what each holds, from the
+    cluster's resources; `actors` overrides the count.
+
+    With GPUs: one actor per GPU, and decoding runs in CPU tasks beside them. Without: one
+    single-threaded actor per CPU; Ray Data fuses the decode step into these actors then, so
+    each clip is decoded and predicted in one process and never crosses the object store.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if actors is not None and actors < 1:
+        raise UserError(f"--actors must be at least 1, got {actors}")
+    if gpus:
+        return {"actors": min(actors or gpus, gpus), "num_gpus": 1, "use_gpu": True}
+    return {"actors": actors or cpus, "num_gpus": 0, "use_gpu": False}

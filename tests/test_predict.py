@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from cg_ray.batch_predict import pool_plan
+from cg_ray.ray_env import pool_plan
 from cg_ray.data.listing import list_inputs
 from cg_ray.cli import main
 from cg_ray.data.synthetic import make_world

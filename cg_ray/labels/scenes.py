@@ -32,6 +32,7 @@ from cg_ray import storage
 from cg_ray.errors import UserError
 from cg_ray.labels.hierarchy import NUM_SCENES
 from cg_ray.labels.labeler import SceneLabeler, decode_clips
+from cg_ray.ray_env import pool_plan
 
 PARTIAL = "scenes_partial"
 REPORT = "scenes_report.json"
@@ -140,17 +141,6 @@ class _Progress:
             rate = (done - bad) * self.frames / max(now - self.start, 1e-9)
             print(f"scenes: {done}/{self.total} clips, {bad} skipped, {rate:.1f} frames/s",
                   file=sys.stderr, flush=True)
-
-
-def pool_plan(resources: dict, actors: int | None = None) -> dict:
-    """One labeller actor per GPU (decoding runs in CPU tasks beside them), else one
-    single-threaded actor per CPU (Ray Data fuses decoding into them); `actors` overrides."""
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if actors is not None and actors < 1:
-        raise UserError(f"--actors must be at least 1, got {actors}")
-    if gpus:
-        return {"actors": min(actors or gpus, gpus), "num_gpus": 1, "use_gpu": True}
-    return {"actors": actors or cpus, "num_gpus": 0, "use_gpu": False}
 
 
 def _dataset(todo: list[dict], weights: np.ndarray, places, opts: SceneOptions):
