@@ -33,7 +33,7 @@ from cg_ray.data.decode import decode_clip  # noqa: E402
 from cg_ray.data.synthetic import _mp4  # noqa: E402
 from cg_ray.model.net import build_model  # noqa: E402
 from cg_ray.predict import Predictor, predict_inputs  # noqa: E402
-from cg_ray.taxonomy import LEVELS, Taxonomy  # noqa: E402
+from cg_ray.taxonomy import Taxonomy  # noqa: E402
 
 SIZES = (166, 157, 91, 6)  # CityGuessr68k cities, states, countries, continents
 MODELS = {

@@ -3,6 +3,7 @@ taxonomy) plus `config.yaml` and `taxonomy.json` for people and other tools."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 import yaml
 
+from cg_ray import storage
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.model.net import CityGuessrNet, build_model
@@ -18,6 +20,10 @@ from cg_ray.secrets import redact_tree
 from cg_ray.taxonomy import Taxonomy
 
 FILENAME = "checkpoint.pt"
+# Written last: the size of every other file. Ray Train copies a reported checkpoint into the
+# run's storage file by file, so a driver killed mid-copy leaves a folder whose checkpoint.pt is
+# cut short; a folder is complete only when every file it lists has its listed size.
+FILES = "files.json"
 
 
 def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -42,6 +48,10 @@ def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.opt
         f.write(yaml.safe_dump(state["config"], sort_keys=False))
     with open(os.path.join(folder, "taxonomy.json"), "w") as f:
         f.write(taxonomy.to_json())
+    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+             if name != FILES}
+    with open(os.path.join(folder, FILES), "w") as f:
+        json.dump(sizes, f)
     return folder
 
 
@@ -92,3 +102,28 @@ def load_model(path: str) -> LoadedModel:
 
 def config_yaml(state: dict) -> str:
     return yaml.safe_dump(state["config"], sort_keys=False)
+
+
+def is_complete(folder: str) -> bool:
+    """Every file the checkpoint folder (local or s3://) lists in files.json, at its full size."""
+    path = storage.join(folder, FILES)
+    if not storage.exists(path):
+        return False
+    try:
+        sizes = json.loads(storage.read_text(path))
+    except ValueError:  # files.json itself cut short
+        return False
+    fs, inner = storage.filesystem(folder)
+    infos = fs.get_file_info([f"{inner.rstrip('/')}/{name}" for name in sizes])
+    return all(info.size == size for info, size in zip(infos, sizes.values()))
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete checkpoint folder of a run (Ray names them by time), or None."""
+    entries = [e for e in storage.list_dir(run_dir)
+               if e.base_name.startswith("checkpoint_") and e.type.name == "Directory"]
+    for entry in sorted(entries, key=lambda e: e.base_name, reverse=True):
+        folder = storage.uri_of(run_dir, entry.path)
+        if is_complete(folder):
+            return folder
+    return None

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from cg_ray.checkpoint import read_checkpoint
 from cg_ray.cli import main

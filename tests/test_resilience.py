@@ -17,6 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from cg_ray.checkpoint import is_complete
 from cg_ray.cli import main
 from cg_ray.config import load_config
 from cg_ray.train import train
@@ -47,7 +48,8 @@ def wait_for(predicate, timeout, what):
 def checkpoints(run_dir):
     if not os.path.isdir(run_dir):
         return []
-    return sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / "checkpoint.pt").exists())
+    # Complete ones: Ray Train copies a reported checkpoint into the run folder file by file.
+    return sorted(p for p in Path(run_dir).glob("checkpoint_*") if is_complete(str(p)))
 
 
 def history(uri, run_id, key="city_top1"):

@@ -1,7 +1,6 @@
 """The training step and its guards, without Ray: accumulation, schedules, resume checks,
 secrets and an unreachable tracking server."""
 
-import copy
 import socket
 
 import pytest
@@ -13,7 +12,8 @@ from cg_ray.model.net import build_model
 from cg_ray.optim import build_optimizer, build_schedule, lr_factor
 from cg_ray.secrets import redact, redact_tree
 from cg_ray.taxonomy import LEVELS, Taxonomy
-from cg_ray.train import TrainState, check_resumable, forward_backward, optimizer_step
+from cg_ray.train import check_resumable
+from cg_ray.train_worker import TrainState, forward_backward, optimizer_step
 
 TINY = ["data.num_frames=4", "data.image_size=32", "model.backbone.hidden_size=32",
         "model.backbone.num_layers=1", "model.backbone.num_heads=2",
@@ -152,3 +152,29 @@ def test_compiled_model_matches_eager():
     data = batch(4)
     a, b = forward_backward(eager, data), forward_backward(compiled, data)
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_a_checkpoint_cut_short_in_the_copy_is_not_resumed_from(small_taxonomy, tmp_path):
+    """A driver killed while Ray Train copies a checkpoint into the run folder leaves a newer
+    folder with a truncated checkpoint.pt: resume must take the last complete one."""
+    import shutil
+
+    from cg_ray.checkpoint import FILENAME, FILES, is_complete, latest_checkpoint, save_checkpoint
+
+    cfg = config_from_dict({}, TINY + ["model.tla.enabled=false"])
+    model = build_model(cfg, small_taxonomy.sizes, text_dim=8)
+    run = tmp_path / "run"
+    good = run / "checkpoint_2026-01-01_00-00-00.000001"
+    save_checkpoint(str(good), model=model, optimizer=None, epoch=0, metrics={}, config=cfg,
+                    taxonomy=small_taxonomy, text_dim=8)
+    assert is_complete(str(good)) and latest_checkpoint(str(run)) == str(good)
+
+    cut = run / "checkpoint_2026-01-01_00-00-09.000001"  # newer, its .pt cut short
+    shutil.copytree(good, cut)
+    data = (cut / FILENAME).read_bytes()
+    (cut / FILENAME).write_bytes(data[: len(data) // 2])
+    unlisted = run / "checkpoint_2026-01-01_00-00-08.000001"  # files.json not copied yet
+    shutil.copytree(good, unlisted)
+    (unlisted / FILES).unlink()
+    assert not is_complete(str(cut)) and not is_complete(str(unlisted))
+    assert latest_checkpoint(str(run)) == str(good)

@@ -32,7 +32,7 @@ def log_to_mlflow(folder: str, state: dict, config, given_uri: str | None,
         return (f"not logged to MLflow: no tracking URI known for run {run_id} "
                 f"(pass --tracking-uri or set MLFLOW_TRACKING_URI)")
     if MASK in uri:
-        return f"not logged to MLflow: the checkpoint's tracking URI is redacted; pass --tracking-uri"
+        return "not logged to MLflow: the checkpoint's tracking URI is redacted; pass --tracking-uri"
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         return f"not logged to MLflow: store {uri} does not exist here"
     try:

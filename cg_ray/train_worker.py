@@ -1,0 +1,274 @@
+"""The per-worker side of training: what every Ray Train worker runs (DDP).
+
+    train_loop()            one worker: model, optimizer, epochs, checkpoints, reports
+      train_epoch()         steps over this worker's shard of the training split
+        forward_backward()  forward, losses, backward (bf16 autocast on GPU)
+        optimizer_step()    clipping, optimizer and schedule step
+      evaluate_epoch()      this worker's shard of the val split -> accuracy counts
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cg_ray import tracking
+from cg_ray.checkpoint import latest_checkpoint, save_checkpoint
+from cg_ray.config import Config, config_from_dict
+from cg_ray.errors import UserError
+from cg_ray.evaluation import Accuracy
+from cg_ray.model.losses import compute_losses, text_targets
+from cg_ray.model.net import build_model
+from cg_ray.optim import build_optimizer, build_schedule
+from cg_ray.secrets import redact
+from cg_ray.taxonomy import LEVELS, Taxonomy
+
+
+@dataclass
+class TrainState:
+    """What one worker's step needs."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cfg: Config
+    device: torch.device
+    text_tables: dict[str, torch.Tensor] | None
+    bf16: bool
+    step: int = 0
+
+
+def _all_reduce(values: np.ndarray) -> np.ndarray:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.as_tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.numpy()
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, float]:
+    """Forward under autocast, losses, backward of loss * scale (scale = 1 / accumulation).
+
+    Clips that failed to decode (valid = False) are left out of the loss; a batch without any
+    valid clip still runs backward (of zero) so that DDP's gradient sync stays in step."""
+    valid = batch["valid"]
+    with _autocast(state.device, state.bf16):
+        out = state.model(batch["video"])
+    if not bool(valid.any()):
+        (sum(v.sum() for v in out.logits.values()) * 0.0).backward()
+        return {}
+    if not bool(valid.all()):
+        out.logits = {k: v[valid] for k, v in out.logits.items()}
+        out.scene_logits = out.scene_logits[valid] if out.scene_logits is not None else None
+        out.text_embedding = out.text_embedding[valid] if out.text_embedding is not None else None
+    labels = {level: batch[level][valid] for level in LEVELS}
+    target = (text_targets(state.text_tables, labels, state.cfg.model.tla.levels)
+              if state.text_tables is not None else None)
+    losses = compute_losses(out, labels, state.cfg.loss, batch["scene"][valid], target)
+    (losses["loss"] * scale).backward()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def optimizer_step(state: TrainState) -> None:
+    if state.cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.cfg.train.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    state.step += 1
+
+
+def _with_last(iterable):
+    """(item, is_last) pairs: the last micro-batch of an epoch must sync gradients."""
+    iterator = iter(iterable)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for upcoming in iterator:
+        yield current, False
+        current = upcoming
+    yield current, True
+
+
+def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, float]:
+    state.model.train()
+    accum = state.cfg.train.grad_accum_steps
+    sums: dict[str, float] = {}
+    micro, clips, bad, start = 0, 0, 0, time.perf_counter()
+    batches = shard.iter_torch_batches(batch_size=state.cfg.train.batch_size, device=state.device,
+                                       pin_memory=state.device.type == "cuda")
+    for batch, last in _with_last(batches):
+        micro += 1
+        boundary = last or micro % accum == 0
+        # Between optimizer steps, DDP need not all-reduce gradients: no_sync skips it.
+        sync = nullcontext() if boundary or not hasattr(state.model, "no_sync") else state.model.no_sync()
+        with sync:
+            losses = forward_backward(state, batch, 1.0 / accum)
+        if boundary:
+            optimizer_step(state)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value
+        clips += int(batch["valid"].sum())
+        bad += int((~batch["valid"]).sum())
+        if rank == 0 and micro % state.cfg.train.log_every == 0:
+            print(f"epoch {epoch} batch {micro} loss {losses.get('loss', float('nan')):.4f}", flush=True)
+    elapsed = time.perf_counter() - start
+    keys = sorted(sums)
+    totals = _all_reduce(np.array([sums[k] for k in keys] + [micro, clips, bad, elapsed]))
+    world_batches = max(totals[len(keys)], 1)
+    metrics = {f"train_{k}": totals[i] / world_batches for i, k in enumerate(keys)}
+    seen, bad_total = totals[len(keys) + 1], totals[len(keys) + 2]
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    metrics.update(train_clips=seen, bad_clips=bad_total, lr=state.scheduler.get_last_lr()[0],
+                   train_clips_per_s=seen / max(totals[-1] / world, 1e-9))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
+                   batch_size: int, device: torch.device, bf16: bool = False) -> dict[str, float]:
+    model.eval()
+    accuracy = Accuracy(taxonomy, mode)
+    for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
+        valid = batch["valid"]
+        if not bool(valid.any()):
+            continue
+        with _autocast(device, bf16):
+            out = model(batch["video"][valid])
+        probs = {level: torch.softmax(out.logits[level].float(), dim=-1) for level in LEVELS}
+        accuracy.update(probs, {level: batch[level][valid] for level in LEVELS})
+    accuracy.load_state(_all_reduce(accuracy.state().astype(np.float64)).round().astype(np.int64))
+    return {**accuracy.metrics(), "val_clips": float(accuracy.total)}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _uses_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+
+
+def train_loop(loop_config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(loop_config["config"])
+    taxonomy = Taxonomy.from_dict(loop_config["taxonomy"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda" and cfg.train.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _seed_everything(cfg.train.seed)
+
+    tables = loop_config.get("text_tables")
+    text_dim = next(iter(tables.values())).shape[1] if tables else 512
+    model = build_model(cfg, taxonomy.sizes, text_dim)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_schedule(optimizer, cfg.optim, loop_config["total_steps"])
+    start_epoch, step = 0, 0
+    checkpoint = _newest(ray.train.get_checkpoint(), latest_checkpoint(loop_config["run_dir"]))
+    if checkpoint is not None:  # a resumed run or a restarted worker group
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, step = saved["epoch"] + 1, saved["step"]
+    model.to(device)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
+    text_tables = {k: torch.tensor(v, device=device) for k, v in tables.items()} if tables else None
+    bf16 = _uses_bf16(cfg, device)
+    state = TrainState(model, optimizer, scheduler, cfg, device, text_tables, bf16, step)
+    uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
+    monitor = tracking.system_metrics(uri, run_id) if rank == 0 else None
+    if rank == 0 and checkpoint is not None:
+        # The checkpointed epoch's metrics, in case its process died before logging them; and a
+        # visible trace of every resume or worker-group restart, at the epoch it started from.
+        tracking.log_epoch(uri, run_id, saved["metrics"], saved["epoch"])
+        tracking.log_metrics(uri, run_id, {"resumed_at_epoch": start_epoch}, step=start_epoch)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            # Randomness is a function of (seed, epoch, rank): a resumed epoch draws the same.
+            _seed_everything(cfg.train.seed + 1000 * epoch + rank)
+            metrics = train_epoch(state, train_shard, epoch, rank)
+            # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
+            metrics.update(evaluate_epoch(_unwrap(model), val_shard, taxonomy, cfg.eval.mode,
+                                          cfg.eval.batch_size, device, bf16))
+            metrics.update(epoch=epoch, step=state.step)
+            _check_bad_fraction(metrics, cfg.data.max_bad_fraction)
+            _report(state, metrics, taxonomy, text_dim, rank, loop_config)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _newest(reported, folder: str | None):
+    """The checkpoint to start from: Ray Train's latest reported one (a restarted worker group,
+    or a run Ray restored) or the newest complete folder in the run, whichever is newer. A
+    process killed right after a checkpoint was written can leave it unknown to Ray."""
+    import ray.train
+
+    found = ray.train.Checkpoint(folder) if folder else None
+    candidates = [c for c in (reported, found) if c is not None]
+    return max(candidates, key=lambda c: os.path.basename(c.path.rstrip("/")), default=None)
+
+
+def _check_bad_fraction(metrics: dict, limit: float) -> None:
+    seen = metrics["train_clips"] + metrics["bad_clips"]
+    if seen and metrics["bad_clips"] / seen > limit:
+        raise RuntimeError(f"{UserError.__name__}: {int(metrics['bad_clips'])} of {int(seen)} "
+                           f"training clips could not be decoded (more than data.max_bad_fraction="
+                           f"{limit}); see the worker log for which")
+
+
+def _report(state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int, rank: int,
+            loop_config: dict) -> None:
+    """Checkpoint (rank 0 writes it), report to Ray Train, then log to MLflow: logging after
+    the checkpoint is persisted means a resumed run never logs an epoch twice."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        if rank == 0:
+            save_checkpoint(folder, model=_unwrap(state.model), optimizer=state.optimizer,
+                            epoch=int(metrics["epoch"]), metrics=metrics, config=state.cfg,
+                            taxonomy=taxonomy, text_dim=text_dim,
+                            extra={"mlflow_run_id": loop_config["run_id"], "step": state.step,
+                                   "mlflow_tracking_uri": redact(loop_config["tracking_uri"]),
+                                   "scheduler": state.scheduler.state_dict()})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
+                         if rank == 0 else None)
+    if rank == 0:
+        # Idempotent: an epoch re-run after a failure is never logged twice.
+        tracking.log_epoch(loop_config["tracking_uri"], loop_config["run_id"], metrics,
+                           int(metrics["epoch"]))
+        shown = " ".join(f"{k}={v:.2f}" for k, v in metrics.items()
+                         if k.endswith("top1") or k == "train_loss")
+        print(f"epoch {int(metrics['epoch'])}: {shown}", flush=True)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = model.module if hasattr(model, "module") else model  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
