@@ -146,3 +146,18 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def get_run(uri: str, run_id: str):
     return _client(uri).get_run(run_id)
+
+
+def close_orphan(uri: str, run_id: str, why: str) -> bool:
+    """End a run left RUNNING by a driver that died (status KILLED, the reason as a tag);
+    False when there is no such run in this store or it has ended already."""
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - another store, or a run deleted since
+        return False
+    if run.info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "cg_ray.ended_because", why)
+    client.set_terminated(run_id, status="KILLED")
+    return True

@@ -7,6 +7,7 @@ Ray Data inputs and fits a TorchTrainer whose workers run cg_ray.train_worker.tr
 
 from __future__ import annotations
 
+import json
 import os
 
 from ray.train import DataConfig
@@ -97,6 +98,23 @@ def check_resumable(state: dict, cfg: Config, taxonomy: Taxonomy, where: str) ->
                         f"run.name to start a new run")
 
 
+# The MLflow run of the run folder, written when the run starts: the checkpoints carry it too,
+# but a driver that dies before its first checkpoint would otherwise leave it RUNNING forever.
+RUN_MARKER = "cg_ray_run.json"
+
+
+def _close_run_without_checkpoint(run_dir: str, uri: str) -> None:
+    """A run folder without a complete checkpoint starts again in a new MLflow run; the one
+    its dead driver opened is ended as KILLED rather than left RUNNING."""
+    marker = storage.join(run_dir, RUN_MARKER)
+    if not storage.exists(marker):
+        return
+    old = json.loads(storage.read_text(marker))["mlflow_run_id"]
+    if tracking.close_orphan(uri, old, "its driver stopped before the first complete checkpoint"):
+        print(f"MLflow run {old} of {run_dir} ended before its first checkpoint: marked KILLED; "
+              f"starting again", flush=True)
+
+
 def _steps_per_epoch(cfg: Config, train_clips: int) -> int:
     per_worker = train_clips // cfg.train.num_workers
     batches = -(-per_worker // cfg.train.batch_size)
@@ -139,8 +157,10 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
         tracking.log_epoch(uri, run_id, state["metrics"], state["epoch"])
         print(f"resuming {cfg.run.name} after epoch {state['epoch']} (MLflow run {run_id})", flush=True)
     else:
+        _close_run_without_checkpoint(run_dir, uri)
         run_id = tracking.start_run(uri, cfg.run.experiment, cfg.run.name, cfg.to_dict(),
                                     tags={"cg_ray.data": cfg.data.path, **(run_tags or {})})
+        storage.write_text(storage.join(run_dir, RUN_MARKER), json.dumps({"mlflow_run_id": run_id}))
         tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
         tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
 

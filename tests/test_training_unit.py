@@ -178,3 +178,23 @@ def test_a_checkpoint_cut_short_in_the_copy_is_not_resumed_from(small_taxonomy, 
     (unlisted / FILES).unlink()
     assert not is_complete(str(cut)) and not is_complete(str(unlisted))
     assert latest_checkpoint(str(run)) == str(good)
+
+
+def test_a_run_whose_driver_died_before_any_checkpoint_is_closed_not_left_running(tmp_path, capsys):
+    import json
+
+    from cg_ray import tracking
+    from cg_ray.train import RUN_MARKER, _close_run_without_checkpoint
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "runs" / "r"
+    _close_run_without_checkpoint(str(run_dir), uri)  # a new run folder: nothing to close
+    dead = tracking.start_run(uri, "e", "r", {"a": 1})
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_MARKER).write_text(json.dumps({"mlflow_run_id": dead}))
+    _close_run_without_checkpoint(str(run_dir), uri)
+    run = tracking.get_run(uri, dead)
+    assert run.info.status == "KILLED" and "first complete checkpoint" in run.data.tags["cg_ray.ended_because"]
+    assert "marked KILLED" in capsys.readouterr().out
+    _close_run_without_checkpoint(str(run_dir), uri)  # ended already: left as it is
+    assert capsys.readouterr().out == ""
