@@ -16,12 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cg_ray.config import load_config  # noqa: E402
-from cg_ray.data.layouts import prepare  # noqa: E402
-from cg_ray.data.stream import load_taxonomy  # noqa: E402
-from cg_ray.data.synthetic import make_world  # noqa: E402
-from cg_ray.demo import WORLD  # noqa: E402
+from cg_ray.demo import WORLD, synthetic_dataset  # noqa: E402
 from cg_ray.inference import evaluate  # noqa: E402
-from cg_ray.labels.text import encode_label_names, save_text_features  # noqa: E402
 from cg_ray.ray_env import init_ray  # noqa: E402
 from cg_ray.train import train  # noqa: E402
 
@@ -32,12 +28,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/cg_bench")
     args = parser.parse_args()
     os.environ["CG_RAY_PROGRESS"] = "0"
-    data = os.path.join(args.out, "data")
-    if not os.path.exists(os.path.join(data, "text_features.parquet")):
-        make_world(os.path.join(args.out, "world"), **WORLD)
-        prepare("cityguessr", os.path.join(args.out, "world"), data)
-        taxonomy = load_taxonomy(data)
-        save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
+    data = synthetic_dataset(args.out, **WORLD)
     init_ray(min_cpus=4)
     rows = []
     checkpoint = None

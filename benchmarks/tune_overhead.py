@@ -22,24 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cg_ray.config import load_config  # noqa: E402
-from cg_ray.data.layouts import prepare  # noqa: E402
-from cg_ray.data.stream import load_taxonomy  # noqa: E402
-from cg_ray.data.synthetic import make_world  # noqa: E402
-from cg_ray.labels.text import encode_label_names, save_text_features  # noqa: E402
+from cg_ray.demo import synthetic_dataset  # noqa: E402
 from cg_ray.ray_env import init_ray  # noqa: E402
 from cg_ray.train import train  # noqa: E402
 from cg_ray.tune import search  # noqa: E402
 
 
 def _world(out: str) -> str:
-    data = os.path.join(out, "data")
-    if not os.path.exists(os.path.join(data, "text_features.parquet")):
-        make_world(os.path.join(out, "world"), cities=6, clips_per_city=10, frames=10,
-                   size=(32, 32), seed=1)
-        prepare("cityguessr", os.path.join(out, "world"), data)
-        taxonomy = load_taxonomy(data)
-        save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
-    return data
+    return synthetic_dataset(out, cities=6, clips_per_city=10, frames=10, size=(32, 32), seed=1)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, dict]:

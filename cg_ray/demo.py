@@ -19,28 +19,38 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 WORLD = dict(cities=12, clips_per_city=30, frames=16, size=(64, 48))
 
 
-def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
-    from cg_ray.cli import format_table
+def synthetic_dataset(out: str, log=lambda line: None, **world) -> str:
+    """OUT/world (a synthetic world) prepared as OUT/data with text features of its label names
+    (open_clip ViT-B-32, random weights: no hub); what exists already is kept. Returns OUT/data."""
     from cg_ray.data.layouts import prepare
     from cg_ray.data.stream import load_taxonomy
     from cg_ray.data.synthetic import make_world
-    from cg_ray.inference import evaluate
     from cg_ray.labels.text import FILENAME, encode_label_names, save_text_features
+
+    data = os.path.join(out, "data")
+    if not storage.exists(os.path.join(data, "manifest.parquet")):
+        log(f"[demo] synthetic world -> {out}/world")
+        make_world(os.path.join(out, "world"), **world)
+        prepare("cityguessr", os.path.join(out, "world"), data)
+    if not storage.exists(os.path.join(data, FILENAME)):
+        log("[demo] text features of the label names (open_clip ViT-B-32, random weights)")
+        taxonomy = load_taxonomy(data)
+        save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
+    return data
+
+
+def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
+    from cg_ray.cli import format_table
+    from cg_ray.data.stream import load_taxonomy
+    from cg_ray.inference import evaluate
     from cg_ray.train import train
 
     if not DEMO_CONFIG.exists():
         raise UserError(f"demo config {DEMO_CONFIG} not found: run the demo from a cg_ray checkout")
     out = os.path.abspath(out)
-    data = os.path.join(out, "data")
     start = time.perf_counter()
-    if not storage.exists(os.path.join(data, "manifest.parquet")):
-        print(f"[demo] synthetic world -> {out}/world", flush=True)
-        make_world(os.path.join(out, "world"), **WORLD)
-        prepare("cityguessr", os.path.join(out, "world"), data)
+    data = synthetic_dataset(out, log=lambda line: print(line, flush=True), **WORLD)
     taxonomy = load_taxonomy(data)
-    if not storage.exists(os.path.join(data, FILENAME)):
-        print("[demo] text features of the label names (open_clip ViT-B-32, random weights)", flush=True)
-        save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
 
     overrides = [f"data.path={data}", f"train.num_workers={workers}",
                  f"run.storage_path={out}/runs", f"run.name=demo-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -61,18 +61,10 @@ def ray_session(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A prepared synthetic world with scene labels and (random open_clip) text features."""
-    from cg_ray.data.layouts import prepare
-    from cg_ray.data.stream import load_taxonomy
-    from cg_ray.data.synthetic import make_world
-    from cg_ray.labels.text import encode_label_names, save_text_features
+    from cg_ray.demo import synthetic_dataset
 
     root = tmp_path_factory.mktemp("world")
-    make_world(str(root / "world"), cities=6, clips_per_city=10, frames=10, size=(32, 32), seed=1)
-    data = str(root / "data")
-    prepare("cityguessr", str(root / "world"), data)
-    taxonomy = load_taxonomy(data)
-    save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
-    return data
+    return synthetic_dataset(str(root), cities=6, clips_per_city=10, frames=10, size=(32, 32), seed=1)
 
 
 @pytest.fixture(scope="session")
