@@ -12,6 +12,7 @@ from cg_ray.batch_predict import OUTPUT_SCHEMA
 from cg_ray.cli import main
 from cg_ray.taxonomy import LEVELS
 
+from output import own
 from predict_helpers import mp4_world, train_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_batch_prediction_over_a_folder_skips_the_corrupt_video(setup, capsys):
                  "--out", str(out), "--top-k", "3"])
     captured = capsys.readouterr()
     assert code == 0
-    summary = json.loads(captured.out.strip().splitlines()[-1])
+    summary = json.loads(own(captured.out).splitlines()[-1])
     assert (summary["clips"], summary["predicted"], summary["bad"]) == (19, 18, 1)
     assert summary["actors"] >= 1 and summary["use_gpu"] is False
     assert "batch predict: 19/19 clips, 1 bad" in captured.err

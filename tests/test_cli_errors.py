@@ -6,11 +6,12 @@ import sys
 import pytest
 
 from cg_ray.cli import main
+from output import own
 
 
 def run(args, capsys):
     code = main(args)
-    err = capsys.readouterr().err.strip()
+    err = own(capsys.readouterr().err)
     return code, err
 
 

@@ -7,6 +7,7 @@ from cg_ray import tracking
 from cg_ray.cli import main
 from cg_ray.compare import compare_runs
 from cg_ray.config import config_from_dict
+from output import own
 
 
 def _log(uri, experiment, name, overrides, epochs, finish=True):
@@ -70,6 +71,6 @@ def test_same_names_are_told_apart_and_unknown_names_are_errors(store, capsys):
     names = [line.split()[0:2] for line in compare_runs(["twice"], "text", uri).splitlines()[1:]]
     assert len({tuple(n) for n in names}) == 2 and all(n[1].startswith("(") for n in names)
     assert main(["compare", "no-such-experiment", "--tracking-uri", uri]) == 2
-    err = capsys.readouterr().err.strip()
+    err = own(capsys.readouterr().err)
     assert "'no-such-experiment' is neither an MLflow run id nor an experiment name" in err
     assert main(["compare", "paper", "--tracking-uri", "sqlite:////nowhere/mlflow.db"]) == 2

@@ -16,6 +16,7 @@ from cg_ray.data.msls import read_hierarchy
 from cg_ray.data.synthetic import make_world
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS
+from output import own
 
 SMALL = dict(cities=6, clips_per_city=4, frames=10, size=(32, 32))
 
@@ -183,7 +184,7 @@ def test_msls_cli_min_frames_hierarchy_and_bad_city(msls, tmp_path, capsys):
     code = main(["prepare", str(msls), "--layout", "msls", "--out", str(tmp_path / "b"),
                  "--hierarchy", str(custom)])
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own(capsys.readouterr().err).splitlines()
     assert err == ["cg-ray prepare: error: MSLS city 'miami' (test/miami) is not in the hierarchy; "
                    "add a row for it to a CSV and pass it with --hierarchy"]
 

@@ -15,6 +15,7 @@ from cg_ray.errors import UserError
 from cg_ray.predict import level_scores
 from cg_ray.taxonomy import LEVELS
 
+from output import own
 from predict_helpers import CITIES, mp4_world, train_tiny_checkpoint
 
 
@@ -40,7 +41,7 @@ def frame_folder(setup, city):
 def run_json(capsys, setup, *args):
     code = main(["predict", "--checkpoint", setup["ckpt"], "--json", *args])
     captured = capsys.readouterr()
-    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+    return code, [json.loads(line) for line in own(captured.out).splitlines()], captured.err
 
 
 def test_predict_mp4_prints_a_table(setup, capsys):

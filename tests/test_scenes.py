@@ -16,6 +16,7 @@ from cg_ray.labels.hierarchy import (category_weights, clip_label, frame_categor
                                      read_categories, read_hierarchy)
 from cg_ray.labels.labeler import SceneLabeler
 from cg_ray.labels.places import load_places_weights, read_checkpoint_file
+from output import own
 from scene_helpers import (TWO_FLAGS, places_resnet, save_csail, save_python2_style,
                            sheet_flags, write_sheet)
 
@@ -187,7 +188,7 @@ def test_scenes_bad_inputs_get_one_line_errors(scenes_inputs, capsys, change, me
         else:
             args += change[i:i + 2]
     assert main(args) == 2
-    err = capsys.readouterr().err.strip()
+    err = own(capsys.readouterr().err)
     assert err.startswith("cg-ray scenes: error:") and message in err and "\n" not in err
 
 
@@ -228,7 +229,7 @@ def test_scenes_labels_every_clip_resumes_and_skips_corrupt_clips(scenes_inputs,
 
     assert main(_scenes_args(scenes_inputs)) == 0
     out = capsys.readouterr()
-    summary = json.loads(out.out.splitlines()[0])
+    summary = json.loads(own(out.out).splitlines()[0])
     assert summary["clips"] == 12 and summary["resumed"] == 2 and summary["skipped"] == 1
     assert summary["labelled"] == 9 and "scenes: 10/10 clips, 1 skipped" in out.err
 

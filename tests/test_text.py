@@ -4,6 +4,7 @@ import pytest
 from cg_ray.errors import UserError
 from cg_ray.labels.text import encode_label_names, load_text_tables, save_text_features
 from cg_ray.taxonomy import LEVELS
+from output import own
 
 
 def test_text_features_round_trip(small_taxonomy, tmp_path):
@@ -58,7 +59,7 @@ def test_pretrained_weights_file_is_loaded_without_a_hub(small_taxonomy, tmp_pat
     # Weights of another architecture: one line naming the file.
     assert main(["text", str(tmp_path / "data"), "--model", "ViT-S-32", "--pretrained",
                  str(weights)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = own(capsys.readouterr().err)
     assert err.startswith("cg-ray text: error: cannot build open_clip 'ViT-S-32'") and str(weights) in err
 
 
