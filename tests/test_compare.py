@@ -43,7 +43,7 @@ def store(tmp_path_factory):
 def test_text_table_has_final_values_of_finished_runs_and_named_runs(store, capsys):
     uri, ids = store
     assert main(["compare", "paper", ids["mae"], "--tracking-uri", uri]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = own(capsys.readouterr().out).splitlines()
     assert lines[0].split() == ["Run", "Backbone", "Scenes", "TLA", "City", "State", "Country",
                                 "Continent"]
     assert lines[1].split() == ["table3-videomae", "videomae", "-", "-", "64.5", "64.5", "65.9", "74.4"]

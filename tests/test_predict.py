@@ -47,7 +47,7 @@ def run_json(capsys, setup, *args):
 def test_predict_mp4_prints_a_table(setup, capsys):
     row = setup["rows"][0]
     assert main(["predict", "--checkpoint", setup["ckpt"], row["path"]]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = own(capsys.readouterr().out).splitlines()
     assert lines[0] == row["path"]
     for line, level in zip(lines[1:5], LEVELS):
         # "  city      Abu_Dhabi   97.3%   top-5: Abu_Dhabi 97.3%  ..."
