@@ -17,9 +17,9 @@ sys.path.insert(0, str(ROOT))
 
 from cg_ray.config import load_config  # noqa: E402
 from cg_ray.demo import WORLD, synthetic_dataset  # noqa: E402
-from cg_ray.inference import evaluate  # noqa: E402
+from cg_ray.predict.evaluate import evaluate  # noqa: E402
 from cg_ray.ray_env import init_ray  # noqa: E402
-from cg_ray.train import train  # noqa: E402
+from cg_ray.train.driver import train  # noqa: E402
 
 
 def main() -> None:

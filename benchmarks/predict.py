@@ -27,12 +27,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cg_ray.checkpoint import load_model, save_checkpoint  # noqa: E402
+from cg_ray.train.checkpoint import load_model, save_checkpoint  # noqa: E402
 from cg_ray.config import load_config  # noqa: E402
 from cg_ray.data.decode import decode_clip  # noqa: E402
 from cg_ray.data.synthetic import _mp4  # noqa: E402
 from cg_ray.model.net import build_model  # noqa: E402
-from cg_ray.predict import Predictor, predict_inputs  # noqa: E402
+from cg_ray.predict.predictor import Predictor, predict_inputs  # noqa: E402
 from cg_ray.taxonomy import Taxonomy  # noqa: E402
 
 SIZES = (166, 157, 91, 6)  # CityGuessr68k cities, states, countries, continents
@@ -122,7 +122,7 @@ def single_clip(out: str, ckpts: dict[str, str]) -> None:
 def batch(out: str, ckpts: dict[str, str], clips: int) -> None:
     import ray
 
-    from cg_ray.batch_predict import batch_predict
+    from cg_ray.predict.batch import batch_predict
     from cg_ray.ray_env import init_ray
 
     folder = os.path.join(out, "batch")

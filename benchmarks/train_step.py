@@ -5,7 +5,7 @@ configuration: VideoMAE ViT-S, 16 frames at 224x224, batch 12, all four heads + 
     .venv/bin/python benchmarks/train_step.py --compile       # + torch.compile
     .venv/bin/python benchmarks/train_step.py --precision fp32
 
-It runs the same forward_backward / optimizer_step as training (cg_ray.train_worker), on uint8 clips
+It runs the same forward_backward / optimizer_step as training (cg_ray.train.worker), on uint8 clips
 copied from pinned memory and normalized on the device. FLOPs are counted by
 torch.utils.flop_counter on one step; MFU = achieved FLOP/s / the GPU's dense bf16 peak.
 """
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cg_ray.config import config_from_dict  # noqa: E402
 from cg_ray.model.net import build_model  # noqa: E402
-from cg_ray.optim import build_optimizer, build_schedule  # noqa: E402
+from cg_ray.train.optim import build_optimizer, build_schedule  # noqa: E402
 from cg_ray.taxonomy import LEVELS  # noqa: E402
-from cg_ray.train_worker import TrainState, forward_backward, optimizer_step  # noqa: E402
+from cg_ray.train.worker import TrainState, forward_backward, optimizer_step  # noqa: E402
 
 SIZES = [166, 157, 91, 6]  # CityGuessr68k
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12}

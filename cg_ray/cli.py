@@ -1,4 +1,4 @@
-"""`cg-ray` commands. The CLI only wires: each command parses, calls one function, prints."""
+"""`cg-ray` commands: each parses its options, calls one function of the package, prints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 
+from cg_ray.console import format_table
 from cg_ray.errors import UserError
 
 
@@ -15,18 +17,6 @@ def _write_json(path: str | None, data: dict) -> None:
         from cg_ray import storage
 
         storage.write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-
-
-def format_table(rows: dict[str, dict]) -> str:
-    """Rows (name -> metrics) as a fixed-width table of top-1 and top-5 per level."""
-    from cg_ray.taxonomy import LEVELS
-
-    head = f"{'':<14}" + "".join(f"{lvl + ' @1':>14}{'@5':>8}" for lvl in LEVELS)
-    lines = [head]
-    for name, m in rows.items():
-        lines.append(f"{name:<14}" + "".join(
-            f"{m[f'{lvl}_top1']:>14.1f}{m[f'{lvl}_top5']:>8.1f}" for lvl in LEVELS))
-    return "\n".join(lines)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -96,14 +86,14 @@ def cmd_scenes(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from cg_ray.compare import compare_runs
+    from cg_ray.report.compare import compare_runs
 
     print(compare_runs(args.runs, args.format, args.tracking_uri))
 
 
 def cmd_train(args) -> None:
     from cg_ray.config import load_config
-    from cg_ray.train import train
+    from cg_ray.train.driver import train
 
     overrides = list(args.set) + ([f"run.register_as={args.register_as}"] if args.register_as else [])
     cfg = load_config(args.config, overrides)
@@ -115,7 +105,7 @@ def cmd_train(args) -> None:
 
 def cmd_tune(args) -> None:
     from cg_ray.config import load_config
-    from cg_ray.tune import search
+    from cg_ray.tune.search import search
 
     overrides = list(args.set)
     if args.num_samples is not None:
@@ -129,7 +119,7 @@ def cmd_tune(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from cg_ray.inference import evaluate
+    from cg_ray.predict.evaluate import evaluate
 
     modes = [args.mode] if args.mode else ["codependent"]
     if (args.coordinates or args.tracking_uri) and not args.report:
@@ -156,7 +146,7 @@ def cmd_predict(args) -> None:
     if bool(args.inputs) == bool(args.input_list):
         raise UserError("give either INPUT... or --input-list LIST --out OUT.parquet")
     if args.input_list:
-        from cg_ray.batch_predict import batch_predict
+        from cg_ray.predict.batch import batch_predict
 
         if not args.out:
             raise UserError("--input-list needs --out OUT.parquet")
@@ -165,7 +155,7 @@ def cmd_predict(args) -> None:
         return
     if args.out or args.actors:
         raise UserError("--out and --actors go with --input-list; single inputs are printed")
-    from cg_ray.predict import Predictor, format_outcome, open_checkpoint, predict_inputs
+    from cg_ray.predict.predictor import Predictor, format_outcome, open_checkpoint, predict_inputs
 
     loaded, _ = open_checkpoint(args.checkpoint)
     outcomes = predict_inputs(Predictor(loaded, args.mode, args.top_k), args.inputs,
@@ -181,6 +171,27 @@ def cmd_predict(args) -> None:
         raise UserError(f"none of the {len(outcomes)} inputs could be read")
 
 
+def cmd_config_show(args) -> None:
+    from cg_ray.config import describe, load_config
+
+    print(describe(load_config(args.config, args.set)))
+
+
+def cmd_config_check(args) -> None:
+    from cg_ray.config import load_config
+
+    bad = 0
+    for path in args.files:
+        try:
+            load_config(path)
+            print(f"{path}: ok")
+        except UserError as exc:
+            bad += 1
+            print(f"{path}: {exc}")
+    if bad:
+        raise UserError(f"{bad} of {len(args.files)} config files are invalid")
+
+
 def cmd_demo(args) -> None:
     from cg_ray.demo import run_demo
 
@@ -190,65 +201,140 @@ def cmd_demo(args) -> None:
 # -- parser ---------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's help ends with its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" not in text and action.option_strings and default not in (None, False, [])
+                and default is not argparse.SUPPRESS):
+            text += f" (default: {default})"
+        return text
+
+
+def _command(sub, name: str, summary: str, description: str, examples: str, func):
+    """A subcommand whose help reads like its docs: what it does, then examples."""
+    p = sub.add_parser(name, help=summary, description=description.strip(),
+                       epilog="examples:\n" + textwrap.indent(examples.strip(), "  "),
+                       formatter_class=_HelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _config_options(p) -> None:
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="YAML config (configs/demo.yaml, configs/cityguessr68k.yaml, ...); "
+                        "`cg-ray config show --config FILE` lists every key with its doc")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set train.epochs=3 model.sca.heads=4; "
+                        "one or several pairs, and the flag may repeat")
+
+
+def _progress_option(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+
+
+MODES = ["flat", "independent", "codependent"]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cg-ray", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from cg_ray import __version__
 
-    p = sub.add_parser("synth", help="write a synthetic world of real encoded media")
-    p.add_argument("out")
-    p.add_argument("--cities", type=int, default=12)
-    p.add_argument("--clips-per-city", type=int, default=30)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", default="64x48", help="WxH")
-    p.add_argument("--format", choices=["frames", "mp4"], default="frames")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
+    parser = argparse.ArgumentParser(
+        prog="cg-ray", formatter_class=_HelpFormatter,
+        description="Train, search, evaluate and use video geolocalization models (CityGuessr) "
+                    "on Ray: a street-level video -> its city, state, country and continent.",
+        epilog="the whole system on a laptop:\n  make demo\n"
+               "a command's own help, with examples:\n  cg-ray train --help")
+    parser.add_argument("--version", action="version", version=f"cg-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="dataset layout -> manifest.parquet + taxonomy.json")
-    p.add_argument("source")
-    p.add_argument("--layout", default="cityguessr")
-    p.add_argument("--out", required=True)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p = _command(sub, "synth", "write a synthetic world of real encoded media", """
+Write a synthetic world in the CityGuessr68k release layout (labels_list.csv, train/ and val/
+with <City>/<video_id>/<n>.jpg) or as mp4 files with a labels CSV, plus per-clip soft scene
+labels. Continent, country, state and city each leave their own visual mark; deterministic.""", """
+cg-ray synth world/
+cg-ray synth world_mp4/ --format mp4 --cities 6 --clips-per-city 10""", cmd_synth)
+    p.add_argument("out", help="folder (or s3:// URI) to write the world to")
+    p.add_argument("--cities", type=int, default=12, help="cities (spread over 6 continents)")
+    p.add_argument("--clips-per-city", type=int, default=30, help="clips of each city")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument("--size", default="64x48", help="frame size WxH")
+    p.add_argument("--format", choices=["frames", "mp4"], default="frames",
+                   help="JPEG frame folders or mp4 files")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the world")
+
+    p = _command(sub, "prepare", "dataset layout -> manifest.parquet + taxonomy.json", """
+Turn a dataset layout into DEST/manifest.parquet (one row per clip), DEST/taxonomy.json and
+DEST/prepare_report.json (clips per split and label, skipped clips with their reasons).""", """
+cg-ray prepare world/ --out data/
+cg-ray prepare s3://raw/cityguessr68k --out s3://work/cg68k
+cg-ray prepare msls/ --out msls_data/ --layout msls
+cg-ray prepare videos.csv --out mine/ --layout videos""", cmd_prepare)
+    p.add_argument("source", help="the dataset: a folder, s3:// URI, or (videos) a CSV")
+    p.add_argument("--layout", default="cityguessr",
+                   help="cityguessr (the release or the official code's label files), msls, "
+                        "or videos (CSV path,city,state,country,continent[,split])")
+    p.add_argument("--out", required=True, metavar="DEST", help="where the prepared dataset goes")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each city's clips for val, where the layout has no split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
     p.add_argument("--min-frames", type=int, default=None,
                    help="skip shorter clips (default: 15 for msls, 1 otherwise)")
     p.add_argument("--hierarchy", metavar="CSV", help="msls: city,state,country,continent rows "
                    "(default: the 30-city hierarchy shipped with cg_ray)")
-    p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("pack", help="raw clips -> parquet shards of T JPEG frames at SxS (Ray Data)")
+    p = _command(sub, "pack", "raw clips -> parquet shards of T JPEG frames at SxS (Ray Data)", """
+Read each clip once, decode the T frames it samples, resize them to S x S and store them as
+JPEG in DEST/shards/frames{T}_size{S}/; training and evaluation then read the shards. An
+interrupted pack resumes where it stopped.""", """
+cg-ray pack data/ --frames 16 --size 224
+cg-ray pack s3://work/cg68k --frames 16 --size 224""", cmd_pack)
     p.add_argument("dest", help="a prepared dataset (folder or s3:// URI)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--frames", type=int, default=16, help="frames stored per clip (T)")
+    p.add_argument("--size", type=int, default=224, help="stored frame size S (S x S)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored frames")
-    p.add_argument("--clips-per-shard", type=int, default=120)
+    p.add_argument("--clips-per-shard", type=int, default=120, help="clips per parquet shard")
     p.add_argument("--min-frames", type=int, default=1, help="skip clips with fewer frames")
     p.add_argument("--seed", type=int, default=0, help="order of clips over the shards")
-    p.set_defaults(func=cmd_pack)
+    _progress_option(p)
 
-    p = sub.add_parser("bench", help="measure a part of the system")
-    bench = p.add_subparsers(dest="target", required=True)
-    b = bench.add_parser("data", help="clips/s delivered after iter_torch_batches, peak memory")
+    p = _command(sub, "bench", "measure a part of the system", """
+Measure a part of the system and print its figures as JSON.""", """
+cg-ray bench data data/ --clips 2400""", None)
+    bench = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+    b = _command(bench, "data", "clips/s delivered after iter_torch_batches, peak memory", """
+Stream clips of a prepared (ideally packed) dataset the way training reads them, and print
+clips/s, CPU-seconds per clip and peak memory.""", """
+cg-ray bench data data/ --clips 2400 --metrics-out bench.json""", cmd_bench_data)
     b.add_argument("dest", help="a prepared (ideally packed) dataset")
-    b.add_argument("--clips", type=int, default=512)
-    b.add_argument("--split", default="train")
-    b.add_argument("--frames", type=int, default=16)
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument("--batch-size", type=int, default=12)
-    b.add_argument("--metrics-out")
-    b.set_defaults(func=cmd_bench_data)
+    b.add_argument("--clips", type=int, default=512, help="clips to stream in all")
+    b.add_argument("--split", default="train", help="split to stream")
+    b.add_argument("--frames", type=int, default=16, help="frames per clip (T)")
+    b.add_argument("--size", type=int, default=224, help="frame size S")
+    b.add_argument("--batch-size", type=int, default=12, help="clips per batch")
+    b.add_argument("--metrics-out", metavar="PATH", help="also write the figures as JSON here")
 
-    p = sub.add_parser("text", help="open_clip text features of every label name (TLA targets)")
-    p.add_argument("dest")
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained", default=None, help="open_clip tag (openai) or weights file; "
-                                                      "none: random weights")
-    p.add_argument("--template", default="a street in {}.")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_text)
+    p = _command(sub, "text", "open_clip text features of every label name (TLA targets)", """
+Embed every label name of every level with an open_clip text encoder and store
+DEST/text_features.parquet (level, label, vector): the TLA targets.""", """
+cg-ray text data/
+cg-ray text data/ --pretrained openai
+cg-ray text data/ --pretrained /models/open_clip_vit_b32.pt""", cmd_text)
+    p.add_argument("dest", help="a prepared dataset")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model name")
+    p.add_argument("--pretrained", default=None, help="open_clip tag (openai) or weights file "
+                                                      "(default: random weights)")
+    p.add_argument("--template", default="a street in {}.", help="text around each label name")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights")
 
-    p = sub.add_parser("scenes", help="Places365 soft scene labels per clip (Ray Data batch "
-                                      "inference) -> manifest scene_soft, scene_majority")
+    p = _command(sub, "scenes", "Places365 soft scene labels per clip (Ray Data batch "
+                                "inference) -> manifest scene_soft, scene_majority", """
+Label every sampled frame with a Places365 CNN and store each clip's soft scene label (fraction
+of its frames in each of the 16 level-2 categories) in the manifest. Resumable.""", """
+cg-ray scenes data/ --checkpoint resnet18_places365.pth.tar --hierarchy places365_hierarchy.csv""",
+                 cmd_scenes)
     p.add_argument("dest", help="a prepared dataset (folder or s3:// URI)")
     p.add_argument("--checkpoint", required=True, help="Places365 CNN (CSAIL .pth.tar)")
     p.add_argument("--hierarchy", required=True, metavar="SHEET.csv",
@@ -263,30 +349,45 @@ def build_parser() -> argparse.ArgumentParser:
                                               "one per CPU)")
     p.add_argument("--flush-every", type=int, default=256,
                    help="clips per partial results file (what a resumed run skips)")
-    p.set_defaults(func=cmd_scenes)
+    _progress_option(p)
 
-    p = sub.add_parser("compare", help="the paper-style table of runs tracked in MLflow")
+    p = _command(sub, "compare", "the paper-style table of runs tracked in MLflow", """
+One row per run: what it trained and the final top-1 of the four levels.""", """
+cg-ray compare cg_ray
+cg-ray compare RUN_ID_1 RUN_ID_2 --format markdown""", cmd_compare)
     p.add_argument("runs", nargs="+", metavar="RUN_OR_EXPERIMENT",
                    help="an MLflow run id, or an experiment name (all its finished runs)")
-    p.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
+    p.add_argument("--format", choices=["text", "markdown", "csv"], default="text",
+                   help="output format")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                                           "./mlflow.db)")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("train", help="train with Ray Train (DDP), tracked in MLflow")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--metrics-out")
+    p = _command(sub, "train", "train with Ray Train (DDP), tracked in MLflow", """
+Train the configured model with train.num_workers Ray Train workers (DDP), evaluating the val
+split after every epoch, writing a checkpoint per epoch under run.storage_path/run.name/ and
+logging one MLflow run.""", """
+cg-ray train --config configs/demo.yaml --set data.path=demo_out/data
+cg-ray train --config configs/demo.yaml --set data.path=s3://work/cg68k \\
+    --set run.storage_path=s3://work/runs --metrics-out m.json
+cg-ray train --config configs/cityguessr68k.yaml --set train.epochs=3 train.num_workers=4
+cg-ray train --config configs/demo.yaml --resume""", cmd_train)
+    _config_options(p)
+    p.add_argument("--metrics-out", metavar="PATH",
+                   help="write the final metrics and the best checkpoint's path as JSON here")
     p.add_argument("--resume", action="store_true",
                    help="continue run.name from its latest checkpoint (an error if there is none)")
     p.add_argument("--register-as", metavar="NAME",
                    help="register the best checkpoint in the MLflow model registry")
-    p.set_defaults(func=cmd_train)
+    _progress_option(p)
 
-    p = sub.add_parser("tune", help="hyper-parameter search over tune.space with Ray Tune (ASHA "
-                                    "or FIFO, random or Optuna); MLflow child run per trial")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = _command(sub, "tune", "hyper-parameter search over tune.space with Ray Tune (ASHA "
+                              "or FIFO, random or Optuna); MLflow child run per trial", """
+Search the config's tune.space with Ray Tune: each trial is a full training run (an MLflow
+child run under one parent); the best trial's config is written as YAML.""", """
+cg-ray tune --config configs/demo.yaml --set data.path=demo_out/data --num-samples 3
+cg-ray tune --config configs/search.yaml --num-samples 16 --best-config-out best.yaml
+cg-ray tune --config configs/search.yaml --resume""", cmd_tune)
+    _config_options(p)
     p.add_argument("--num-samples", type=int, metavar="N", help="trials (tune.num_samples)")
     p.add_argument("--max-concurrent", type=int, metavar="M",
                    help="trials at once (tune.max_concurrent; default: what the cluster fits)")
@@ -295,43 +396,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-config-out", metavar="PATH",
                    help="also write the best trial's ready-to-train config here")
     p.add_argument("--metrics-out", metavar="PATH", help="the search summary as JSON")
-    p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("evaluate", help="hierarchical evaluation of a checkpoint")
+    p = _command(sub, "evaluate", "hierarchical evaluation of a checkpoint", """
+Top-1 and top-5 per level (city, state, country, continent) of a checkpoint over a split, in
+percent, optionally with per-clip predictions and an HTML report.""", """
+cg-ray evaluate --checkpoint demo_out/runs/demo-1/checkpoint_000002 --data demo_out/data
+cg-ray evaluate --checkpoint models:/cityguessr/1 --data s3://work/cg68k --mode independent
+cg-ray evaluate --checkpoint CKPT --data data/ --report report/""", cmd_evaluate)
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder or models:/NAME/VERSION")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val")
-    p.add_argument("--mode", choices=["flat", "independent", "codependent"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--metrics-out")
-    p.add_argument("--predictions-out")
+    p.add_argument("--data", required=True, metavar="DEST", help="a prepared dataset")
+    p.add_argument("--split", default="val", help="split to evaluate")
+    p.add_argument("--mode", choices=MODES, help="hierarchical evaluation mode (default: "
+                                                 "codependent)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    p.add_argument("--metrics-out", metavar="PATH", help="also write the metrics as JSON here")
+    p.add_argument("--predictions-out", metavar="PATH",
+                   help="write one parquet row per clip: true and predicted labels, probabilities")
     p.add_argument("--report", metavar="DIR", help="write an HTML report with per-city/country "
                    "accuracy, confusion matrices, geodesic error and a world map")
     p.add_argument("--coordinates", metavar="CSV", help="city,lat,lon rows that add to or replace "
                    "the shipped city centres")
     p.add_argument("--tracking-uri", help="MLflow store of the checkpoint's training run "
                    "(default: the checkpoint's config, then $MLFLOW_TRACKING_URI)")
-    p.set_defaults(func=cmd_evaluate)
+    _progress_option(p)
 
-    p = sub.add_parser("predict", help="city/state/country/continent of videos or frame folders")
+    p = _command(sub, "predict", "city/state/country/continent of videos or frame folders", """
+Predict where videos were filmed: single inputs are printed (or one JSON object each with
+--json); --input-list runs batch prediction with Ray Data into one parquet file.""", """
+cg-ray predict --checkpoint CKPT clip.mp4 frames_folder/ --top-k 5
+cg-ray predict --checkpoint models:/cityguessr/1 s3://bucket/clip.mp4 --json
+cg-ray predict --checkpoint CKPT --input-list clips.csv --out predictions.parquet""", cmd_predict)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="video file, frames folder, or URI")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder or models:/NAME/VERSION")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--mode", choices=["flat", "independent", "codependent"], default="codependent")
+    p.add_argument("--top-k", type=int, default=5, help="candidates listed per level")
+    p.add_argument("--mode", choices=MODES, default="codependent",
+                   help="hierarchical evaluation mode")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     p.add_argument("--input-list", metavar="CSV|DIR|URI",
                    help="batch prediction with Ray Data over a folder or a list of clips")
     p.add_argument("--out", metavar="OUT.parquet", help="where batch predictions go")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per batch")
     p.add_argument("--actors", type=int, help="predictor actors (default: one per GPU, else "
                                               "one per CPU of the cluster)")
-    p.set_defaults(func=cmd_predict)
+    _progress_option(p)
 
-    p = sub.add_parser("demo", help="synth -> prepare -> text -> train -> evaluate, all local")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=None)
-    p.set_defaults(func=cmd_demo)
+    p = _command(sub, "config", "show or check a config file", """
+show: the resolved config (file plus --set overrides) as YAML, every field with its one-line
+doc. check: validate config files; one line per file, exit status 2 if any is invalid.""", """
+cg-ray config show --config configs/demo.yaml --set train.epochs=3
+cg-ray config check configs/*.yaml configs/paper/*.yaml""", None)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = _command(actions, "show", "print the resolved config with each field's doc", """
+Print the resolved config (defaults, the file, then --set overrides) as YAML that loads back,
+each field followed by its one-line doc.""", """
+cg-ray config show --config configs/demo.yaml
+cg-ray config show --config configs/demo.yaml --set train.epochs=3 model.sca.heads=4""",
+                 cmd_config_show)
+    _config_options(c)
+    c = _command(actions, "check", "validate config files", """
+Load and validate each file as `cg-ray train` would; print one line per file.""", """
+cg-ray config check configs/demo.yaml
+cg-ray config check configs/*.yaml configs/paper/*.yaml""", cmd_config_check)
+    c.add_argument("files", nargs="+", metavar="FILE", help="YAML config files")
+
+    p = _command(sub, "demo", "synth -> prepare -> text -> train -> evaluate, all local", """
+The whole system on one machine: a synthetic world, prepared, with text features, trained with
+DDP workers on a local Ray, evaluated in three modes; everything under --out.""", """
+cg-ray demo
+cg-ray demo --out /tmp/demo --workers 1 --epochs 2""", cmd_demo)
+    p.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: configs/demo.yaml's)")
     return parser
 
 

@@ -8,7 +8,10 @@ The resolved tree is saved with every run (`config.yaml` in the run folder and i
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,11 +47,17 @@ class BackboneConfig:
     pretrained: Optional[str] = None
     """Hub id (MCG-NJU/videomae-small-finetuned-kinetics) or local directory; None builds from scratch."""
     hidden_size: int = 384
+    """Width of the transformer (ViT-S: 384)."""
     num_layers: int = 12
+    """Transformer layers."""
     num_heads: int = 6
+    """Attention heads per layer."""
     intermediate_size: int = 1536
+    """Width of each layer's MLP."""
     patch_size: int = 16
+    """Spatial patch size in pixels."""
     tubelet_size: int = 2
+    """Frames per tubelet (video backbones)."""
     attn_implementation: str = "sdpa"
     """'sdpa' (fused attention) or 'eager'."""
     frame: str = "random"
@@ -67,6 +76,7 @@ class SCAConfig:
     scene_widths: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     """Hidden widths of FFN_s (d -> widths... -> num_scenes)."""
     num_scenes: int = 16
+    """Scene categories of the soft labels (the Places365 level-2 categories)."""
 
 
 @dataclass
@@ -82,21 +92,31 @@ class TLAConfig:
 @dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """The video encoder."""
     sca: SCAConfig = field(default_factory=SCAConfig)
+    """Self-Cross Attention over the logits and the scene head FFN_s."""
     tla: TLAConfig = field(default_factory=TLAConfig)
+    """TextLabel Alignment: FFN_t and its target."""
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     """Per-channel normalization mean (applied on the device)."""
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    """Per-channel normalization std (applied on the device)."""
 
 
 @dataclass
 class LossConfig:
     city: float = 1.0
+    """Weight of the city cross-entropy."""
     state: float = 1.0
+    """Weight of the state cross-entropy."""
     country: float = 1.0
+    """Weight of the country cross-entropy."""
     continent: float = 1.0
+    """Weight of the continent cross-entropy."""
     scene: float = 1.0
+    """Weight of the soft-scene cross-entropy (SCA)."""
     tla: float = 1.0
+    """Weight of the TLA term (negative cosine to the label text features)."""
 
 
 @dataclass
@@ -104,6 +124,7 @@ class OptimConfig:
     lr: float = 1e-3
     """Adam learning rate (the paper's constant 1e-3)."""
     weight_decay: float = 0.0
+    """Weight decay (0: none, as the paper)."""
     schedule: str = "constant"
     """'constant' (the paper) or 'cosine' (decay to min_lr_ratio * lr after the warm-up)."""
     warmup_steps: int = 0
@@ -115,6 +136,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    """Passes over the training split."""
     num_workers: int = 1
     """Ray Train workers (DDP ranks)."""
     batch_size: int = 12
@@ -122,7 +144,9 @@ class TrainConfig:
     use_gpu: Optional[bool] = None
     """None: use GPUs when the cluster has them."""
     cpus_per_worker: float = 1.0
+    """CPUs each training worker holds."""
     seed: int = 0
+    """Seed of the initialization, the shuffling and the sampling."""
     log_every: int = 10
     """Steps between progress lines on rank 0."""
     max_failures: int = 0
@@ -146,6 +170,7 @@ class EvalConfig:
     mode: str = "codependent"
     """'flat', 'independent' or 'codependent' (paper Sec. 4.6)."""
     batch_size: int = 32
+    """Clips per evaluation batch."""
 
 
 @dataclass
@@ -197,13 +222,26 @@ class TuneConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    """The prepared dataset and how clips are read."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network: backbone, SCA, TLA, input normalization."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Weights of the loss terms."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Ray Train: workers, batch, precision, checkpoints, failures."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation after each epoch and by `cg-ray evaluate`."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Where the run lives: name, storage, MLflow."""
     tune: TuneConfig = field(default_factory=TuneConfig)
+    """`cg-ray tune`: the search space and how trials are scheduled."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        """A validated config from plain data (the YAML tree)."""
+        return config_from_dict(data)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,7 +272,7 @@ class Config:
         if self.model.sca.embed_dim % self.model.sca.heads:
             raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
                             f"divisible by model.sca.heads={self.model.sca.heads}")
-        from cg_ray.search_space import check_tune_section  # the tune section: its own module
+        from cg_ray.tune.space import check_tune_section  # the tune section: its own module
 
         check_tune_section(self)
         return self
@@ -328,3 +366,35 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
         if not isinstance(data, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections")
     return config_from_dict(data, overrides)
+
+
+# -- documentation: `cg-ray config show` ----------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """A config dataclass's fields -> the first line of the string literal written under each."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe(cfg: Any, indent: str = "") -> str:
+    """The resolved config as YAML that loads back to it, each field with its doc as a comment."""
+    docs = field_docs(type(cfg))
+    lines = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        doc = f"  # {docs[f.name]}" if f.name in docs else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:{doc}")
+            lines.append(describe(value, indent + "  "))
+        else:
+            shown = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            shown = shown.removesuffix("\n...").strip()
+            lines.append(f"{indent}{f.name}: {shown}{doc}")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cg_ray.checkpoint import save_checkpoint
+from cg_ray.train.checkpoint import save_checkpoint
 from cg_ray.config import load_config
 from cg_ray.data.decode import decode_clip
 from cg_ray.data.synthetic import make_world

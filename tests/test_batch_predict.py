@@ -8,7 +8,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from cg_ray.batch_predict import OUTPUT_SCHEMA
+from cg_ray.predict.batch import OUTPUT_SCHEMA
 from cg_ray.cli import main
 from cg_ray.taxonomy import LEVELS
 

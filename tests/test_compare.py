@@ -5,7 +5,7 @@ import pytest
 
 from cg_ray import tracking
 from cg_ray.cli import main
-from cg_ray.compare import compare_runs
+from cg_ray.report.compare import compare_runs
 from cg_ray.config import config_from_dict
 from output import own
 

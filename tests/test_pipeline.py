@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cg_ray.checkpoint import read_checkpoint
+from cg_ray.train.checkpoint import read_checkpoint
 from cg_ray.cli import main
 from cg_ray.config import load_config
 from cg_ray.taxonomy import LEVELS
@@ -19,7 +19,7 @@ DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, ray_session, tmp_path_factory):
-    from cg_ray.train import train
+    from cg_ray.train.driver import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(DEMO, [f"data.path={tiny_dataset}", "train.epochs=2", "train.num_workers=2",

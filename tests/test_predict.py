@@ -12,7 +12,7 @@ from cg_ray.data.listing import list_inputs
 from cg_ray.cli import main
 from cg_ray.data.synthetic import make_world
 from cg_ray.errors import UserError
-from cg_ray.predict import level_scores
+from cg_ray.predict.predictor import level_scores
 from cg_ray.taxonomy import LEVELS
 
 from output import own
@@ -160,7 +160,7 @@ def test_bad_arguments_are_one_line_errors(setup, capsys):
 def test_level_scores_by_hand(small_taxonomy):
     """Cities Austin, Lyon, Paris, Versailles; states IDF, Rhone, Texas; countries France, USA;
     continents America, Europe (ids in sorted order)."""
-    from cg_ray.checkpoint import LoadedModel
+    from cg_ray.train.checkpoint import LoadedModel
 
     loaded = LoadedModel(None, None, small_taxonomy, 0)
     probs = {"city": torch.tensor([[0.1, 0.2, 0.3, 0.4]]), "state": torch.tensor([[0.5, 0.3, 0.2]]),

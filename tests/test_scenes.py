@@ -10,7 +10,7 @@ import torch
 
 from cg_ray.cli import main
 from cg_ray.data.decode import decode_clip
-from cg_ray.data.stream import scene_targets
+from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
 from cg_ray.labels.hierarchy import (category_weights, clip_label, frame_categories,
                                      read_categories, read_hierarchy)

@@ -9,11 +9,11 @@ import torch
 from cg_ray.config import config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.model.net import build_model
-from cg_ray.optim import build_optimizer, build_schedule, lr_factor
+from cg_ray.train.optim import build_optimizer, build_schedule, lr_factor
 from cg_ray.secrets import redact, redact_tree
 from cg_ray.taxonomy import LEVELS, Taxonomy
-from cg_ray.train import check_resumable
-from cg_ray.train_worker import TrainState, forward_backward, optimizer_step
+from cg_ray.train.driver import check_resumable
+from cg_ray.train.worker import TrainState, forward_backward, optimizer_step
 from output import own
 
 TINY = ["data.num_frames=4", "data.image_size=32", "model.backbone.hidden_size=32",
@@ -160,7 +160,7 @@ def test_a_checkpoint_cut_short_in_the_copy_is_not_resumed_from(small_taxonomy, 
     folder with a truncated checkpoint.pt: resume must take the last complete one."""
     import shutil
 
-    from cg_ray.checkpoint import FILENAME, FILES, is_complete, latest_checkpoint, save_checkpoint
+    from cg_ray.train.checkpoint import FILENAME, FILES, is_complete, latest_checkpoint, save_checkpoint
 
     cfg = config_from_dict({}, TINY + ["model.tla.enabled=false"])
     model = build_model(cfg, small_taxonomy.sizes, text_dim=8)
@@ -185,7 +185,7 @@ def test_a_run_whose_driver_died_before_any_checkpoint_is_closed_not_left_runnin
     import json
 
     from cg_ray import tracking
-    from cg_ray.train import RUN_MARKER, _close_run_without_checkpoint
+    from cg_ray.train.driver import RUN_MARKER, _close_run_without_checkpoint
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "runs" / "r"

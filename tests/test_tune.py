@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from cg_ray.cli import main
 from cg_ray.config import load_config
 from cg_ray.errors import UserError
-from cg_ray.tune import SearchInterrupted, search
+from cg_ray.tune.search import SearchInterrupted, search
 
 pytestmark = pytest.mark.slow
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from cg_ray.config import load_config
 from cg_ray.errors import UserError
-from cg_ray.search_space import apply_params, tune_space
-from cg_ray.tune import plan_concurrency, trial_config, trial_needs
-from cg_ray.tune_scheduling import LastEpochASHA, expected_trials, stopped_trials
-from cg_ray.tune_tracking import error_line
+from cg_ray.tune.space import apply_params, tune_space
+from cg_ray.tune.search import plan_concurrency, trial_config, trial_needs
+from cg_ray.tune.scheduling import LastEpochASHA, expected_trials, stopped_trials
+from cg_ray.tune.trials import error_line
 
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cg_ray import storage
+from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS
 
@@ -123,8 +124,6 @@ def decode_packed_batch(batch: pa.Table, *, label_ids: dict[str, dict[str, int]]
 
     video: (B, T, S, S, 3) uint8, every JPEG decoded in place into it; valid: (B,) bool.
     """
-    from cg_ray.data.stream import scene_targets
-
     n = batch.num_rows
     ids = batch.column("clip_id").to_pylist()
     video = np.zeros((n, num_frames, image_size, image_size, 3), dtype=np.uint8)

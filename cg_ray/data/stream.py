@@ -16,12 +16,11 @@ import ray.data
 
 from cg_ray import storage
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.data.tables import NUM_SCENES, scene_targets
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 log = logging.getLogger(__name__)
-
-NUM_SCENES = 16
 
 
 def manifest_path(data_path: str) -> str:
@@ -63,29 +62,6 @@ def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str,
     if keep_ids:
         out["clip_id"] = np.asarray(batch["clip_id"]).astype(str)
     return out
-
-
-def scene_targets(column, n: int, mode: str, majority=None) -> np.ndarray:
-    """(B, 16) float32: the soft label, or for 'majority' one-hot of the `scene_majority` id
-    (`cg-ray scenes` writes it) where the manifest has one, else of the soft label's argmax;
-    zeros if absent."""
-    scenes = np.zeros((n, NUM_SCENES), dtype=np.float32)
-    if column is None:
-        return scenes
-    for i, row in enumerate(column):
-        if row is not None and len(row) == NUM_SCENES:
-            scenes[i] = np.asarray(row, dtype=np.float32)
-    if mode == "majority":
-        has = scenes.sum(axis=1) > 0
-        ids = scenes.argmax(axis=1)
-        for i, value in enumerate(majority if majority is not None else []):
-            if value is not None and not (isinstance(value, float) and np.isnan(value)) \
-                    and 0 <= int(value) < NUM_SCENES:
-                ids[i], has[i] = int(value), True
-        onehot = np.zeros_like(scenes)
-        onehot[np.arange(n), ids] = 1.0
-        scenes = np.where(has[:, None], onehot, scenes)
-    return scenes
 
 
 def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int,

@@ -81,3 +81,26 @@ def stratified_split(cities: list[str], val_fraction: float, seed: int) -> list[
         for i in rng.permutation(rows)[: val_count(len(rows), val_fraction)]:
             splits[int(i)] = "val"
     return splits
+
+
+def scene_targets(column, n: int, mode: str, majority=None) -> np.ndarray:
+    """(B, 16) float32: the soft label, or for 'majority' one-hot of the `scene_majority` id
+    (`cg-ray scenes` writes it) where the manifest has one, else of the soft label's argmax;
+    zeros if absent."""
+    scenes = np.zeros((n, NUM_SCENES), dtype=np.float32)
+    if column is None:
+        return scenes
+    for i, row in enumerate(column):
+        if row is not None and len(row) == NUM_SCENES:
+            scenes[i] = np.asarray(row, dtype=np.float32)
+    if mode == "majority":
+        has = scenes.sum(axis=1) > 0
+        ids = scenes.argmax(axis=1)
+        for i, value in enumerate(majority if majority is not None else []):
+            if value is not None and not (isinstance(value, float) and np.isnan(value)) \
+                    and 0 <= int(value) < NUM_SCENES:
+                ids[i], has[i] = int(value), True
+        onehot = np.zeros_like(scenes)
+        onehot[np.arange(n), ids] = 1.0
+        scenes = np.where(has[:, None], onehot, scenes)
+    return scenes

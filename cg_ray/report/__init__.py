@@ -114,9 +114,9 @@ def evaluate_with_report(checkpoint: str, data_path: str, report_dir: str, split
                          predictions_out: str | None = None, batch_size: int = 32,
                          tracking_uri: str | None = None) -> tuple[dict, str]:
     """Evaluate a checkpoint on a split and write the report; returns (metrics, MLflow note)."""
-    from cg_ray.checkpoint import read_checkpoint
-    from cg_ray.inference import metrics_for, predict_split, write_predictions
-    from cg_ray.predict import open_checkpoint
+    from cg_ray.train.checkpoint import read_checkpoint
+    from cg_ray.predict.evaluate import metrics_for, predict_split, write_predictions
+    from cg_ray.predict.predictor import open_checkpoint
     from cg_ray.report.tracked import log_to_mlflow
 
     coords = CityCoordinates.load(coordinates)  # a bad CSV fails before any work

@@ -62,8 +62,8 @@ class ClipPredictor:
         import ray
         import torch
 
-        from cg_ray.checkpoint import FILENAME, load_model
-        from cg_ray.predict import Predictor
+        from cg_ray.train.checkpoint import FILENAME, load_model
+        from cg_ray.predict.predictor import Predictor
 
         # The driver sent the checkpoint's bytes: workers on other nodes cannot see its disk.
         with tempfile.TemporaryDirectory() as folder:
@@ -103,7 +103,7 @@ def _inference_bytes(path: str) -> bytes:
     """The checkpoint without optimizer and scheduler state: all an actor needs, ~1/3 the size."""
     import torch
 
-    from cg_ray.checkpoint import read_checkpoint
+    from cg_ray.train.checkpoint import read_checkpoint
 
     state = read_checkpoint(path)
     state.update(optimizer=None, scheduler=None)
@@ -140,7 +140,7 @@ def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codep
     be decoded go to `<out>.errors.csv`. Returns counts, timing and the pool that ran."""
     import ray
 
-    from cg_ray.predict import Predictor, open_checkpoint
+    from cg_ray.predict.predictor import Predictor, open_checkpoint
     from cg_ray.ray_env import init_ray
 
     if batch_size < 1:

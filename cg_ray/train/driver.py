@@ -1,5 +1,5 @@
 """Training, the driver side: checks the inputs, opens (or reopens) the MLflow run, builds the
-Ray Data inputs and fits a TorchTrainer whose workers run cg_ray.train_worker.train_loop.
+Ray Data inputs and fits a TorchTrainer whose workers run cg_ray.train.worker.train_loop.
 
     train()                 checks, resume or new run, datasets, TorchTrainer.fit()
       _finish()             artifacts, registration, the run's summary
@@ -13,12 +13,12 @@ import os
 from ray.train import DataConfig
 
 from cg_ray import storage, tracking
-from cg_ray.checkpoint import latest_checkpoint
+from cg_ray.train.checkpoint import latest_checkpoint
 from cg_ray.config import Config
 from cg_ray.errors import UserError
 from cg_ray.secrets import redact_tree
 from cg_ray.taxonomy import Taxonomy
-from cg_ray.train_worker import train_loop
+from cg_ray.train.worker import train_loop
 
 
 class ValSplitDataConfig(DataConfig):
@@ -127,13 +127,13 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
 
     A run whose folder (run.storage_path/run.name) already holds checkpoints continues from the
     latest one, in the same MLflow run; `resume=True` insists that there is one. `callbacks` go
-    to the trainer's RunConfig and `run_tags` onto a new MLflow run (cg_ray.tune: a trial's
+    to the trainer's RunConfig and `run_tags` onto a new MLflow run (cg_ray.tune.search: a trial's
     TuneReportCallback and its parent run).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cg_ray.checkpoint import read_checkpoint
+    from cg_ray.train.checkpoint import read_checkpoint
     from cg_ray.data.stream import clip_dataset, split_summary
     from cg_ray.ray_env import init_ray
 
@@ -212,7 +212,7 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
 
 def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> dict:
     """Artifacts, registration and the summary of a finished fit."""
-    from cg_ray.registry import register_checkpoint
+    from cg_ray.predict.registry import register_checkpoint
 
     latest = storage.uri_of(storage_path, result.checkpoint.path)  # s3: the s3:// URI again
     best = result.get_best_checkpoint(metric="city_top1", mode="max")

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import torch
 
 from cg_ray import storage
-from cg_ray.checkpoint import LoadedModel, load_model
-from cg_ray.registry import resolve_checkpoint
+from cg_ray.train.checkpoint import LoadedModel, load_model
+from cg_ray.predict.registry import resolve_checkpoint
 from cg_ray.errors import UserError
 from cg_ray.evaluation import MODES, Accuracy, rank
 from cg_ray.taxonomy import LEVELS

@@ -130,7 +130,7 @@ def check_space(cfg) -> None:
         kind, args = _spec(key, spec)
         options[key] = _candidates(kind, args)
         for value in options[key]:
-            _check_values(base, {key: value})
+            _check_values(cfg, base, {key: value})
     if cfg.tune.search == "optuna" and any("grid" in s for s in cfg.tune.space.values()):
         raise UserError("tune.space: grid distributions need tune.search=random (optuna samples)")
     combos = 1
@@ -138,14 +138,12 @@ def check_space(cfg) -> None:
         combos *= len(values)
     if 1 < len(options) and combos <= _MAX_COMBINATIONS:
         for values in itertools.product(*options.values()):
-            _check_values(base, dict(zip(options, values)))
+            _check_values(cfg, base, dict(zip(options, values)))
 
 
-def _check_values(base: dict, params: dict) -> None:
-    from cg_ray.config import config_from_dict
-
+def _check_values(cfg, base: dict, params: dict) -> None:
     try:
-        config_from_dict(apply_params(base, params))
+        type(cfg).from_dict(apply_params(base, params))
     except UserError as exc:
         shown = " ".join(f"{k}={v!r}" for k, v in params.items())
         raise UserError(f"tune.space: a trial with {shown} would fail: {exc}") from None

@@ -9,7 +9,7 @@ import os
 from cg_ray import storage, tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
-from cg_ray.search_space import apply_params
+from cg_ray.tune.space import apply_params
 
 META = "cg_ray_search.json"
 # What may change when a search resumes; anything else would make the restored trials and the

@@ -19,9 +19,9 @@ import time
 from cg_ray import storage, tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
-from cg_ray.search_space import apply_params, tune_space
-from cg_ray.tune_scheduling import STOPPED, EpochReport, expected_trials, stopped_trials, tune_config
-from cg_ray.tune_tracking import (existing_search, open_parent, settle_children, trial_rows,
+from cg_ray.tune.space import apply_params, tune_space
+from cg_ray.tune.scheduling import STOPPED, EpochReport, expected_trials, stopped_trials, tune_config
+from cg_ray.tune.trials import (existing_search, open_parent, settle_children, trial_rows,
                                   write_best)
 
 # The trial function holds no training workers itself: a sliver of a CPU, as Tune refuses 0.
@@ -45,7 +45,7 @@ def run_trial(params: dict, *, base: dict, search_dir: str, parent_run_id: str, 
     """One trial, in a Tune actor: train() with the trial's config; an MLflow child run."""
     from ray import tune
 
-    from cg_ray.train import train
+    from cg_ray.train.driver import train
 
     trial_id = tune.get_context().get_trial_id()
     name = base["run"]["name"]
@@ -132,7 +132,7 @@ def search(cfg: Config, resume: bool = False, best_config_out: str | None = None
     """Run (or with resume, continue) the search of cfg.tune; returns its summary."""
     from ray import tune
 
-    from cg_ray.train import check_inputs
+    from cg_ray.train.driver import check_inputs
 
     if not cfg.tune.space:
         raise UserError("tune.space is empty: give the config a search space, e.g. tune: {space: "

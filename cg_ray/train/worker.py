@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 
 from cg_ray import tracking
-from cg_ray.checkpoint import latest_checkpoint, save_checkpoint
+from cg_ray.train.checkpoint import latest_checkpoint, save_checkpoint
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.evaluation import Accuracy
 from cg_ray.model.losses import compute_losses, text_targets
 from cg_ray.model.net import build_model
-from cg_ray.optim import build_optimizer, build_schedule
+from cg_ray.train.optim import build_optimizer, build_schedule
 from cg_ray.secrets import redact
 from cg_ray.taxonomy import LEVELS, Taxonomy
 

@@ -24,7 +24,7 @@ def _pyfunc_class():
 
     class CityGuessrPyfunc(mlflow.pyfunc.PythonModel):
         def load_context(self, context):
-            from cg_ray.checkpoint import load_model
+            from cg_ray.train.checkpoint import load_model
 
             self.loaded = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
 
@@ -50,7 +50,7 @@ def register_checkpoint(uri: str, run_id: str, checkpoint_dir: str, name: str) -
     """Log the checkpoint as a pyfunc model of the run and register it; returns the version."""
     import mlflow
 
-    from cg_ray.checkpoint import read_checkpoint
+    from cg_ray.train.checkpoint import read_checkpoint
 
     state = read_checkpoint(checkpoint_dir)
     data = state["config"]["data"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cg_ray.checkpoint import LoadedModel, load_model
+from cg_ray.train.checkpoint import LoadedModel, load_model
 from cg_ray.errors import UserError
 from cg_ray.evaluation import MODES, hierarchical_product, rank
 from cg_ray.taxonomy import LEVELS
@@ -20,7 +20,7 @@ from cg_ray.taxonomy import LEVELS
 
 def open_checkpoint(reference: str, tracking_uri: str | None = None) -> tuple[LoadedModel, str]:
     """(the loaded model, its local checkpoint folder) for a path or a registry reference."""
-    from cg_ray.registry import resolve_checkpoint
+    from cg_ray.predict.registry import resolve_checkpoint
 
     path = resolve_checkpoint(reference, tracking_uri)
     return load_model(path), path
