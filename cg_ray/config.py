@@ -31,7 +31,12 @@ class DataConfig:
     val_split: str = "val"
     """Split evaluated after each epoch."""
     num_frames: int = 16
-    """Frames sampled evenly from each clip (T)."""
+    """Frames the model sees per clip (T)."""
+    sampling: str = "uniform"
+    """Which T frames: 'uniform' (evenly over the clip), 'official' (the authors' loader: every
+    5th frame from the first), 'random' (one per equal segment; centres in evaluation) or
+    'bidirectional' (uniform forward + offset reversed view, features fused); see
+    cg_ray/data/sampling.py."""
     image_size: int = 224
     """Frames are resized to image_size x image_size."""
     scene_labels: str = "soft"
@@ -116,6 +121,8 @@ class LossConfig:
     scene: float = 1.0
     """Weight of the soft-scene cross-entropy (SCA)."""
     tla: float = 1.0
+    tla_reduction: str = "mean"
+    """TLA over the batch: 'mean' of -cos, or 'sum' (the authors' code: B times the weight)."""
     """Weight of the TLA term (negative cosine to the label text features)."""
 
 
@@ -168,7 +175,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     mode: str = "codependent"
-    """'flat', 'independent' or 'codependent' (paper Sec. 4.6)."""
+    """'flat', 'independent', 'codependent' (paper Sec. 4.6) or 'official' (the authors'
+    evaluate.py: plain city argmax mapped up, top-5 from each level's own softmax)."""
+    views: int = 1
+    """Temporal clips per video in evaluation; their probabilities are averaged."""
     batch_size: int = 32
     """Clips per evaluation batch."""
 
@@ -251,7 +261,9 @@ class Config:
 
     def validate(self) -> "Config":
         choices = {
-            "eval.mode": (self.eval.mode, ("flat", "independent", "codependent")),
+            "eval.mode": (self.eval.mode, ("flat", "independent", "codependent", "official")),
+            "data.sampling": (self.data.sampling, ("uniform", "official", "random", "bidirectional")),
+            "loss.tla_reduction": (self.loss.tla_reduction, ("mean", "sum")),
             "model.tla.levels": (self.model.tla.levels, ("city", "all")),
             "data.scene_labels": (self.data.scene_labels, ("soft", "majority")),
             "train.precision": (self.train.precision, ("auto", "bf16", "fp32")),
@@ -265,10 +277,13 @@ class Config:
                     "train.batch_size": self.train.batch_size, "data.num_frames": self.data.num_frames,
                     "data.image_size": self.data.image_size, "optim.lr": self.optim.lr,
                     "train.grad_accum_steps": self.train.grad_accum_steps,
-                    "train.keep_best": self.train.keep_best}
+                    "train.keep_best": self.train.keep_best, "eval.views": self.eval.views}
         for key, value in positive.items():
             if value <= 0:
                 raise UserError(f"config {key}={value}: must be > 0")
+        if self.data.sampling == "official" and self.eval.views > 1:
+            raise UserError(f"config eval.views={self.eval.views}: the official sampling takes "
+                            f"one view (the authors' evaluation); set eval.views=1")
         if self.model.sca.embed_dim % self.model.sca.heads:
             raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
                             f"divisible by model.sca.heads={self.model.sca.heads}")

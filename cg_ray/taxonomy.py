@@ -11,6 +11,16 @@ from cg_ray.errors import UserError
 LEVELS: tuple[str, ...] = ("city", "state", "country", "continent")
 
 
+def _ordered(names: set[str], order: list[str] | None) -> list[str]:
+    """Names in `order` first (in its order), then the rest sorted."""
+    if not order:
+        return sorted(names)
+    position: dict[str, int] = {}
+    for i, name in enumerate(order):
+        position.setdefault(name, i)
+    return sorted(names, key=lambda n: (0, position[n], "") if n in position else (1, 0, n))
+
+
 @dataclass(frozen=True)
 class Taxonomy:
     """Label names per level (index = id) and the parent id of every label below the top.
@@ -39,11 +49,14 @@ class Taxonomy:
         return ids
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, str]], where: str = "row") -> "Taxonomy":
+    def from_rows(cls, rows: Iterable[Mapping[str, str]], where: str = "row",
+                  order: Mapping[str, list[str]] | None = None) -> "Taxonomy":
         """Build the tree from labelled rows (one per clip or per city).
 
-        Labels get ids in sorted name order, so the same set of rows always gives the same ids.
-        A label that appears under two different parents is refused, naming both rows.
+        Labels get ids in sorted name order, so the same set of rows always gives the same ids;
+        `order` (level -> names) puts the names it lists first, in its order (a source whose
+        labels have ids of their own). A label that appears under two different parents is
+        refused, naming both rows.
         """
         seen: dict[str, dict[str, tuple[str, int]]] = {level: {} for level in LEVELS[:-1]}
         names: dict[str, set[str]] = {level: set() for level in LEVELS}
@@ -67,7 +80,7 @@ class Taxonomy:
                     )
         if count == 0:
             raise UserError("no labelled rows: cannot build a taxonomy from an empty dataset")
-        labels = {level: sorted(names[level]) for level in LEVELS}
+        labels = {level: _ordered(names[level], (order or {}).get(level)) for level in LEVELS}
         parents = {}
         for child_level, parent_level in zip(LEVELS[:-1], LEVELS[1:]):
             parent_ids = {name: i for i, name in enumerate(labels[parent_level])}

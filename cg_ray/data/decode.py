@@ -1,7 +1,11 @@
-"""Clip decoding: a folder of frames or a video file -> T evenly spaced RGB frames.
+"""Clip decoding: a folder of frames or a video file -> the RGB frames a sampling picks.
 
 Every source is a local path or a URI that cg_ray.storage understands, so the same code reads a
 CityGuessr68k frame folder on disk, an mp4 on S3, or a clip written by the synthetic world.
+Videos come out as players show them: turned by the rotation their display matrix declares
+(phone videos store portrait pictures as landscape plus that flag), and counted by the frames
+that decode when the container's header cannot be trusted (a clip cut with `-c copy` keeps
+packets that an edit list hides).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ except ImportError:  # pragma: no cover
     simplejpeg = None
 
 from cg_ray import storage
+from cg_ray.data.sampling import Sampling, uniform
 from cg_ray.errors import UserError
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -34,9 +39,13 @@ def sample_indices(num_available: int, num_frames: int) -> np.ndarray:
 
     When the clip is shorter than T, indices repeat, so a short clip still gives T frames.
     """
-    if num_available <= 0:
-        raise ValueError(f"cannot sample {num_frames} frames from {num_available}")
-    return np.round(np.linspace(0, num_available - 1, num_frames)).astype(np.int64)
+    return uniform(num_available, num_frames)
+
+
+def _gather(decoded: dict[int, np.ndarray], picks: np.ndarray) -> np.ndarray:
+    """Decoded frames {index: (S, S, 3)} -> picks.shape + (S, S, 3), in the order of `picks`."""
+    frames = np.stack([decoded[i] for i in picks.ravel().tolist()])
+    return frames.reshape(picks.shape + frames.shape[1:])
 
 
 def is_frame_name(name: str) -> bool:
@@ -93,13 +102,13 @@ def _check_length(source: str, available: int, min_frames: int) -> None:
                         f"required (min_frames)")
 
 
-def _decode_frame_files(source: str, frames: list[str], num_frames: int, size: int,
-                        min_frames: int) -> np.ndarray:
+def _decode_frame_files(source: str, frames: list[str], sampling: Sampling, size: int,
+                        min_frames: int, rng) -> np.ndarray:
     _check_length(source, len(frames), min_frames)
     # Only the sampled frames are read: a CityGuessr clip has 100 frames and we want 16.
-    picks = sample_indices(len(frames), num_frames)
-    decoded = {i: _decode_frame(frames[i], size) for i in sorted(set(picks.tolist()))}
-    return np.stack([decoded[i] for i in picks.tolist()])
+    picks = sampling.indices(len(frames), rng)
+    decoded = {i: _decode_frame(frames[i], size) for i in sorted(set(picks.ravel().tolist()))}
+    return _gather(decoded, picks)
 
 
 def _open_video(source: str):
@@ -110,12 +119,23 @@ def _open_video(source: str):
     return av.open(storage.filesystem(source)[1])
 
 
+def _video_frame(frame, size: int) -> np.ndarray:
+    """A decoded video frame -> (size, size, 3) uint8 as a player shows it: turned by the
+    rotation of its display matrix (counter-clockwise degrees; PyAV reads it off the frame's
+    side data, which FFmpeg fills from the stream's). Turning after the resize to a square is
+    the same picture as before it, and cheaper."""
+    pixels = _resize(frame.to_image(), size)
+    turns = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+
+
 def _frame_index(container, stream) -> tuple[list[int], list[int]] | None:
-    """(sorted pts of every frame, sorted pts of the keyframes), from demuxing alone (no
-    decoding); None when some packet has no timestamp."""
+    """(sorted pts of every frame a player shows, sorted pts of the keyframes), from demuxing
+    alone (no decoding); None when some packet has no timestamp. Packets an edit list hides
+    (marked discard) are left out: the decoder never returns them."""
     pts, keys = [], []
     for packet in container.demux(stream):
-        if packet.size == 0:
+        if packet.size == 0 or packet.is_discard:
             continue
         if packet.pts is None:
             return None
@@ -146,15 +166,17 @@ def _decode_at(container, stream, wanted: list[int], keys: list[int],
             decoded += 1
             last = frame.pts
             if frame.pts in wanted_set and frame.pts not in out:
-                out[frame.pts] = _resize(frame.to_image(), size)
+                out[frame.pts] = _video_frame(frame, size)
             if frame.pts is None or frame.pts >= target:
                 break
     return out, decoded
 
 
-def read_video(source: str, num_frames: int, size: int,
-               min_frames: int = 1) -> tuple[np.ndarray, int]:
-    """A video -> ((T, size, size, 3) uint8, frames decoded to get them)."""
+def read_video(source: str, num_frames: int, size: int, min_frames: int = 1,
+               sampling: Sampling | None = None, rng=None) -> tuple[np.ndarray, int]:
+    """A video -> ((T, size, size, 3) uint8, frames decoded to get them); with a sampling,
+    sampling.leading + (T, size, size, 3)."""
+    sampling = sampling or Sampling("uniform", num_frames)
     try:
         with _open_video(source) as container:
             if not container.streams.video:
@@ -165,14 +187,15 @@ def read_video(source: str, num_frames: int, size: int,
             if index and index[0]:
                 pts, keys = index
                 _check_length(source, len(pts), min_frames)
-                picks = [pts[i] for i in sample_indices(len(pts), num_frames).tolist()]
-                got, decoded = _decode_at(container, stream, sorted(set(picks)), keys, size)
-                if len(got) == len(set(picks)):
-                    return np.stack([got[p] for p in picks]), decoded
+                picks = np.asarray(pts)[sampling.indices(len(pts), rng)]
+                wanted = sorted(set(picks.ravel().tolist()))
+                got, decoded = _decode_at(container, stream, wanted, keys, size)
+                if len(got) == len(wanted):
+                    return _gather(got, picks), decoded
             # No usable timestamps, or frames the decoder would not give back at them (broken
             # files): decode the whole video in order.
             container.seek(0, stream=stream)
-            frames = [_resize(f.to_image(), size) for f in container.decode(stream)]
+            frames = [_video_frame(f, size) for f in container.decode(stream)]
     except av.FFmpegError as exc:
         raise ClipError(f"cannot decode video '{source}': {exc}") from None
     except FileNotFoundError:
@@ -180,13 +203,15 @@ def read_video(source: str, num_frames: int, size: int,
     except OSError as exc:
         raise ClipError(f"cannot read video '{source}': {exc}") from None
     _check_length(source, len(frames), min_frames)
-    picks = sample_indices(len(frames), num_frames).tolist()
-    return np.stack([frames[i] for i in picks]), len(frames)
+    return _gather(dict(enumerate(frames)), sampling.indices(len(frames), rng)), len(frames)
 
 
-def count_frames(source: str, decode_if_unknown: bool = True) -> int:
-    """Frames in a video: the stream's own count, else (if asked) the packets demuxed.
+def frame_count(source: str) -> tuple[int, str]:
+    """(frames a player shows, 'header' | 'decoded'): how the count was found.
 
+    The container's own count is trusted when demuxing agrees with it (as many packets, none
+    hidden by an edit list); otherwise (no count in the header, as in Matroska and WebM; a
+    clip cut with stream copy; a truncated file) the frames are decoded and counted.
     Raises ClipError for a file PyAV cannot open or one without a video stream.
     """
     try:
@@ -194,35 +219,50 @@ def count_frames(source: str, decode_if_unknown: bool = True) -> int:
             if not container.streams.video:
                 raise ClipError(f"video '{source}' has no video stream")
             stream = container.streams.video[0]
-            if stream.frames > 0 or not decode_if_unknown:
-                return int(stream.frames)
-            # Counting packets needs no decoding; one packet holds one frame for video codecs.
-            return sum(1 for packet in container.demux(stream) if packet.size > 0)
+            header, shown, hidden = int(stream.frames), 0, 0
+            for packet in container.demux(stream):
+                if packet.size:
+                    hidden += packet.is_discard
+                    shown += not packet.is_discard
+            if header > 0 and header == shown and not hidden:
+                return header, "header"
+        with _open_video(source) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            return sum(1 for _ in container.decode(stream)), "decoded"
     except av.FFmpegError as exc:
         raise ClipError(f"cannot open video '{source}': {exc}") from None
     except OSError as exc:
         raise ClipError(f"cannot read video '{source}': {exc}") from None
 
 
+def count_frames(source: str) -> int:
+    """Frames a player shows in a video (see frame_count)."""
+    return frame_count(source)[0]
+
+
 def decode_clip(source: str, num_frames: int, size: int, frames: list[str] | None = None,
-                min_frames: int = 1) -> np.ndarray:
+                min_frames: int = 1, sampling: Sampling | None = None, rng=None) -> np.ndarray:
     """A frames folder, a video file, or an explicit list of frame files (names relative to
     `source`, in playing order) -> (T, size, size, 3) uint8 RGB, T = num_frames.
 
-    Frames are spread evenly over the whole clip; a clip shorter than T repeats frames, one
-    shorter than `min_frames` is refused. Raises ClipError (naming the source) when the clip is
-    missing, too short, empty or corrupt.
+    Without `sampling` frames are spread evenly over the whole clip (uniform); with one, the
+    frames it picks, shaped sampling.leading + (T, size, size, 3) (`rng`: its random draws). A
+    clip shorter than T repeats frames, one shorter than `min_frames` is refused. Raises
+    ClipError (naming the source) when the clip is missing, too short, empty or corrupt.
     """
+    sampling = sampling or Sampling("uniform", num_frames)
     try:
         if frames is not None:
             paths = [storage.join(source, name) for name in frames]
-            return _decode_frame_files(source, paths, num_frames, size, min_frames)
+            return _decode_frame_files(source, paths, sampling, size, min_frames, rng)
         if storage.is_dir(source):
-            return _decode_frame_files(source, list_frames(source), num_frames, size, min_frames)
+            return _decode_frame_files(source, list_frames(source), sampling, size, min_frames,
+                                       rng)
         if not storage.exists(source):
             raise ClipError(f"clip '{source}' does not exist")
     except ClipError:
         raise
     except OSError as exc:  # storage errors: permissions, network, bad credentials
         raise ClipError(f"cannot read clip '{source}': {exc}") from None
-    return read_video(source, num_frames, size, min_frames)[0]
+    return read_video(source, num_frames, size, min_frames, sampling, rng)[0]

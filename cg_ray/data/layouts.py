@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cg_ray import storage
-from cg_ray.data.decode import ClipError, count_frames
+from cg_ray.data.decode import ClipError, frame_count
 from cg_ray.data.tables import (NUM_SCENES, dirs, frames_per_child, read_csv, read_scene_labels,
                                 stratified_split, val_count)
 from cg_ray.errors import UserError
@@ -37,6 +37,9 @@ MANIFEST_SCHEMA = pa.schema([
     # Frame files in playing order, relative to `source`, for clips that are not a folder of
     # their own (MSLS sequences); null for frame folders and videos.
     ("frames", pa.list_(pa.string())),
+    # How num_frames of a video was found: 'header' (the container's count, confirmed by
+    # demuxing) or 'decoded' (counted by decoding); null for frame folders (files counted).
+    ("frame_count_source", pa.string()),
 ])
 
 Skipped = list  # of {"clip_id", "source", "reason"}: filled by a layout, written to the report
@@ -52,6 +55,12 @@ class PrepareOptions:
     """Clips with fewer frames are skipped and reported; None: the layout's default."""
     hierarchy: str | None = None
     """msls: a city,state,country,continent CSV (default: the 30 MSLS cities, shipped)."""
+    label_order: dict[str, list[str]] | None = None
+    """Set by a layout whose labels have ids of their own (the official label files): the
+    names per level in id order, so that class indices keep those ids."""
+    label_tree: list[dict] | None = None
+    """Set with label_order: one row per label id of the source's id maps (city, state,
+    country, continent), so labels without clips keep their index too."""
 
 
 def cityguessr_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[dict]:
@@ -61,7 +70,7 @@ def cityguessr_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iter
 
     official = find_official(source)
     if official is not None:
-        yield from official_rows(source, official, skipped)
+        yield from official_rows(source, official, skipped, opts)
         return
     labels_path = storage.join(source, "labels_list.csv")
     if not storage.exists(labels_path):
@@ -111,27 +120,44 @@ def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[
     base = posixpath.dirname(csv_path) if storage.is_uri(csv_path) else \
         os.path.dirname(storage.filesystem(csv_path)[1])
     scenes = read_scene_labels(storage.join(base, "scene_labels.csv"))
-    usable = []
-    for row, split in zip(table, given):
+    ids = _video_clip_ids([row["path"].strip() for row in table])
+    usable, seen = [], {}
+    for number, (row, split, clip_id) in enumerate(zip(table, given, ids), start=1):
         given_path = row["path"].strip()
         path = given_path
         if not (storage.is_uri(path) or os.path.isabs(path)):
             path = storage.join(base, path)
-        # The path as written, less its extension: unique even when two cities both hold a
-        # "clip1.mp4". scene_labels.csv may key a clip by that or by the bare file stem.
-        clip_id = posixpath.splitext(given_path)[0]
+        if clip_id in seen:  # the same file listed twice: the first row wins, the rest go on
+            skipped.append({"clip_id": clip_id, "source": path,
+                            "reason": f"{name} row {number}: '{given_path}' listed twice "
+                                      f"(first in row {seen[clip_id]})"})
+            continue
+        seen[clip_id] = number
         try:
-            num_frames = count_frames(path)
+            num_frames, counted = frame_count(path)
             if num_frames == 0:
                 raise ClipError(f"video '{path}' has no frames")
         except ClipError as exc:
             skipped.append({"clip_id": clip_id, "source": path, "reason": str(exc)})
             continue
+        stem = posixpath.splitext(given_path)[0]
         usable.append(dict(
             clip_id=clip_id, source=path, **{level: row[level].strip() for level in LEVELS},
-            split=split, num_frames=num_frames,
-            scene_soft=scenes.get(clip_id, scenes.get(posixpath.basename(clip_id)))))
+            split=split, num_frames=num_frames, frame_count_source=counted,
+            scene_soft=scenes.get(clip_id, scenes.get(stem, scenes.get(posixpath.basename(stem))))))
     yield from usable  # without a split column, prepare() splits them by city
+
+
+def _video_clip_ids(paths: list[str]) -> list[str]:
+    """A clip id per listed path: the path as written, less its extension (unique even when two
+    cities both hold a "clip1.mp4"); with its extension when two files differ only by it
+    (x.avi and x.mov). scene_labels.csv may key a clip by its id, the path less its extension,
+    or the bare file stem."""
+    stems = [posixpath.splitext(path)[0] for path in paths]
+    files = {}
+    for stem, path in zip(stems, paths):
+        files.setdefault(stem, set()).add(path)
+    return [path if len(files[stem]) > 1 else stem for stem, path in zip(stems, paths)]
 
 
 @dataclass
@@ -199,7 +225,8 @@ def prepare(layout: str, source: str, dest: str, val_fraction: float = 0.2, seed
         raise UserError(f"no clips found in '{source}' (layout '{layout}', {len(skipped)} "
                         f"skipped); check the folder layout")
     _assign_splits(rows, source, opts)
-    taxonomy = Taxonomy.from_rows(rows, where="clip")
+    taxonomy = Taxonomy.from_rows(rows + (opts.label_tree or []), where="clip",
+                                  order=opts.label_order)
     ids = Counter(row["clip_id"] for row in rows)
     if len(ids) < len(rows):
         dup = next(k for k, v in ids.items() if v > 1)

@@ -6,6 +6,9 @@
     SOURCE/labels_list.csv (optional) City,State,Country,Continent: row i names city id i; without
                           it labels are named city_<id>, state_<id>, ...
 
+The authors' ids stay the class indices: the taxonomy lists every id of the id maps in numeric
+order (city_2 before city_10), so label i of a level is the authors' id i.
+
 frames_dir is used as written when it exists, else relative to SOURCE, else by its last path
 components (<split>/<City>/<video_id>, then <City>/<video_id>) under SOURCE: the authors' own
 absolute paths still import. The text floats are not imported (`cg-ray text` computes the label
@@ -138,9 +141,34 @@ def _resolver(source: str, first: str):
                     f"as <split>/<City>/<video_id> under it)")
 
 
-def official_rows(source: str, files: OfficialFiles, skipped: list) -> Iterator[dict]:
+def _name(names: list[dict[int, str] | None], level: int, ident: int) -> str | None:
+    if names[level] is None:
+        return f"{LEVELS[level]}_{ident}"
+    return names[level].get(ident)
+
+
+def id_ordered_labels(maps: list[dict[int, int]], names) -> tuple[dict[str, list[str]], list[dict]]:
+    """(label names per level in numeric id order, one hierarchy row per city id of the maps):
+    the taxonomy then gives label i the authors' id i. Ids no name reaches are left out."""
+    ids: list[set[int]] = [set(maps[0]), set(maps[1]), set(maps[2]), set(maps[2].values())]
+    order = {LEVELS[i]: [n for n in (_name(names, i, k) for k in sorted(ids[i])) if n is not None]
+             for i in range(len(LEVELS))}
+    tree = []
+    for city in sorted(maps[0]):
+        chain = [city]
+        for child_map in maps:
+            chain.append(child_map.get(chain[-1], -1))
+        row = {LEVELS[i]: _name(names, i, k) for i, k in enumerate(chain)}
+        if all(row.values()) and min(chain) >= 0:
+            tree.append(row)
+    return order, tree
+
+
+def official_rows(source: str, files: OfficialFiles, skipped: list, opts=None) -> Iterator[dict]:
     maps = read_id_maps(files.id_maps)
     names = label_names(source, maps)
+    if opts is not None:  # PrepareOptions: prepare() builds the taxonomy in id order
+        opts.label_order, opts.label_tree = id_ordered_labels(maps, names)
     for split, path in sorted(files.label_files.items()):
         lines = [l for l in storage.read_text(path).lstrip("\ufeff").splitlines() if l.strip()]
         where = posixpath.basename(path)

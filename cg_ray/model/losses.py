@@ -19,9 +19,11 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
 
 
-def tla_loss(embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Negative cosine similarity, averaged over the batch. (B, D), (B, D) -> scalar."""
-    return -F.cosine_similarity(embedding.float(), target.float(), dim=-1).mean()
+def tla_loss(embedding: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Negative cosine similarity, averaged over the batch ('mean'), or summed ('sum': the
+    authors' code, which weighs TLA B times more). (B, D), (B, D) -> scalar."""
+    cosine = F.cosine_similarity(embedding.float(), target.float(), dim=-1)
+    return -(cosine.sum() if reduction == "sum" else cosine.mean())
 
 
 def text_targets(tables: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
@@ -45,6 +47,6 @@ def compute_losses(out: GeoOutput, labels: dict[str, torch.Tensor], weights: Los
     if out.text_embedding is not None:
         if text_target is None:
             raise ValueError("the model predicts text embeddings but no TLA target was given")
-        terms["tla"] = tla_loss(out.text_embedding, text_target) * weights.tla
+        terms["tla"] = tla_loss(out.text_embedding, text_target, weights.tla_reduction) * weights.tla
     terms["loss"] = sum(terms.values())
     return terms
