@@ -23,6 +23,28 @@ from cg_ray.errors import UserError
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation of uint8 clips on the device (cg_ray/data/augment.py)."""
+
+    enabled: bool = False
+    """Augment training clips (off: the paper trains without augmentation)."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    """Random resized crop: range of the crop's area as a fraction of the frame ([1, 1]: no crop)."""
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    """Random resized crop: range of the crop's aspect ratio (drawn log-uniformly)."""
+    color_jitter: float = 0.4
+    """Brightness, contrast, saturation factors in [1-s, 1+s], hue shift in [-s/4, s/4]; 0: none."""
+    randaug_n: int = 2
+    """RandAugment-style policy: operations per clip (0: none)."""
+    randaug_m: float = 7.0
+    """RandAugment-style policy: magnitude of each operation, 0..10."""
+    randaug_mstd: float = 0.5
+    """RandAugment-style policy: std of the Gaussian noise on the magnitude, per clip."""
+    hflip: bool = False
+    """Mirror half of the clips; off by default: driving side and written text are location cues."""
+
+
+@dataclass
 class DataConfig:
     path: str = ""
     """Prepared dataset: a folder or URI holding manifest.parquet and taxonomy.json."""
@@ -43,6 +65,8 @@ class DataConfig:
     """Scene targets: 'soft' (fraction of frames per category) or 'majority' (one-hot)."""
     max_bad_fraction: float = 0.01
     """A run stops with an error when more than this fraction of clips cannot be decoded."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Training-time augmentation (off by default)."""
 
 
 @dataclass
@@ -63,6 +87,8 @@ class BackboneConfig:
     """Spatial patch size in pixels."""
     tubelet_size: int = 2
     """Frames per tubelet (video backbones)."""
+    drop_path: float = 0.0
+    """Stochastic depth: drop rate of the last layer, rising linearly from 0 at the first (0: off)."""
     attn_implementation: str = "sdpa"
     """'sdpa' (fused attention) or 'eager'."""
     frame: str = "random"
@@ -95,6 +121,20 @@ class TLAConfig:
 
 
 @dataclass
+class GraphConfig:
+    """The graph head (model.head=graph): GATv2 over the label tree (cg_ray/model/heads.py)."""
+
+    dim: int = 128
+    """Width of the node states."""
+    layers: int = 2
+    """GATv2 layers."""
+    heads: int = 4
+    """Attention heads per layer (dim must be divisible by heads)."""
+    text_init: bool = True
+    """Start the node embeddings from the label names' text features when the dataset has them."""
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """The video encoder."""
@@ -102,6 +142,10 @@ class ModelConfig:
     """Self-Cross Attention over the logits and the scene head FFN_s."""
     tla: TLAConfig = field(default_factory=TLAConfig)
     """TextLabel Alignment: FFN_t and its target."""
+    head: str = "linear"
+    """Classifier heads (registry in cg_ray.model.heads): 'linear' (the paper) or 'graph' (GATv2)."""
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    """The graph head's shape (used when head is 'graph')."""
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     """Per-channel normalization mean (applied on the device)."""
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -121,23 +165,43 @@ class LossConfig:
     scene: float = 1.0
     """Weight of the soft-scene cross-entropy (SCA)."""
     tla: float = 1.0
+    """Weight of the TLA term (negative cosine to the label text features)."""
     tla_reduction: str = "mean"
     """TLA over the batch: 'mean' of -cos, or 'sum' (the authors' code: B times the weight)."""
-    """Weight of the TLA term (negative cosine to the label text features)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the four cross-entropies (0: none, as the paper)."""
+    consistency: float = 0.0
+    """Weight of the parent-child consistency term: (P(parent) - sum of P(children))^2 (0: off)."""
 
 
 @dataclass
 class OptimConfig:
+    name: str = "adam"
+    """'adam' (the paper) or 'adamw' (decoupled weight decay)."""
     lr: float = 1e-3
-    """Adam learning rate (the paper's constant 1e-3)."""
+    """Learning rate of the heads (the paper's constant 1e-3); backbone layers get less with layer_decay."""
     weight_decay: float = 0.0
-    """Weight decay (0: none, as the paper)."""
+    """Weight decay (0: none, as the paper); never on biases, norms and embeddings."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay: backbone layer i of L gets lr * layer_decay^(L+1-i), embeddings ^(L+1)."""
     schedule: str = "constant"
     """'constant' (the paper) or 'cosine' (decay to min_lr_ratio * lr after the warm-up)."""
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many optimizer steps (either schedule)."""
     min_lr_ratio: float = 0.0
     """Floor of the cosine schedule, as a fraction of lr."""
+
+
+@dataclass
+class EMAConfig:
+    """An exponential moving average of the weights (cg_ray/train/ema.py)."""
+
+    enabled: bool = False
+    """Keep an EMA of the weights; it is what each epoch evaluates and checkpoints beside the live ones."""
+    decay: float = 0.9999
+    """Decay per optimizer step."""
+    warmup: bool = True
+    """Use min(decay, (1+k)/(10+k)) at update k, so the average starts near the live weights."""
 
 
 @dataclass
@@ -170,6 +234,8 @@ class TrainConfig:
     """Micro-batches per optimizer step (effective batch = batch_size * workers * this)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 turns clipping off."""
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    """EMA of the weights (off by default)."""
 
 
 @dataclass
@@ -268,6 +334,8 @@ class Config:
             "data.scene_labels": (self.data.scene_labels, ("soft", "majority")),
             "train.precision": (self.train.precision, ("auto", "bf16", "fp32")),
             "optim.schedule": (self.optim.schedule, ("constant", "cosine")),
+            "optim.name": (self.optim.name, ("adam", "adamw")),
+            "model.head": (self.model.head, ("linear", "graph")),
             "model.backbone.frame": (self.model.backbone.frame, ("first", "middle", "last", "random")),
         }
         for key, (value, allowed) in choices.items():
@@ -284,6 +352,7 @@ class Config:
         if self.data.sampling == "official" and self.eval.views > 1:
             raise UserError(f"config eval.views={self.eval.views}: the official sampling takes "
                             f"one view (the authors' evaluation); set eval.views=1")
+        self._check_recipe()
         if self.model.sca.embed_dim % self.model.sca.heads:
             raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
                             f"divisible by model.sca.heads={self.model.sca.heads}")
@@ -291,6 +360,34 @@ class Config:
 
         check_tune_section(self)
         return self
+
+
+    def _check_recipe(self) -> None:
+        """Ranges of the recipe switches (augmentation, optimizer, EMA, head, loss)."""
+        aug = self.data.augment
+        ranges = {"optim.layer_decay": (self.optim.layer_decay, 0.0, 1.0, False),
+                  "train.ema.decay": (self.train.ema.decay, 0.0, 1.0, True),
+                  "model.backbone.drop_path": (self.model.backbone.drop_path, 0.0, 1.0, True),
+                  "loss.label_smoothing": (self.loss.label_smoothing, 0.0, 1.0, True)}
+        for key, (value, low, high, open_high) in ranges.items():
+            if not (low <= value < high if open_high else low < value <= high):
+                raise UserError(f"config {key}={value}: must be in {'[' if open_high else '('}{low}, "
+                                f"{high}{')' if open_high else ']'}")
+        for key, pair in (("data.augment.crop_scale", aug.crop_scale), ("data.augment.crop_ratio", aug.crop_ratio)):
+            if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+                raise UserError(f"config {key}={pair}: must be [low, high] with 0 < low <= high")
+        if aug.crop_scale[1] > 1:
+            raise UserError(f"config data.augment.crop_scale={aug.crop_scale}: a crop cannot exceed the frame (high <= 1)")
+        nonneg = {"data.augment.color_jitter": aug.color_jitter, "data.augment.randaug_n": aug.randaug_n,
+                  "data.augment.randaug_m": aug.randaug_m, "data.augment.randaug_mstd": aug.randaug_mstd,
+                  "optim.weight_decay": self.optim.weight_decay, "loss.consistency": self.loss.consistency}
+        for key, value in nonneg.items():
+            if value < 0:
+                raise UserError(f"config {key}={value}: must be >= 0")
+        graph = self.model.graph
+        if graph.dim <= 0 or graph.layers < 0 or graph.heads <= 0 or graph.dim % graph.heads:
+            raise UserError(f"config model.graph: dim={graph.dim} must be > 0 and divisible by "
+                            f"heads={graph.heads}, layers={graph.layers} >= 0")
 
 
 # -- building dataclasses from plain data, with type checks ---------------------------------------

@@ -4,6 +4,7 @@ KubeRay CRD fields by hand; plus the safe defaults (dashboard not public, token 
 written in a file) and jobs/submit.py's runtime_env and entrypoint."""
 
 import copy
+import json
 import re
 import shlex
 import sys
@@ -102,11 +103,91 @@ def test_cluster_launcher_node_types_limits_and_safe_defaults():
         assert "RAY_AUTH_MODE=token" in " ".join(commands)
     assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
     assert config["file_mounts"]["/home/ubuntu/cg_ray.env"] == "cluster/cg_ray.env"
-    ssh = config["provider"]["security_group"]["IpPermissions"]
-    assert all(r["CidrIp"] != "0.0.0.0/0" for rule in ssh for r in rule["IpRanges"])
+    assert "security_group" not in config["provider"]  # Ray would add SSH from 0.0.0.0/0 to it
     example = (ROOT / "cluster/cg_ray.env.example").read_text()
     assert "CG_RAY_DATA=s3://" in example and "MLFLOW_TRACKING_URI=" in example
     assert "cluster/cg_ray.env" in (ROOT / ".gitignore").read_text()
+
+
+def _walk_values(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk_values(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk_values(value)
+    else:
+        yield node
+
+
+def test_cluster_launcher_opens_nothing_to_the_world_and_gives_every_node_a_profile():
+    """Through Ray's own preparation: every node type brings its security group (so Ray's AWS
+    provider creates none: the group it creates gets SSH from 0.0.0.0/0) and an IAM instance
+    profile (so Ray creates no default one for the head, and the workers can reach the bucket);
+    no rule anywhere opens a port to 0.0.0.0/0 or ::/0; the README's step makes that group."""
+    from ray.autoscaler._private.aws import config as aws
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(copy.deepcopy(_launcher()))
+    validate_config(config)
+    assert not any(str(v).strip() in ("0.0.0.0/0", "::/0") for v in _walk_values(_launcher()))
+    assert "0.0.0.0/0" not in (ROOT / "cluster/aws.yaml").read_text().replace(
+        "SSH from 0.0.0.0/0", "")  # only the comment that says why
+    for name, node in config["available_node_types"].items():
+        node_config = node["node_config"]
+        assert node_config["IamInstanceProfile"]["Name"].startswith("cg-ray-"), name
+        assert node_config["SecurityGroupIds"] == ["sg-REPLACE_WITH_YOUR_GROUP"], name
+    # Ray's own steps return before any AWS call: nothing to create.
+    assert aws._configure_security_group(copy.deepcopy(config)) == config
+    assert aws._configure_iam_role(copy.deepcopy(config)) == config
+    readme = (ROOT / "cluster/README.md").read_text()
+    assert "authorize-security-group-ingress" in readme and "--cidr $ADMIN_CIDR" in readme
+    assert 's/sg-REPLACE_WITH_YOUR_GROUP/$SG/g" cluster/aws.yaml' in readme
+    for profile in ("cg-ray-head", "cg-ray-worker"):
+        assert profile in readme
+    # cg_ray sizes trials from the node types: GPUs declared where the instances have them.
+    from cg_ray.resources import types_from_config
+
+    types = {t.name: t for t in types_from_config(_launcher())}
+    assert types["worker.gpu"].resources == {"CPU": 8.0, "GPU": 1.0}
+    assert "GPU" not in types["worker.cpu"].resources and "head.cpu" not in types
+
+
+def _readme_commands() -> list[list[str]]:
+    """The cg-ray command lines of cluster/README.md, with `make submit` lines turned into the
+    command they submit (JOB, CONFIG, ARGS); shell variables stand for themselves."""
+    text = (ROOT / "cluster/README.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        for inline in re.findall(r"`(cg-ray \w+ [^`]+)`", line):  # a command, not a name
+            commands.append(shlex.split(inline)[1:])
+        line = line.strip()
+        if line.startswith("make submit"):
+            words = dict(w.split("=", 1) for w in shlex.split(line)[2:] if "=" in w)
+            argv = [words["JOB"]] + (["--config", words["CONFIG"]] if "CONFIG" in words else [])
+            commands.append(argv + shlex.split(words.get("ARGS", "")))
+        elif line.startswith("cg-ray "):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_cluster_readme_commands_parse_with_the_cli():
+    from cg_ray.cli import build_parser
+
+    commands = _readme_commands()
+    assert {c[0] for c in commands} >= {"prepare", "pack", "scenes", "text", "tune", "train",
+                                        "evaluate"}
+    parser = build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"cluster/README.md: `cg-ray {shlex.join(argv)}` does not parse")
+
+
+def _node_types_env(container: dict) -> dict:
+    (value,) = [e["value"] for e in container.get("env", []) if e["name"] == "CG_RAY_NODE_TYPES"]
+    return json.loads(value)
 
 
 def _check_group(group: dict, kind: str) -> dict:
@@ -144,6 +225,15 @@ def _check_cluster_spec(spec: dict) -> None:
     cpu = _check_group(groups["cpu"], "worker")
     assert gpu["limits"]["nvidia.com/gpu"] == "1" and "nvidia.com/gpu" not in cpu["limits"]
     assert groups["gpu"]["maxReplicas"] >= 1 and groups["cpu"]["maxReplicas"] >= 1
+    # The head's drivers learn the worker groups from CG_RAY_NODE_TYPES: it mirrors them.
+    declared = _node_types_env(head["template"]["spec"]["containers"][0])
+    assert set(declared) == set(groups)
+    for name, group in groups.items():
+        limits = _check_group(group, "worker")["limits"]
+        want = {"CPU": int(limits["cpu"])}
+        if "nvidia.com/gpu" in limits:
+            want["GPU"] = int(limits["nvidia.com/gpu"])
+        assert declared[name] == {"resources": want, "max_workers": group["maxReplicas"]}, name
 
 
 def test_kuberay_raycluster_manifest():
@@ -177,6 +267,7 @@ def test_kuberay_rayjob_manifest_runs_the_tune_entry_point():
     config = words[words.index("--config") + 1].replace("/opt/cg_ray/", "")
     assert load_config(str(ROOT / config)).tune.space
     assert "data.path=$CG_RAY_DATA" in words and "run.storage_path=$CG_RAY_STORAGE" in words
+    assert "train.use_gpu=true" in words  # one GPU per trial, whether GPU nodes are up or not
     dockerfile = (ROOT / "cluster/Dockerfile").read_text()
     assert "COPY --chown=ray:users . /opt/cg_ray" in dockerfile
     assert ".venv" in (ROOT / "cluster/Dockerfile.dockerignore").read_text()

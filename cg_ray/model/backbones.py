@@ -76,6 +76,48 @@ def _hf_encoder(model_cls, config_cls, cfg: BackboneConfig, arch: Optional[dict]
     return model_cls(config, **model_kwargs)
 
 
+class _DropPath:
+    """A forward hook giving a transformers encoder layer stochastic depth: in training, each
+    clip skips the whole layer (output = input) with probability `rate`, and the kept layers'
+    residual updates are scaled by 1 / (1 - rate). A hook, not a wrapper, so parameter names
+    (and checkpoints) stay those of the plain encoder."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        if not module.training or self.rate <= 0:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        x = args[0]
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep) / keep
+        hidden = x + (hidden - x) * mask
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a transformers encoder (VideoMAE: encoder.layer; ViT and
+    ViTMAE in transformers 5: layers)."""
+    for path in ("encoder.layer", "layers", "encoder.layers"):
+        module = encoder
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise TypeError(f"{type(encoder).__name__}: no transformer layer list found")
+
+
+def add_drop_path(layers: nn.ModuleList, rate: float) -> None:
+    """Stochastic depth on `layers` at rates rising linearly from 0 (first) to `rate` (last), as
+    timm's and VideoMAE's drop path schedule. transformers' VideoMAE and ViT have none of their
+    own; where they drop each of a block's two residual branches, this drops the block."""
+    for i, layer in enumerate(layers):
+        layer_rate = rate * i / max(len(layers) - 1, 1)
+        if layer_rate > 0:
+            layer.register_forward_hook(_DropPath(layer_rate))
+
+
 def _vit_fields(cfg: BackboneConfig, image_size: int) -> dict:
     """The from-scratch config values every ViT-like encoder shares."""
     return dict(image_size=image_size, patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
@@ -116,6 +158,7 @@ def build_videomae(cfg: BackboneConfig, num_frames: int, image_size: int,
     encoder = _hf_encoder(VideoMAEModel, VideoMAEConfig, cfg, arch, dict(
         _vit_fields(cfg, image_size), num_frames=num_frames, tubelet_size=cfg.tubelet_size,
         use_mean_pooling=True))
+    add_drop_path(encoder_layers(encoder), cfg.drop_path)
     got = (encoder.config.num_frames, encoder.config.image_size)
     if arch is None and cfg.pretrained and got != (num_frames, image_size):
         raise UserError(
@@ -168,6 +211,7 @@ def build_vit(cfg: BackboneConfig, num_frames: int, image_size: int,
 
     encoder = _hf_encoder(ViTModel, ViTConfig, cfg, arch, _vit_fields(cfg, image_size),
                           model_kwargs={"add_pooling_layer": False})
+    add_drop_path(encoder_layers(encoder), cfg.drop_path)
     return FrameEncoder(encoder, cfg.frame)
 
 
@@ -179,6 +223,7 @@ def build_mae(cfg: BackboneConfig, num_frames: int, image_size: int,
     # mask_ratio 0: the encoder sees every patch (MAE's pre-training masks 75% of them).
     encoder = _hf_encoder(ViTMAEModel, ViTMAEConfig, cfg, arch, _vit_fields(cfg, image_size),
                           config_kwargs={"mask_ratio": 0.0})
+    add_drop_path(encoder_layers(encoder), cfg.drop_path)
     return FrameEncoder(encoder, cfg.frame)
 
 
@@ -227,8 +272,11 @@ def build_timesformer(cfg: BackboneConfig, num_frames: int, image_size: int,
                       arch: Optional[dict] = None) -> nn.Module:
     from transformers import TimesformerConfig, TimesformerModel
 
+    # TimeSformer has a drop path of its own, but transformers 5.24 types its config's
+    # drop_path_rate as int and refuses 0.1: the layer hook serves it as the others.
     encoder = _hf_encoder(TimesformerModel, TimesformerConfig, cfg, arch, dict(
         _vit_fields(cfg, image_size), num_frames=num_frames), sdpa=False)
+    add_drop_path(encoder_layers(encoder), cfg.drop_path)
     if arch is None and cfg.pretrained:
         if image_size % encoder.config.patch_size:
             raise UserError(f"data.image_size={image_size} must be a multiple of the pretrained "

@@ -1,4 +1,5 @@
-"""The training objective (paper Eq. 1-4): four cross-entropies, soft-scene CE and TLA."""
+"""The training objective (paper Eq. 1-4): four cross-entropies, soft-scene CE and TLA; and,
+for the recipes, label smoothing and a parent-child consistency term."""
 
 from __future__ import annotations
 
@@ -26,6 +27,21 @@ def tla_loss(embedding: torch.Tensor, target: torch.Tensor, reduction: str = "me
     return -(cosine.sum() if reduction == "sum" else cosine.mean())
 
 
+def consistency_loss(logits: dict[str, torch.Tensor], parents: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Parent-child consistency: for each adjacent pair of levels, sum over parents of
+    (P(parent) - sum of its children's P)^2, with P each level's softmax; summed over the three
+    pairs, mean over the batch. Zero exactly when every level's distribution is the sum of the
+    level below. logits[level]: (B, n_level); parents[child_level]: (n_child,) parent ids."""
+    total = 0.0
+    for child, parent in zip(LEVELS[:-1], LEVELS[1:]):
+        p_child = F.softmax(logits[child].float(), dim=-1)
+        p_parent = F.softmax(logits[parent].float(), dim=-1)
+        index = parents[child].to(p_child.device).expand_as(p_child)
+        summed = torch.zeros_like(p_parent).scatter_add(1, index, p_child)
+        total = total + (p_parent - summed).pow(2).sum(dim=-1).mean()
+    return total
+
+
 def text_targets(tables: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
                  levels: str) -> torch.Tensor:
     """TLA target per clip: the city's text vector ('city') or the mean of its four levels'
@@ -36,10 +52,17 @@ def text_targets(tables: dict[str, torch.Tensor], labels: dict[str, torch.Tensor
 
 def compute_losses(out: GeoOutput, labels: dict[str, torch.Tensor], weights: LossConfig,
                    scenes: Optional[torch.Tensor] = None,
-                   text_target: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-    """Each weighted term and their sum under 'loss'. labels[level]: (B,) int64 ids."""
-    terms = {level: F.cross_entropy(out.logits[level].float(), labels[level]) * getattr(weights, level)
-             for level in LEVELS}
+                   text_target: Optional[torch.Tensor] = None,
+                   parents: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """Each weighted term and their sum under 'loss'. labels[level]: (B,) int64 ids;
+    parents[child_level]: (n_child,) parent ids, needed when weights.consistency > 0."""
+    smoothing = weights.label_smoothing
+    terms = {level: F.cross_entropy(out.logits[level].float(), labels[level], label_smoothing=smoothing)
+             * getattr(weights, level) for level in LEVELS}
+    if weights.consistency > 0:
+        if parents is None:
+            raise ValueError("loss.consistency > 0 needs the taxonomy's parent ids")
+        terms["consistency"] = consistency_loss(out.logits, parents) * weights.consistency
     if out.scene_logits is not None:
         if scenes is None:
             raise ValueError("the model predicts scenes but the batch has no scene labels")

@@ -1,15 +1,17 @@
-"""The CityGuessr network: backbone -> four hierarchy heads -> SCA -> FFN_s (scenes), FFN_t (text)."""
+"""The CityGuessr network: backbone -> heads (four linear, or the graph head) -> SCA -> FFN_s
+(scenes), FFN_t (text)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from cg_ray.config import Config
 from cg_ray.model.backbones import build_backbone
+from cg_ray.model.heads import LinearHeads, build_head
 from cg_ray.model.sca import SelfCrossAttention, mlp
 from cg_ray.taxonomy import LEVELS
 
@@ -46,19 +48,19 @@ class Normalize(nn.Module):
 class CityGuessrNet(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: Sequence[int], mean: Sequence[float],
                  std: Sequence[float], sca: Optional[SelfCrossAttention] = None,
-                 ffn_scene: Optional[nn.Module] = None, ffn_text: Optional[nn.Module] = None):
+                 ffn_scene: Optional[nn.Module] = None, ffn_text: Optional[nn.Module] = None,
+                 heads: Optional[nn.Module] = None):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
-        self.heads = nn.ModuleDict(
-            {level: nn.Linear(backbone.feature_dim, n) for level, n in zip(LEVELS, num_classes)}
-        )
+        # (B, D) -> {level: (B, n_level)}; the paper's four linear heads unless given.
+        self.heads = heads if heads is not None else LinearHeads(backbone.feature_dim, num_classes)
         self.sca, self.ffn_scene, self.ffn_text = sca, ffn_scene, ffn_text
 
     def forward(self, video: torch.Tensor) -> GeoOutput:
         """video: (B, T, H, W, 3) uint8."""
         feature = self.backbone(self.normalize(video))
-        logits = {level: head(feature) for level, head in self.heads.items()}
+        logits = self.heads(feature)
         if self.sca is None:
             return GeoOutput(logits)
         attended = self.sca(torch.cat([logits[level] for level in LEVELS], dim=-1))
@@ -70,8 +72,14 @@ class CityGuessrNet(nn.Module):
 
 
 def build_model(cfg: Config, num_classes: Sequence[int], text_dim: int = 512,
-                backbone_arch: Optional[dict] = None) -> CityGuessrNet:
+                backbone_arch: Optional[dict] = None,
+                parents: Optional[Mapping[str, Sequence[int]]] = None,
+                text_tables: Optional[Mapping[str, object]] = None) -> CityGuessrNet:
     """The network a config describes, for a taxonomy with `num_classes` per level.
+
+    `parents` (Taxonomy.parents) is needed by the graph head; `text_tables` (per level
+    (n_level, D) label text features), when given and model.graph.text_init is on, give the
+    graph head's node embeddings their start values.
 
     TLA attends over PV' from the SCA attention, so it builds the attention even when the scene
     loss is off; with both off the network is the plain VideoMAE + four heads baseline.
@@ -82,4 +90,9 @@ def build_model(cfg: Config, num_classes: Sequence[int], text_dim: int = 512,
     sca = SelfCrossAttention(m.sca.embed_dim, m.sca.heads) if (m.sca.enabled or m.tla.enabled) else None
     ffn_scene = mlp([d, *m.sca.scene_widths, m.sca.num_scenes]) if m.sca.enabled else None
     ffn_text = mlp([d, *m.tla.widths, text_dim]) if m.tla.enabled else None
-    return CityGuessrNet(backbone, num_classes, m.mean, m.std, sca, ffn_scene, ffn_text)
+    text = None
+    if m.head == "graph" and m.graph.text_init and text_tables:
+        text = {level: torch.as_tensor(text_tables[level]) for level in LEVELS}
+    heads = build_head(m.head, backbone.feature_dim, num_classes, parents=parents, dim=m.graph.dim,
+                       layers=m.graph.layers, heads=m.graph.heads, text=text)
+    return CityGuessrNet(backbone, num_classes, m.mean, m.std, sca, ffn_scene, ffn_text, heads)

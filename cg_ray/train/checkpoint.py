@@ -88,14 +88,32 @@ class LoadedModel:
     epoch: int
 
 
+def restore_training(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler, ema=None) -> tuple[int, int]:
+    """Load a training checkpoint's state into a fresh model, optimizer (its parameter groups
+    with their lrs), schedule and EMA; returns (first epoch to run, optimizer step). A checkpoint
+    written without EMA starts the average from the restored weights."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if ema is not None:
+        if saved.get("ema"):
+            ema.load_state_dict(saved["ema"])
+        else:
+            ema.module.load_state_dict(model.state_dict())
+    return int(saved["epoch"]) + 1, int(saved["step"])
+
+
 def load_model(path: str) -> LoadedModel:
-    """Rebuild the network of a checkpoint from its own config and taxonomy, weights loaded."""
+    """Rebuild the network of a checkpoint from its own config and taxonomy, weights loaded:
+    the EMA weights when the run kept an EMA (train.ema), else the live ones."""
     state = read_checkpoint(path)
     config = config_from_dict(state["config"])
     taxonomy = Taxonomy.from_dict(state["taxonomy"])
     # The saved architecture rebuilds the backbone without fetching its pretrained weights again.
-    model = build_model(config, taxonomy.sizes, state["text_dim"], state["backbone_arch"])
-    model.load_state_dict(state["model"])
+    model = build_model(config, taxonomy.sizes, state["text_dim"], state["backbone_arch"],
+                        parents=taxonomy.parents)
+    model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
     model.eval()
     return LoadedModel(model, config, taxonomy, int(state["epoch"]))
 

@@ -21,12 +21,14 @@ import torch
 import torch.distributed as dist
 
 from cg_ray import tracking
-from cg_ray.train.checkpoint import latest_checkpoint, save_checkpoint
+from cg_ray.train.checkpoint import latest_checkpoint, restore_training, save_checkpoint
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.evaluation import Accuracy
+from cg_ray.data.augment import augment_batch
 from cg_ray.model.losses import compute_losses, text_targets
 from cg_ray.model.net import build_model
+from cg_ray.train.ema import WeightEMA, build_ema
 from cg_ray.train.optim import build_optimizer, build_schedule
 from cg_ray.secrets import redact
 from cg_ray.taxonomy import LEVELS, Taxonomy
@@ -44,6 +46,12 @@ class TrainState:
     text_tables: dict[str, torch.Tensor] | None
     bf16: bool
     step: int = 0
+    ema: WeightEMA | None = None
+    """EMA of the weights (train.ema), updated after every optimizer step."""
+    parents: dict[str, torch.Tensor] | None = None
+    """Parent ids per child level (the consistency loss)."""
+    augment: torch.Generator | None = None
+    """Draws of data.augment; made from the epoch's seeded RNG on first use."""
 
 
 def _all_reduce(values: np.ndarray) -> np.ndarray:
@@ -64,6 +72,10 @@ def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: f
     Clips that failed to decode (valid = False) are left out of the loss; a batch without any
     valid clip still runs backward (of zero) so that DDP's gradient sync stays in step."""
     valid = batch["valid"]
+    if state.cfg.data.augment.enabled:  # uint8, in place, before the model normalizes
+        if state.augment is None:
+            state.augment = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        augment_batch(batch["video"], state.cfg.data.augment, state.augment)
     with _autocast(state.device, state.bf16):
         out = state.model(batch["video"])
     if not bool(valid.any()):
@@ -76,7 +88,7 @@ def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: f
     labels = {level: batch[level][valid] for level in LEVELS}
     target = (text_targets(state.text_tables, labels, state.cfg.model.tla.levels)
               if state.text_tables is not None else None)
-    losses = compute_losses(out, labels, state.cfg.loss, batch["scene"][valid], target)
+    losses = compute_losses(out, labels, state.cfg.loss, batch["scene"][valid], target, state.parents)
     (losses["loss"] * scale).backward()
     return {k: float(v.detach()) for k, v in losses.items()}
 
@@ -88,6 +100,14 @@ def optimizer_step(state: TrainState) -> None:
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
     state.step += 1
+    if state.ema is not None:
+        state.ema.update(_unwrap(state.model))
+
+
+def eval_module(state: TrainState) -> torch.nn.Module:
+    """What an epoch evaluates: the EMA weights when the run keeps them, else the bare live
+    module (a DDP forward syncs buffers, and val shards are uneven across workers)."""
+    return state.ema.module if state.ema is not None else _unwrap(state.model)
 
 
 def _with_last(iterable):
@@ -105,6 +125,7 @@ def _with_last(iterable):
 
 def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, float]:
     state.model.train()
+    state.augment = None  # this epoch's augmentation draws come from its seeded RNG
     accum = state.cfg.train.grad_accum_steps
     sums: dict[str, float] = {}
     micro, clips, bad, start = 0, 0, 0, time.perf_counter()
@@ -132,7 +153,7 @@ def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, fl
     metrics = {f"train_{k}": totals[i] / world_batches for i, k in enumerate(keys)}
     seen, bad_total = totals[len(keys) + 1], totals[len(keys) + 2]
     world = dist.get_world_size() if dist.is_initialized() else 1
-    metrics.update(train_clips=seen, bad_clips=bad_total, lr=state.scheduler.get_last_lr()[0],
+    metrics.update(train_clips=seen, bad_clips=bad_total, lr=max(state.scheduler.get_last_lr()),
                    train_clips_per_s=seen / max(totals[-1] / world, 1e-9))
     return metrics
 
@@ -180,7 +201,7 @@ def train_loop(loop_config: dict) -> None:
 
     tables = loop_config.get("text_tables")
     text_dim = next(iter(tables.values())).shape[1] if tables else 512
-    model = build_model(cfg, taxonomy.sizes, text_dim)
+    model = build_model(cfg, taxonomy.sizes, text_dim, parents=taxonomy.parents, text_tables=tables)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_schedule(optimizer, cfg.optim, loop_config["total_steps"])
     start_epoch, step = 0, 0
@@ -188,17 +209,19 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint is not None:  # a resumed run or a restarted worker group
         with checkpoint.as_directory() as folder:
             saved = torch.load(os.path.join(folder, "checkpoint.pt"), map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        start_epoch, step = saved["epoch"] + 1, saved["step"]
+    ema = build_ema(model, cfg.train.ema)
+    if checkpoint is not None:
+        start_epoch, step = restore_training(saved, model, optimizer, scheduler, ema)
     model.to(device)
+    if ema is not None:
+        ema.to(device)
     if cfg.train.compile:
         model = torch.compile(model)
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     text_tables = {k: torch.tensor(v, device=device) for k, v in tables.items()} if tables else None
     bf16 = _uses_bf16(cfg, device)
-    state = TrainState(model, optimizer, scheduler, cfg, device, text_tables, bf16, step)
+    state = TrainState(model, optimizer, scheduler, cfg, device, text_tables, bf16, step, ema,
+                       {k: torch.tensor(v, device=device) for k, v in taxonomy.parents.items()})
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
     monitor = tracking.system_metrics(uri, run_id) if rank == 0 else None
     if rank == 0 and checkpoint is not None:
@@ -215,7 +238,7 @@ def train_loop(loop_config: dict) -> None:
             _seed_everything(cfg.train.seed + 1000 * epoch + rank)
             metrics = train_epoch(state, train_shard, epoch, rank)
             # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
-            metrics.update(evaluate_epoch(_unwrap(model), val_shard, taxonomy, cfg.eval.mode,
+            metrics.update(evaluate_epoch(eval_module(state), val_shard, taxonomy, cfg.eval.mode,
                                           cfg.eval.batch_size, device, bf16))
             metrics.update(epoch=epoch, step=state.step)
             _check_bad_fraction(metrics, cfg.data.max_bad_fraction)
@@ -257,7 +280,8 @@ def _report(state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int,
                             taxonomy=taxonomy, text_dim=text_dim,
                             extra={"mlflow_run_id": loop_config["run_id"], "step": state.step,
                                    "mlflow_tracking_uri": redact(loop_config["tracking_uri"]),
-                                   "scheduler": state.scheduler.state_dict()})
+                                   "scheduler": state.scheduler.state_dict(),
+                                   "ema": state.ema.state_dict() if state.ema is not None else None})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
                          if rank == 0 else None)
     if rank == 0:
