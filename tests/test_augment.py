@@ -83,3 +83,12 @@ def test_augment_clip_returns_a_new_tensor_for_one_clip():
     clip = video(1)[0].permute(0, 3, 1, 2)
     out = augment_clip(clip, AugmentConfig(enabled=True), gen())
     assert out.shape == clip.shape and out.dtype == torch.uint8
+
+
+def test_views_of_a_clip_share_its_draw():
+    # (B, V, T, H, W, 3): two identical views stay identical after augmentation.
+    clip = video(2)
+    views = torch.stack([clip, clip], dim=1)
+    out = augment_batch(views, AugmentConfig(enabled=True), gen(4))
+    assert out.shape == (2, 2, 4, 32, 32, 3)
+    assert torch.equal(out[:, 0], out[:, 1]) and not torch.equal(out[:, 0], clip)

@@ -124,10 +124,12 @@ def augment_clip(frames: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
 
 
 def augment_batch(video: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Augment a batch (B, T, H, W, 3) uint8 in place, clip by clip, and return it."""
-    if video.dtype != torch.uint8 or video.dim() != 5 or video.shape[-1] != 3:
+    """Augment a batch (B, T, H, W, 3) uint8 in place, clip by clip, and return it. Views of a
+    clip ((B, V, T, H, W, 3): bidirectional, multi-view) share the clip's one draw."""
+    if video.dtype != torch.uint8 or video.dim() < 5 or video.shape[-1] != 3:
         raise ValueError(f"augment_batch expects (B, T, H, W, 3) uint8, got {tuple(video.shape)} {video.dtype}")
     for b in range(video.shape[0]):
-        clip = video[b].permute(0, 3, 1, 2)  # a (T, 3, H, W) view of the same memory
-        video[b].copy_(augment_clip(clip, cfg, generator).permute(0, 2, 3, 1))
+        frames = video[b].reshape(-1, *video.shape[-3:])  # (T', H, W, 3), a view when contiguous
+        out = augment_clip(frames.permute(0, 3, 1, 2), cfg, generator).permute(0, 2, 3, 1)
+        video[b].copy_(out.reshape(video[b].shape))
     return video

@@ -71,6 +71,13 @@ def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
                         f"`cg-ray scenes` on it, or switch the scene loss off with "
                         f"--set model.sca.enabled=false")
     tables = load_text_tables(cfg.data.path, taxonomy) if cfg.model.tla.enabled else None
+    if tables is None and cfg.model.head == "graph" and cfg.model.graph.text_init:
+        from cg_ray.labels.text import FILENAME
+
+        # The graph head starts its node embeddings from the label names' text features when
+        # the dataset has them (TLA off or not).
+        if storage.exists(storage.join(cfg.data.path, FILENAME)):
+            tables = load_text_tables(cfg.data.path, taxonomy)
     return taxonomy, tables
 
 
