@@ -94,9 +94,10 @@ class _Look:
 
 
 def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generator,
-                 width: int, height: int) -> Iterator[np.ndarray]:
+                 width: int, height: int, cue_window: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """The T frames of one clip, one (H, W, 3) uint8 array at a time; `scenes` is the (T,) scene
-    category per frame. Frame by frame, so a 100-frame 1280x720 clip needs megabytes, not GBs."""
+    category per frame. Frame by frame, so a 100-frame 1280x720 clip needs megabytes, not GBs.
+    `cue_window` (first, end): the city patch shows only in frames first..end-1."""
     city, state, country, continent = (look.ids[k][place[k]] for k in range(4))
     # Per-clip colour jitter, larger for finer levels: that, and smaller areas, is what makes
     # the city the hardest label to read and the continent the easiest.
@@ -118,6 +119,7 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
     else:
         block = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
     base[block] = col[1]
+    without_city = base.copy()
     # City patch: its colour checkered with a darker shade of itself (4 px squares).
     patch = (ys >= 0.6 * height) & (ys < 0.9 * height) & (xs >= 0.6 * width) & (xs < 0.85 * width)
     dark = ((ys // 4 + xs // 4) % 2).astype(bool)
@@ -130,7 +132,8 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
     brightness = rng.uniform(0.85, 1.15)
     for t, scene in enumerate(scenes):
         # A camera pan moves the whole street sideways; the sky band is not panned.
-        frame = np.roll(base, int(pan0 + pan_speed * t), axis=1)
+        shown = base if cue_window is None or cue_window[0] <= t < cue_window[1] else without_city
+        frame = np.roll(shown, int(pan0 + pan_speed * t), axis=1)
         frame[: int(0.2 * height)] = look.scene_colours[scene]
         x = int(car_x + car_speed * t) % width
         frame[height - car_h - 1: height - 1, x: x + car_w] = 235.0 if t % 2 else 30.0
@@ -173,8 +176,13 @@ def _csv(header: list[str], rows: list[list]) -> str:
 
 def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int = 16,
                size: tuple[int, int] = (64, 48), fmt: str = "frames", seed: int = 0,
-               val_fraction: float = 0.2) -> dict:
+               val_fraction: float = 0.2, city_cue_fraction: float = 1.0) -> dict:
     """Write a synthetic dataset to `out` (local path or URI) and return a summary of counts.
+
+    city_cue_fraction < 1 makes frame choice matter: each clip shows its city patch only in a
+    run of round(fraction * frames) consecutive frames at a random start (the other levels'
+    marks stay in every frame); 1.0, the default, shows it in every frame and draws nothing
+    more, so the default world is unchanged.
 
     fmt="frames": the CityGuessr68k release layout (labels_list.csv, {train,val}/<City>/<id>/<n>.jpg);
     fmt="mp4": videos/<City>/<id>.mp4 and labels.csv (path,city,state,country,continent,split).
@@ -192,6 +200,8 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
     if cities < 1 or clips_per_city < 1 or frames < 1 or min(width, height) < 16:
         raise UserError(f"synthetic world needs cities, clips_per_city, frames >= 1 and a size of "
                         f"at least 16x16; got {cities}, {clips_per_city}, {frames}, {size}")
+    if not 0 < city_cue_fraction <= 1:
+        raise UserError(f"city_cue_fraction={city_cue_fraction} must be in (0, 1]")
     start = time.perf_counter()
     world = places(cities)
     look = _Look(world)
@@ -204,7 +214,12 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
         for k in range(clips_per_city):
             rng = np.random.default_rng([seed, c, 3, k])
             scenes = rng.choice(NUM_SCENES, size=frames, p=scene_probs)
-            pixels = _render_clip(place, look, scenes, rng, width, height)
+            window = None
+            if city_cue_fraction < 1:  # its own stream: the default world's pixels stay the same
+                length = max(1, round(city_cue_fraction * frames))
+                first = int(np.random.default_rng([seed, c, 4, k]).integers(0, frames - length + 1))
+                window = (first, first + length)
+            pixels = _render_clip(place, look, scenes, rng, width, height, window)
             video_id, split = f"{place[0]}_{k:04d}", "val" if k in val_clips else "train"
             splits[split] = splits.get(split, 0) + 1
             path = writers[fmt](out, split, place[0], video_id, pixels)
@@ -222,7 +237,7 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
     return {"out": out, "format": fmt, "cities": cities,
             "states": len(look.ids[1]), "countries": len(look.ids[2]),
             "continents": len(look.ids[3]), "clips": len(labels_rows), "splits": splits,
-            "frames_per_clip": frames, "size": [width, height],
+            "frames_per_clip": frames, "size": [width, height], "city_cue_fraction": city_cue_fraction,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
