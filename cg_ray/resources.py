@@ -187,14 +187,22 @@ def cluster_view() -> ClusterView:
             print(f"cannot read the autoscaling config {path} ({exc}); using the live nodes",
                   flush=True)
     if os.environ.get(NODE_TYPES_ENV):
-        try:
-            declared = json.loads(os.environ[NODE_TYPES_ENV])
-        except json.JSONDecodeError as exc:
-            raise UserError(f"${NODE_TYPES_ENV} is not JSON ({exc}): give it as "
-                            '{"gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 4}}')
-        return ClusterView(live, types_from_config({"available_node_types": declared}), True,
+        return ClusterView(live, declared_types(os.environ[NODE_TYPES_ENV]), True,
                            f"${NODE_TYPES_ENV}")
     return ClusterView(live, [], _has_autoscaler())
+
+
+def declared_types(text: str) -> list[NodeType]:
+    """$CG_RAY_NODE_TYPES: the launcher's available_node_types as JSON."""
+    example = '{"gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 4}}'
+    try:
+        declared = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"${NODE_TYPES_ENV} is not JSON ({exc}): give it as {example}") from None
+    if not isinstance(declared, dict) or not all(isinstance(v, dict) for v in declared.values()):
+        raise UserError(f"${NODE_TYPES_ENV} must map node type names to their resources and "
+                        f"max_workers, e.g. {example}")
+    return types_from_config({"available_node_types": declared})
 
 
 # -- GPUs ---------------------------------------------------------------------------------------
@@ -385,3 +393,13 @@ class PlacementWatch:
             if last is None or now - last >= self.report_s:
                 print(self.line(placed, (now - started) / 60), flush=True)
                 last = now
+
+
+def pool_resources() -> dict[str, float]:
+    """What an inference actor pool (batch predict, scene labelling) may grow into: the cluster
+    at its largest when its autoscaler's node types are known (GPU types scaled to zero
+    included), else what is alive now."""
+    import ray
+
+    view = cluster_view()
+    return view.capacity() if view.types else dict(ray.cluster_resources())

@@ -17,7 +17,9 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 
 import yaml
@@ -56,6 +58,59 @@ def entrypoint(job: str, env: dict, args: list[str]) -> str:
     return shlex.join(["cg-ray", job, *args])
 
 
+def with_config(env: dict, args: list[str]) -> tuple[dict, list[str]]:
+    """The config file named by --config travels with the job: a local file inside the
+    working_dir is named relative to it; any other local file goes into a copy of the working_dir
+    (as _config/NAME) that is uploaded instead. A URI, or a path that is not a file here, stays
+    as it is (the job reads it, or says that it is missing)."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            index, path = i + 1, args[i + 1]
+            break
+        if arg.startswith("--config="):
+            index, path = i, arg.split("=", 1)[1]
+            break
+    else:
+        return env, args
+    if "://" in path or not os.path.isfile(path):
+        return env, args
+    prefix = "--config=" if args[index].startswith("--config=") else ""
+    full = os.path.abspath(path)
+    working_dir = env.get("working_dir")
+    if working_dir and "://" not in working_dir and full.startswith(working_dir + os.sep):
+        args[index] = prefix + os.path.relpath(full, working_dir)
+        return env, args
+    staged = tempfile.mkdtemp(prefix="cg-ray-job-")
+    if working_dir and "://" not in working_dir:
+        shutil.copytree(working_dir, staged, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*env.get("excludes", []), ".git", ".venv"))
+    elif working_dir:
+        raise SystemExit(f"submit: cannot add {path} to the remote working_dir {working_dir}: "
+                         f"give --config as a URI the nodes can read")
+    os.makedirs(os.path.join(staged, "_config"))
+    shutil.copy(full, os.path.join(staged, "_config", os.path.basename(full)))
+    args[index] = prefix + f"_config/{os.path.basename(full)}"
+    return {**env, "working_dir": staged}, args
+
+
+def use_auth_token() -> None:
+    """Send Ray's auth token the way Ray's own CLI finds one: with RAY_AUTH_MODE unset, a token
+    in $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token turns token mode on."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")  # Ray reads the mode once per process
+
+
+AUTH_HINT = ("the cluster at {address} wants a Ray auth token: put the head's token (`ray "
+             "get-auth-token` there) in ~/.ray/auth_token, or set RAY_AUTH_TOKEN=<token> "
+             "(or RAY_AUTH_TOKEN_PATH=<file>)")
+
+
 async def _follow(client, job_id: str) -> None:
     async for lines in client.tail_job_logs(job_id):
         print(lines, end="", flush=True)
@@ -64,9 +119,24 @@ async def _follow(client, job_id: str) -> None:
 def submit(job: str, address: str, env: dict, args: list[str], submission_id: str | None) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
-    command = entrypoint(job, env, args)
-    job_id = client.submit_job(entrypoint=command, runtime_env=env, submission_id=submission_id)
+    from ray.exceptions import AuthenticationError
+
+    use_auth_token()
+    staged, args = with_config(env, args)
+    command = entrypoint(job, env, args)  # a staged working_dir keeps the script's place
+    env = staged
+    try:
+        client = JobSubmissionClient(address)
+        job_id = client.submit_job(entrypoint=command, runtime_env=env, submission_id=submission_id)
+    except AuthenticationError:
+        print(f"submit: {AUTH_HINT.format(address=address)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ConnectionError) as exc:
+        if "authentication" in str(exc).lower() or "401" in str(exc):
+            print(f"submit: {AUTH_HINT.format(address=address)}", file=sys.stderr)
+            return 2
+        print(f"submit: cannot submit to {address}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(f"submitted {job_id}: {command}", file=sys.stderr, flush=True)
     try:
         asyncio.run(_follow(client, job_id))

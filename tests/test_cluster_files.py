@@ -313,6 +313,47 @@ def test_submit_passes_settings_not_secrets(monkeypatch):
     assert submit.entrypoint("pack", {}, ["DEST"]) == "cg-ray pack DEST"
 
 
+def test_the_config_file_travels_with_the_job(tmp_path):
+    """`make submit CONFIG=configs/demo.yaml` with the default runtime_env (only jobs/ travels):
+    the config goes into a copy of jobs/ that is uploaded instead; inside the working_dir (the
+    dev env) it is named relative to it; a URI or a missing file is left to the job."""
+    env = submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), [])
+    staged, args = submit.with_config(env, ["--config", str(ROOT / "configs/demo.yaml"),
+                                            "--set", "a=b"])
+    assert args == ["--config", "_config/demo.yaml", "--set", "a=b"]
+    assert (Path(staged["working_dir"]) / "_config/demo.yaml").read_text() == \
+        (ROOT / "configs/demo.yaml").read_text()
+    assert (Path(staged["working_dir"]) / "train.py").exists()  # the job scripts, as before
+    assert submit.entrypoint("train", env, args) == "python train.py --config _config/demo.yaml --set a=b"
+    dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
+    same, args = submit.with_config(dev, [f"--config={ROOT}/configs/search.yaml"])
+    assert same == dev and args == ["--config=configs/search.yaml"]
+    for untouched in (["--config", "s3://bucket/best.yaml"], ["--config", "/nonexistent.yaml"]):
+        assert submit.with_config(env, untouched) == (env, untouched)
+
+
+def test_submit_finds_the_token_as_rays_cli_does(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("a" * 32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        submit.use_auth_token()
+        import os
+
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+    finally:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        from ray._raylet import Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
 def test_submit_keeps_its_own_options_apart_from_the_commands():
     ns, args = submit.parse(["train", "--address", "http://head:8265", "--runtime-env",
                              "jobs/runtime_env.dev.yaml", "--", "--config", "c.yaml", "--set",
