@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast bench clean submit
+.PHONY: install demo test test-fast lint format bench clean submit browser
 
 install: $(STAMP)
 
@@ -21,8 +21,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cg-ray demo --out $(DEMO_DIR)
 
-test: $(STAMP)
+# Debian's chromium for tests/test_serve_page.py (driven by Playwright; no browser download).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and format check, configured in pyproject.toml) and mypy on the typed core
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -65,6 +65,9 @@ class DataConfig:
     """Scene targets: 'soft' (fraction of frames per category) or 'majority' (one-hot)."""
     max_bad_fraction: float = 0.01
     """A run stops with an error when more than this fraction of clips cannot be decoded."""
+    decode: str = "auto"
+    """Where packed JPEG frames are decoded: 'cpu' (Ray Data tasks), 'gpu' (the model's GPU,
+    batched nvJPEG: only JPEG bytes cross the object store) or 'auto' (gpu on a GPU worker)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Training-time augmentation (off by default)."""
 
@@ -213,13 +216,14 @@ class TrainConfig:
     batch_size: int = 12
     """Clips per worker per step."""
     use_gpu: Optional[bool] = None
-    """None: use GPUs when the cluster has them."""
+    """true, false, or auto (null): GPUs when a live node or a node type the autoscaler can
+    launch has one (the run logs which it chose and why)."""
     cpus_per_worker: float = 1.0
     """CPUs each training worker holds."""
     seed: int = 0
     """Seed of the initialization, the shuffling and the sampling."""
     log_every: int = 10
-    """Steps between progress lines on rank 0."""
+    """Unused (progress lines are timed: $CG_RAY_PROGRESS_EVERY seconds); kept so older configs load."""
     max_failures: int = 0
     """Worker-group restarts from the latest checkpoint before a run gives up (-1: no limit)."""
     keep_best: int = 2
@@ -286,9 +290,11 @@ class TuneConfig:
     seed: Optional[int] = 0
     """Seed of the sampler (random or optuna); None: a different search every time."""
     data_cpus: float = 1.0
-    """CPUs a trial leaves free for its Ray Data decode tasks, besides its training workers."""
+    """Whole CPUs a trial keeps free for its Ray Data decode tasks, besides its training workers
+    (a trial without one free CPU would stall in its first read)."""
     check_resources: bool = True
-    """Refuse a search whose single trial does not fit the cluster now (off for autoscaling)."""
+    """Refuse at once a search (or train run) whose one trial no node, live or of a type the
+    autoscaler can launch, could ever host, and report while it waits; false: skip the check."""
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Dotted config key -> one distribution: {"optim.lr": {"loguniform": [1e-4, 1e-2]}}; kinds:
     uniform, loguniform [low, high], quniform [low, high, q], randint [low, high) (high
@@ -332,6 +338,7 @@ class Config:
             "loss.tla_reduction": (self.loss.tla_reduction, ("mean", "sum")),
             "model.tla.levels": (self.model.tla.levels, ("city", "all")),
             "data.scene_labels": (self.data.scene_labels, ("soft", "majority")),
+            "data.decode": (self.data.decode, ("cpu", "gpu", "auto")),
             "train.precision": (self.train.precision, ("auto", "bf16", "fp32")),
             "optim.schedule": (self.optim.schedule, ("constant", "cosine")),
             "optim.name": (self.optim.name, ("adam", "adamw")),
@@ -349,10 +356,10 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 raise UserError(f"config {key}={value}: must be > 0")
+        self._check_recipe()
         if self.data.sampling == "official" and self.eval.views > 1:
             raise UserError(f"config eval.views={self.eval.views}: the official sampling takes "
                             f"one view (the authors' evaluation); set eval.views=1")
-        self._check_recipe()
         if self.model.sca.embed_dim % self.model.sca.heads:
             raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
                             f"divisible by model.sca.heads={self.model.sca.heads}")
@@ -400,6 +407,8 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if value == "auto" and inner == [bool]:  # e.g. train.use_gpu: auto, the same as null
+            return None
         return _check(value, inner[0], key)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):

@@ -1,8 +1,22 @@
-"""What the commands print for people: fixed-width tables."""
+"""What the commands print for people: fixed-width tables and progress.
+
+Progress is a live bar on a terminal and a plain line every `every` seconds anywhere else (logs,
+Ray jobs, the lines Ray forwards from a training worker), so a ten-hour run shows where it is
+without flooding its log. `CG_RAY_QUIET=1` (what `--quiet` sets) turns it off everywhere.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import time
+from typing import TextIO
+
 from cg_ray.taxonomy import LEVELS
+
+QUIET_ENV = "CG_RAY_QUIET"
+EVERY_ENV = "CG_RAY_PROGRESS_EVERY"  # seconds between progress lines in logs
 
 
 def format_table(rows: dict[str, dict]) -> str:
@@ -13,3 +27,110 @@ def format_table(rows: dict[str, dict]) -> str:
         lines.append(f"{name:<14}" + "".join(
             f"{m[f'{lvl}_top1']:>14.1f}{m[f'{lvl}_top5']:>8.1f}" for lvl in LEVELS))
     return "\n".join(lines)
+
+
+def quiet() -> bool:
+    return os.environ.get(QUIET_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def quiet_mode(on: bool):
+    """`--quiet` for one command: no progress here, nor in the Ray workers it starts (cg_ray.
+    ray_env passes the variable on); the environment is restored afterwards."""
+    names = (QUIET_ENV, "CG_RAY_PROGRESS")  # CG_RAY_PROGRESS: Ray Data's own bars (ray_env)
+    before = {name: os.environ.get(name) for name in names}
+    if on:
+        os.environ.update({QUIET_ENV: "1", "CG_RAY_PROGRESS": "0"})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def default_every() -> float:
+    return float(os.environ.get(EVERY_ENV, "30"))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """Progress of `total` units (clips, frames, shards) done in one pass.
+
+        progress = Progress("epoch 3/10", total=5000)
+        for batch in batches:
+            ...
+            progress.update(done, loss=2.31)
+        progress.close(done)
+
+    A terminal gets a bar redrawn at most 5 times a second; other streams a line every `every`
+    seconds (default $CG_RAY_PROGRESS_EVERY, else 30) and one at close. Rate and ETA are
+    measured over this pass; with `passes_after` (epochs still to come after this one) the line
+    also shows the whole run's ETA.
+    """
+
+    def __init__(self, label: str, total: int | None, unit: str = "clips",
+                 every: float | None = None, stream: TextIO | None = None,
+                 enabled: bool | None = None, passes_after: int = 0, clock=time.monotonic):
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.enabled = (not quiet()) if enabled is None else enabled
+        self.live = self.enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = 0.2 if self.live else (default_every() if every is None else every)
+        self.clock = clock
+        self.start = self.last = clock()
+        self.done, self.extras, self.passes_after = 0, {}, passes_after
+
+    def rate(self) -> float:
+        return self.done / max(self.clock() - self.start, 1e-9)
+
+    def line(self) -> str:
+        rate = self.rate()
+        parts = [self.label]
+        if self.total:
+            width = 20
+            filled = min(width, int(width * self.done / self.total))
+            parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{self.unit}")
+        else:
+            parts.append(f"{self.done} {self.unit}")
+        parts.append(f"{rate:.1f} {self.unit}/s")
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in self.extras.items()]
+        if self.total and rate > 0:
+            left = max(self.total - self.done, 0) / rate
+            parts.append(f"ETA {_duration(left)}")
+            if self.passes_after:
+                run_left = left + self.passes_after * self.total / rate
+                parts.append(f"(all {_duration(run_left)})")
+        return " ".join(parts)
+
+    def update(self, done: int, **extras) -> None:
+        """`done` units so far, and values to show beside them (loss=2.31)."""
+        self.done = done
+        self.extras.update(extras)
+        if self.enabled and self.clock() - self.last >= self.every:
+            self._show()
+
+    def close(self, done: int | None = None, **extras) -> None:
+        if done is not None:
+            self.done = done
+        self.extras.update(extras)
+        self.passes_after = 0
+        if self.enabled:
+            self._show(final=True)
+
+    def _show(self, final: bool = False) -> None:
+        self.last = self.clock()
+        if self.live:
+            self.stream.write("\r" + self.line() + ("\n" if final else ""))
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()

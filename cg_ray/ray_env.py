@@ -28,8 +28,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_ray(min_cpus: float = 0) -> None:
+def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     """Join $RAY_ADDRESS when set, else start a local Ray bound to 127.0.0.1.
+    `metrics_port`: where a local Ray exports Prometheus metrics (default: a port Ray picks).
 
     Locally, Ray is given at least `min_cpus` logical CPUs: the training workers hold theirs for
     the whole run, and Ray Data's decode tasks need CPUs beside them or the pipeline stalls.
@@ -40,7 +41,7 @@ def init_ray(min_cpus: float = 0) -> None:
     if ray.is_initialized():
         return
     env_vars = {k: os.environ[k] for k in QUIET_ENV if k in os.environ}
-    for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+    for key in ("CG_RAY_QUIET", "CG_RAY_PROGRESS_EVERY", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
                 "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"):
         if key in os.environ:
             env_vars[key] = os.environ[key]
@@ -62,7 +63,8 @@ def init_ray(min_cpus: float = 0) -> None:
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by a local ray.init only
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=True)
+                 runtime_env=runtime_env, log_to_driver=True,
+                 **({"_metrics_export_port": metrics_port} if metrics_port else {}))
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     from ray.data import DataContext

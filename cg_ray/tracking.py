@@ -106,6 +106,24 @@ def log_artifacts(uri: str, run_id: str, local_dir: str, artifact_path: str | No
     _client(uri).log_artifacts(run_id, local_dir, artifact_path)
 
 
+def metric_history(uri: str, run_id: str, names) -> dict[str, list[tuple[int, float]]]:
+    """Metric name -> [(step, value)] of a run, for the names it has."""
+    client = _client(uri)
+    history = {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+               for name in names}
+    return {name: points for name, points in history.items() if points}
+
+
+def log_bytes(uri: str, run_id: str, data: bytes, artifact_file: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, os.path.basename(artifact_file))
+        with open(path, "wb") as f:
+            f.write(data)
+        _client(uri).log_artifact(run_id, path, os.path.dirname(artifact_file) or None)
+
+
 def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
     _client(uri).log_text(run_id, redact(text), artifact_file)
 

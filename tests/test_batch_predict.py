@@ -45,7 +45,7 @@ def test_batch_prediction_over_a_folder_skips_the_corrupt_video(setup, capsys):
     summary = json.loads(own(captured.out).splitlines()[-1])
     assert (summary["clips"], summary["predicted"], summary["bad"]) == (19, 18, 1)
     assert summary["actors"] >= 1 and summary["use_gpu"] is False
-    assert "batch predict: 19/19 clips, 1 bad" in captured.err
+    assert "batch predict [####################] 19/19 clips" in captured.err and "bad 1" in captured.err
     assert "skipped" in captured.err and "corrupt.mp4" in captured.err
     table = pq.read_table(out)
     assert table.schema == OUTPUT_SCHEMA and table.num_rows == 18

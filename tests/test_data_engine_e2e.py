@@ -36,7 +36,9 @@ def test_s3_prepare_pack_train_evaluate(ray_session, s3, tmp_path, capsys):
     storage.write_bytes(f"{world}/{train[1]}", video[:300])
     fs, inner = storage.filesystem(f"{world}/{train[2]}")
     fs.delete_file(inner)
+    capsys.readouterr()
     assert main(["pack", data, "--frames", "4", "--size", "32", "--clips-per-shard", "4"]) == 0
+    assert "pack [####################] 19/19 clips" in capsys.readouterr().out  # progress
     report = json.loads(storage.read_text(f"{data}/shards/frames4_size32/pack_report.json"))
     reasons = {s["source"]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {f"{world}/{train[1]}", f"{world}/{train[2]}"}
@@ -62,6 +64,7 @@ def test_s3_prepare_pack_train_evaluate(ray_session, s3, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", checkpoint, "--data", data,
                  "--metrics-out", str(eval_out)]) == 0
+    assert "evaluate val [####################] 4/4 clips" in capsys.readouterr().err
     evaluated = json.loads(eval_out.read_text())
     assert evaluated["num_clips"] == 4 and evaluated["bad_clips"] == 0
     assert evaluated["city_top1"] == pytest.approx(result["city_top1"])
@@ -80,7 +83,9 @@ def test_too_many_bad_clips_stop_the_run_with_one_line(ray_session, tiny_dataset
     for i in gone:
         rows[i]["source"] = str(tmp_path / "nowhere" / rows[i]["clip_id"])
     pq.write_table(table.from_pylist(rows, schema=table.schema), data / "manifest.parquet")
-    assert main(["pack", str(data), "--frames", "8", "--size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["pack", str(data), "--frames", "8", "--size", "32", "--quiet"]) == 0
+    assert "pack [" not in capsys.readouterr().out  # --quiet: no progress
     report = json.loads((data / "shards" / "frames8_size32" / "pack_report.json").read_text())
     assert sorted(s["clip_id"] for s in report["skipped"]) == sorted(rows[i]["clip_id"] for i in gone)
 

@@ -49,11 +49,16 @@ def test_training_is_tracked_in_mlflow(trained):
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "t"
     assert run.data.params["train.epochs"] == "2" and run.data.params["optim.lr"] == "0.001"
+    waits = client.get_metric_history(result["run_id"], "data_wait_fraction")
+    assert [m.step for m in waits] == [0, 1] and all(0 < m.value < 1 for m in waits)
+    assert 0 < result["train_clips_per_s_warm"] and result["first_batch_s"] > 0
     history = client.get_metric_history(result["run_id"], "city_top1")
     assert [m.step for m in history] == [0, 1]
     assert history[-1].value == pytest.approx(result["city_top1"])
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
-    assert {"config.yaml", "taxonomy.json", "checkpoint"} <= artifacts
+    assert {"config.yaml", "taxonomy.json", "checkpoint", "learning_curves.png"} <= artifacts
+    assert result["learning_curves"] == f"{out}/runs/t/learning_curves.png"
+    assert Path(result["learning_curves"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     inner = {a.path for a in client.list_artifacts(result["run_id"], "checkpoint")}
     assert "checkpoint/checkpoint.pt" in inner
 

@@ -231,7 +231,8 @@ def test_scenes_labels_every_clip_resumes_and_skips_corrupt_clips(scenes_inputs,
     out = capsys.readouterr()
     summary = json.loads(own(out.out).splitlines()[0])
     assert summary["clips"] == 12 and summary["resumed"] == 2 and summary["skipped"] == 1
-    assert summary["labelled"] == 9 and "scenes: 10/10 clips, 1 skipped" in out.err
+    assert summary["labelled"] == 9 and "scenes [####################] 10/10 clips" in out.err
+    assert "skipped 1" in out.err
 
     after = pq.read_table(os.path.join(data, "manifest.parquet"))
     assert after.schema.field("scene_soft").type.value_type.bit_width == 32

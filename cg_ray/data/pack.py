@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -28,7 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cg_ray import storage
+from cg_ray.console import Progress
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.data.packed_sampling import PACK_KINDS
+from cg_ray.data.sampling import Sampling
 from cg_ray.data.shards import LABEL_COLUMNS, PACK_SCHEMA, REPORT, manifest_stamp, pack_dir, shard_path
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS
@@ -39,7 +43,7 @@ PLAN = "pack_plan.json"
 @dataclass
 class PackOptions:
     num_frames: int = 16
-    """T: frames sampled evenly from each clip."""
+    """F: frames stored per clip (F >= T: the loader samples T of them; see packed_sampling)."""
     image_size: int = 224
     """S: frames are stored at S x S."""
     quality: int = 90
@@ -51,6 +55,9 @@ class PackOptions:
     """A clip with fewer frames is skipped and reported."""
     seed: int = 0
     """Seed of the order in which clips are spread over shards."""
+    sampling: str = "uniform"
+    """Which F frames: 'uniform' (evenly spaced, serves uniform, random and bidirectional) or
+    'official' (every 5th from the first, serves data.sampling=official)."""
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -72,7 +79,8 @@ def pack_clip(row: dict, opts: PackOptions) -> tuple[list[bytes], str | None]:
     """One manifest row -> (T JPEG frames, None), or ([], the reason it cannot be packed)."""
     try:
         clip = decode_clip(row["source"], opts.num_frames, opts.image_size,
-                           frames=row.get("frames"), min_frames=opts.min_frames)
+                           frames=row.get("frames"), min_frames=opts.min_frames,
+                           sampling=Sampling(opts.sampling, opts.num_frames))
     except ClipError as exc:
         return [], str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not kill the pack job
@@ -150,7 +158,10 @@ def plan_shards(table: pa.Table, root: str, opts: PackOptions) -> list[pa.Table]
 
 def _fingerprint(table: pa.Table, opts: PackOptions) -> dict:
     ids = hashlib.sha256("\n".join(table.column("clip_id").to_pylist()).encode()).hexdigest()
-    return {"options": asdict(opts), "clips": table.num_rows, "clip_ids_sha256": ids}
+    options = asdict(opts)
+    if options["sampling"] == "uniform":  # the plans of packs made before the option match
+        del options["sampling"]
+    return {"options": options, "clips": table.num_rows, "clip_ids_sha256": ids}
 
 
 def _check_plan(root: str, fingerprint: dict, stamp: dict) -> dict | None:
@@ -196,8 +207,10 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
     if min(opts.num_frames, opts.image_size, opts.clips_per_shard, opts.min_frames) < 1 or \
             not 1 <= opts.quality <= 100:
         raise UserError(f"pack options must be positive and quality in 1..100; got {asdict(opts)}")
+    if opts.sampling not in PACK_KINDS:
+        raise UserError(f"pack --sampling {opts.sampling!r}: must be one of {', '.join(PACK_KINDS)}")
     table = _manifest(data_path)
-    root = pack_dir(data_path, opts.num_frames, opts.image_size)
+    root = pack_dir(data_path, opts.num_frames, opts.image_size, opts.sampling)
     stamp = manifest_stamp(data_path)
     labelled_from = _check_plan(root, _fingerprint(table, opts), stamp)
     _clear_temporaries(root)
@@ -222,12 +235,12 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
         summaries = ray.data.from_arrow(todo).map_batches(
             pack_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={"opts": asdict(opts)},
             num_cpus=1)
+        progress = Progress("pack", sum(p.num_rows for p in todo), stream=sys.stdout)
         for i, row in enumerate(summaries.iter_rows(), start=1):
             packed += row["clips"]
             skipped.extend(json.loads(row["skipped"]))
-            rate = packed / max(time.perf_counter() - start, 1e-9)
-            log(f"pack: shard {i}/{len(todo)} {row['shard'][len(root):].lstrip('/')} "
-                f"({row['clips']} clips, {len(json.loads(row['skipped']))} skipped), {rate:.1f} clips/s")
+            progress.update(packed + len(skipped), shards=f"{i}/{len(todo)}")
+        progress.close(packed + len(skipped), skipped=len(skipped))
     report = _report(root, plans, table, opts, skipped, packed, time.perf_counter() - start)
     report["manifest"] = stamp
     storage.write_text(storage.join(root, PLAN), json.dumps({**_fingerprint(table, opts),

@@ -29,10 +29,12 @@ import pyarrow.parquet as pq
 import torch
 
 from cg_ray import storage
+from cg_ray.console import Progress
 from cg_ray.errors import UserError
 from cg_ray.labels.hierarchy import NUM_SCENES
 from cg_ray.labels.labeler import SceneLabeler, decode_clips
 from cg_ray.ray_env import pool_plan
+from cg_ray.resources import pool_resources
 
 PARTIAL = "scenes_partial"
 REPORT = "scenes_report.json"
@@ -127,28 +129,12 @@ def update_manifest(manifest: str, labels: dict[str, tuple[list[float], int]]) -
     return table
 
 
-class _Progress:
-    """A progress line on stderr at most every `every` seconds, and one at the end."""
-
-    def __init__(self, total: int, frames: int, every: float = 5.0):
-        self.total, self.frames, self.every = total, frames, every
-        self.start = self.last = time.perf_counter()
-
-    def show(self, done: int, bad: int, final: bool = False) -> None:
-        now = time.perf_counter()
-        if final or now - self.last >= self.every:
-            self.last = now
-            rate = (done - bad) * self.frames / max(now - self.start, 1e-9)
-            print(f"scenes: {done}/{self.total} clips, {bad} skipped, {rate:.1f} frames/s",
-                  file=sys.stderr, flush=True)
-
-
 def _dataset(todo: list[dict], weights: np.ndarray, places, opts: SceneOptions):
     """The Ray Data pipeline over `todo` rows: decode tasks, then the labeller actor pool."""
     import ray
     import ray.data
 
-    plan = pool_plan(ray.cluster_resources(), opts.actors)
+    plan = pool_plan(pool_resources(), opts.actors)
     state = io.BytesIO()
     torch.save(places.state_dict, state)  # once into the object store, read by every actor
     ds = ray.data.from_items(todo, override_num_blocks=min(1000, max(1, len(todo) // opts.batch_size)))
@@ -221,7 +207,7 @@ def label_scenes(dest: str, opts: SceneOptions) -> dict:
 def _drain(ds, dest: str, done: dict, total: int, opts: SceneOptions) -> list[tuple[str, str]]:
     """Pull the labelled clips to the driver, writing a part file every flush_every clips.
     Fills `done`; returns the (clip_id, reason) of clips that could not be decoded."""
-    progress, pending, skipped, seen = _Progress(total, opts.num_frames), [], [], 0
+    progress, pending, skipped, seen = Progress("scenes", total, every=5.0), [], [], 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for clip_id, soft, majority, error in zip(batch["clip_id"], batch["scene_soft"],
                                                   batch["scene_majority"], batch["error"]):
@@ -237,8 +223,8 @@ def _drain(ds, dest: str, done: dict, total: int, opts: SceneOptions) -> list[tu
         if len(pending) >= opts.flush_every:
             write_part(dest, pending)
             pending = []
-        progress.show(seen, len(skipped))
+        progress.update(seen, skipped=len(skipped))
     if pending:
         write_part(dest, pending)
-    progress.show(seen, len(skipped), final=True)
+    progress.close(seen, skipped=len(skipped))
     return skipped

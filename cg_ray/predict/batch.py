@@ -22,9 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cg_ray import storage
+from cg_ray.console import Progress
 from cg_ray.data.listing import list_inputs
 from cg_ray.errors import UserError
 from cg_ray.ray_env import pool_plan
+from cg_ray.resources import pool_resources
 from cg_ray.taxonomy import LEVELS
 
 OUTPUT_SCHEMA = pa.schema(
@@ -112,22 +114,6 @@ def _inference_bytes(path: str) -> bytes:
     return buffer.getvalue()
 
 
-class _Progress:
-    """A progress line on stderr at most every `every` seconds, and one at the end."""
-
-    def __init__(self, total: int, every: float = 5.0):
-        self.total, self.every, self.start = total, every, time.perf_counter()
-        self.last, self.shown = self.start, -1
-
-    def show(self, done: int, bad: int, final: bool = False) -> None:
-        now = time.perf_counter()
-        if (final and done != self.shown) or now - self.last >= self.every:
-            self.last, self.shown = now, done
-            rate = done / max(now - self.start, 1e-9)
-            print(f"batch predict: {done}/{self.total} clips, {bad} bad, {rate:.1f} clips/s",
-                  file=sys.stderr, flush=True)
-
-
 def errors_path(out: str) -> str:
     stem = out[: -len(".parquet")] if out.endswith(".parquet") else out
     return stem + ".errors.csv"
@@ -138,8 +124,6 @@ def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codep
                   progress_every: float = 5.0) -> dict:
     """Predict every clip of `input_list` into `out` (parquet, OUTPUT_SCHEMA); clips that cannot
     be decoded go to `<out>.errors.csv`. Returns counts, timing and the pool that ran."""
-    import ray
-
     from cg_ray.predict.predictor import Predictor, open_checkpoint
     from cg_ray.ray_env import init_ray
 
@@ -151,10 +135,11 @@ def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codep
     if not sources:
         raise UserError(f"no videos or frame folders in '{input_list}'")
     init_ray()
-    plan = pool_plan(ray.cluster_resources(), actors)
+    plan = pool_plan(pool_resources(), actors)
     ds = _dataset(sources, path, loaded.config.data, plan, mode, top_k, batch_size)
     start = time.perf_counter()
-    done, bad, first = _write(ds, out, _Progress(len(sources), progress_every))
+    progress = Progress("batch predict", len(sources), every=progress_every)
+    done, bad, first = _write(ds, out, progress)
     seconds = time.perf_counter() - start
     summary = {"out": out, "clips": len(sources), "predicted": done - len(bad), "bad": len(bad),
                "seconds": round(seconds, 2), "clips_per_s": round(done / max(seconds, 1e-9), 2),
@@ -190,7 +175,7 @@ def _dataset(sources: list[str], path: str, data, plan: dict, mode: str, top_k: 
         num_cpus=1, num_gpus=plan["num_gpus"])
 
 
-def _write(ds, out: str, progress: _Progress) -> tuple[int, list, tuple[float, int]]:
+def _write(ds, out: str, progress: Progress) -> tuple[int, list, tuple[float, int]]:
     """Stream the rows into one parquet file at `out`. Returns (rows seen, [(input, error)] of
     the bad ones, (time.perf_counter() and rows of the first batch back))."""
     done, bad, first = 0, [], None
@@ -206,8 +191,8 @@ def _write(ds, out: str, progress: _Progress) -> tuple[int, list, tuple[float, i
             if good.num_rows:
                 writer.write_table(good.cast(OUTPUT_SCHEMA))
             done += table.num_rows
-            progress.show(done, len(bad))
-    progress.show(done, len(bad), final=True)
+            progress.update(done, bad=len(bad))
+    progress.close(done, bad=len(bad))
     return done, bad, first or (time.perf_counter(), 0)
 
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cg_ray import storage
+from cg_ray.console import Progress
 from cg_ray.train.checkpoint import LoadedModel, load_model
 from cg_ray.predict.registry import resolve_checkpoint
 from cg_ray.errors import UserError
@@ -31,8 +32,13 @@ class DatasetProbs:
 
 
 @torch.no_grad()
-def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: int = 32) -> DatasetProbs:
-    """Stream one split through Ray Data and the model (in this process)."""
+def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: int = 32,
+                  decode: str | None = None) -> DatasetProbs:
+    """Stream one split through Ray Data and the model (in this process, on its GPU when it
+    has one). `decode`: data.decode (default: the checkpoint's; see resolve_decode)."""
+    from cg_ray.data.feed import DeviceFeed
+    from cg_ray.data.gpu_decode import resolve_decode
+    from cg_ray.data.shards import packed_files
     from cg_ray.data.stream import clip_dataset, load_taxonomy, split_summary
     from cg_ray.ray_env import init_ray
 
@@ -43,20 +49,29 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
         raise UserError(f"dataset '{data_path}' has no clips in split '{split}'")
     init_ray()
     d = loaded.config.data
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    packed = packed_files(data_path, split, d.num_frames, d.image_size) is not None
+    decode = resolve_decode(decode or d.decode, device.type == "cuda", packed)
+    model = loaded.model.to(device).eval()
+    bf16 = device.type == "cuda" and loaded.config.train.precision != "fp32"
     ds = clip_dataset(data_path, split, loaded.taxonomy, d.num_frames, d.image_size, keep_ids=True,
-                      decode_batch_size=batch_size)
+                      decode_batch_size=batch_size, decode=decode)
     ids, labels, probs, bad = [], {l: [] for l in LEVELS}, {l: [] for l in LEVELS}, 0
     start = time.perf_counter()
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        valid = batch["valid"]
+    progress = Progress(f"evaluate {split}", split_summary(data_path)[split])
+    for batch in DeviceFeed(ds, batch_size, device):
+        valid = batch["valid"].cpu().numpy()
         bad += int((~valid).sum())
+        progress.update(len(ids) + bad + int(valid.sum()), bad=bad)
         if not valid.any():
             continue
-        out = loaded.model(torch.from_numpy(batch["video"][valid]))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(batch["video"][torch.as_tensor(valid, device=device)])
         ids.extend(batch["clip_id"][valid].tolist())
         for level in LEVELS:
-            labels[level].append(batch[level][valid])
-            probs[level].append(torch.softmax(out.logits[level].float(), dim=-1).numpy())
+            labels[level].append(batch[level].cpu().numpy()[valid])
+            probs[level].append(torch.softmax(out.logits[level].float(), dim=-1).cpu().numpy())
+    progress.close(len(ids) + bad, bad=bad)
     if not ids:
         raise UserError(f"no clip of split '{split}' in '{data_path}' could be decoded")
     return DatasetProbs(ids, {l: np.concatenate(labels[l]) for l in LEVELS},

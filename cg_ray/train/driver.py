@@ -78,13 +78,25 @@ def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
         # the dataset has them (TLA off or not).
         if storage.exists(storage.join(cfg.data.path, FILENAME)):
             tables = load_text_tables(cfg.data.path, taxonomy)
+    if cfg.data.decode == "gpu":  # before any run starts: GPU decoding needs a GPU and a pack
+        _resolve_decode(cfg, cfg.train.use_gpu is not False)
     return taxonomy, tables
+
+
+def _resolve_decode(cfg: Config, use_gpu: bool) -> str:
+    """data.decode for this run: 'gpu' (workers decode the JPEG bytes) or 'cpu'."""
+    from cg_ray.data.gpu_decode import resolve_decode
+    from cg_ray.data.shards import packed_files
+
+    d = cfg.data
+    packed = packed_files(d.path, d.train_split, d.num_frames, d.image_size) is not None
+    return resolve_decode(d.decode, use_gpu, packed)
 
 
 # Keys that may change when a run resumes; any other difference means another experiment.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_failures", "train.log_every", "train.num_workers",
                      "train.cpus_per_worker", "train.use_gpu", "train.keep_best", "data.path",
-                     "data.max_bad_fraction", "eval.batch_size", "run.tracking_uri",
+                     "data.decode", "data.max_bad_fraction", "eval.batch_size", "run.tracking_uri",
                      "run.register_as", "run.storage_path"}
 
 
@@ -128,21 +140,44 @@ def _steps_per_epoch(cfg: Config, train_clips: int) -> int:
     return max(-(-batches // cfg.train.grad_accum_steps), 1)
 
 
+def _placement(cfg: Config, check_resources: bool):
+    """Start or join Ray, resolve train.use_gpu (from the live nodes and the node types the
+    autoscaler can launch) and refuse at once a run no node could ever host; returns use_gpu and
+    a PlacementWatch that reports while the run's workers wait for the autoscaler."""
+    from cg_ray import resources
+    from cg_ray.ray_env import init_ray
+
+    t = cfg.train
+    init_ray(min_cpus=t.num_workers * t.cpus_per_worker + 2)
+    view = resources.cluster_view()
+    use_gpu, why = resources.resolve_use_gpu(t.use_gpu, view)
+    print(why, flush=True)
+    # Ray Data's tasks need one whole CPU beside the workers, or the pipeline never starts.
+    need = resources.training_need(t.num_workers, t.cpus_per_worker, use_gpu, data_cpus=1.0)
+    verdict = resources.Verdict(1, 1)
+    if check_resources and cfg.tune.check_resources:
+        verdict = resources.check(need, view)
+        if not verdict.now:
+            print(f"the run does not fit the live nodes yet: waiting for {verdict.waits_for}",
+                  flush=True)
+    return use_gpu, resources.PlacementWatch(need, 1, verdict.waits_for)
+
+
 def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
-          run_tags: dict | None = None) -> dict:
+          run_tags: dict | None = None, check_resources: bool = True) -> dict:
     """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id.
 
     A run whose folder (run.storage_path/run.name) already holds checkpoints continues from the
     latest one, in the same MLflow run; `resume=True` insists that there is one. `callbacks` go
     to the trainer's RunConfig and `run_tags` onto a new MLflow run (cg_ray.tune.search: a trial's
-    TuneReportCallback and its parent run).
+    TuneReportCallback and its parent run). `check_resources=False`: the caller checked what the
+    run needs (a search, for all its trials).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from cg_ray.train.checkpoint import read_checkpoint
     from cg_ray.data.stream import clip_dataset, split_summary
-    from cg_ray.ray_env import init_ray
 
     taxonomy, tables = check_inputs(cfg)
     storage_path = cfg.run.storage_path
@@ -151,6 +186,7 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
     run_dir = storage.join(storage_path, cfg.run.name)
     uri = tracking.tracking_uri(cfg.run.tracking_uri)
     tracking.check_reachable(uri)
+    use_gpu, watch = _placement(cfg, check_resources)
 
     previous = latest_checkpoint(run_dir)
     if resume and previous is None:
@@ -171,30 +207,32 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
         tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
         tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
 
-    init_ray(min_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 2)
-    use_gpu = cfg.train.use_gpu
-    if use_gpu is None:
-        import ray
-
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    try:
+        decode = _resolve_decode(cfg, bool(use_gpu))
+    except UserError:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
     d = cfg.data
     datasets = {
         # Decoded blocks of one batch each: the step's batches are then zero-copy views.
         "train": clip_dataset(d.path, d.train_split, taxonomy, d.num_frames, d.image_size,
                               d.scene_labels, shuffle_seed=cfg.train.seed,
-                              decode_batch_size=cfg.train.batch_size),
+                              decode_batch_size=cfg.train.batch_size, decode=decode),
         "val": clip_dataset(d.path, d.val_split, taxonomy, d.num_frames, d.image_size, d.scene_labels,
-                            decode_batch_size=cfg.eval.batch_size),
+                            decode_batch_size=cfg.eval.batch_size, decode=decode),
     }
     # Ray Data re-seeds the shuffle on every execution (one per epoch) from a counter on the
     # dataset's context; starting it at the resumed epoch gives that epoch its own order again.
     datasets["train"].context._execution_idx = start_epoch
-    total_steps = _steps_per_epoch(cfg, split_summary(d.path)[d.train_split]) * cfg.train.epochs
+    clips = split_summary(d.path)
+    total_steps = _steps_per_epoch(cfg, clips[d.train_split]) * cfg.train.epochs
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "taxonomy": taxonomy.to_dict(),
                            "text_tables": tables, "tracking_uri": uri, "run_id": run_id,
-                           "total_steps": total_steps, "run_dir": run_dir},
+                           "total_steps": total_steps, "run_dir": run_dir,
+                           "epoch_clips": {"train": clips.get(d.train_split, 0),
+                                           "val": clips.get(d.val_split, 0)}},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
@@ -210,7 +248,8 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
         dataset_config=ValSplitDataConfig(),
     )
     try:
-        result = trainer.fit()
+        with watch:
+            result = trainer.fit()
     except Exception as exc:
         tracking.end_run(uri, run_id, "FAILED")
         raise _user_error_from(exc) from None
@@ -226,6 +265,7 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> di
     best_path = storage.uri_of(storage_path, best.path) if best is not None else latest
     _prune_unregistered(result, storage_path, cfg.run.name)
     summary = {**result.metrics, "checkpoint": latest, "best_checkpoint": best_path, "run_id": run_id}
+    summary["learning_curves"] = _learning_curves(cfg, uri, run_id, storage_path)
     if not storage.is_uri(storage_path):
         tracking.log_artifacts(uri, run_id, latest, "checkpoint")
         if cfg.run.register_as:
@@ -234,6 +274,18 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> di
             summary["registered_model"] = f"models:/{cfg.run.register_as}/{summary['registered_version']}"
     tracking.end_run(uri, run_id)
     return summary
+
+
+def _learning_curves(cfg: Config, uri: str, run_id: str, storage_path: str) -> str:
+    """learning_curves.png in the run folder and in the MLflow run; returns its path."""
+    from cg_ray.report.curves import ACCURACY, LOSSES, learning_curves_png
+
+    png = learning_curves_png(tracking.metric_history(uri, run_id, LOSSES + ACCURACY),
+                              f"{cfg.run.name} ({run_id[:8]})")
+    path = storage.join(storage_path, cfg.run.name, "learning_curves.png")
+    storage.write_bytes(path, png)
+    tracking.log_bytes(uri, run_id, png, "learning_curves.png")
+    return path
 
 
 def _prune_unregistered(result, storage_path: str, name: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -23,9 +24,11 @@ import torch.distributed as dist
 from cg_ray import tracking
 from cg_ray.train.checkpoint import latest_checkpoint, restore_training, save_checkpoint
 from cg_ray.config import Config, config_from_dict
+from cg_ray.console import Progress
 from cg_ray.errors import UserError
 from cg_ray.evaluation import Accuracy
 from cg_ray.data.augment import augment_batch
+from cg_ray.data.feed import DeviceFeed
 from cg_ray.model.losses import compute_losses, text_targets
 from cg_ray.model.net import build_model
 from cg_ray.train.ema import WeightEMA, build_ema
@@ -123,15 +126,15 @@ def _with_last(iterable):
     yield current, True
 
 
-def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, float]:
+def train_epoch(state: TrainState, shard, epoch: int, rank: int,
+                progress: Progress | None = None) -> dict[str, float]:
     state.model.train()
     state.augment = None  # this epoch's augmentation draws come from its seeded RNG
     accum = state.cfg.train.grad_accum_steps
     sums: dict[str, float] = {}
     micro, clips, bad, start = 0, 0, 0, time.perf_counter()
-    batches = shard.iter_torch_batches(batch_size=state.cfg.train.batch_size, device=state.device,
-                                       pin_memory=state.device.type == "cuda")
-    for batch, last in _with_last(batches):
+    feed = DeviceFeed(shard, state.cfg.train.batch_size, state.device)
+    for batch, last in _with_last(feed):
         micro += 1
         boundary = last or micro % accum == 0
         # Between optimizer steps, DDP need not all-reduce gradients: no_sync skips it.
@@ -144,8 +147,10 @@ def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, fl
             sums[key] = sums.get(key, 0.0) + value
         clips += int(batch["valid"].sum())
         bad += int((~batch["valid"]).sum())
-        if rank == 0 and micro % state.cfg.train.log_every == 0:
-            print(f"epoch {epoch} batch {micro} loss {losses.get('loss', float('nan')):.4f}", flush=True)
+        if progress is not None:
+            progress.update(clips + bad, loss=float(losses.get("loss", float("nan"))))
+    if progress is not None:
+        progress.close(clips + bad)
     elapsed = time.perf_counter() - start
     keys = sorted(sums)
     totals = _all_reduce(np.array([sums[k] for k in keys] + [micro, clips, bad, elapsed]))
@@ -155,15 +160,31 @@ def train_epoch(state: TrainState, shard, epoch: int, rank: int) -> dict[str, fl
     world = dist.get_world_size() if dist.is_initialized() else 1
     metrics.update(train_clips=seen, bad_clips=bad_total, lr=max(state.scheduler.get_last_lr()),
                    train_clips_per_s=seen / max(totals[-1] / world, 1e-9))
+    metrics.update(_feed_metrics(feed, elapsed, clips + bad, state.device))
     return metrics
+
+
+def _feed_metrics(feed: DeviceFeed, elapsed: float, rows: int, device: torch.device) -> dict:
+    """data_wait_fraction: the share of the epoch a worker waited for its batches (mean over
+    workers); train_clips_per_s_warm: clips/s after each worker's first batch (the pipeline's
+    start-up left out; summed over workers); peak GPU memory of rank 0's device."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    warm = (rows - feed.first_rows) / max(elapsed - feed.first_s, 1e-9)
+    wait, warm = _all_reduce(np.array([feed.wait_s / max(elapsed, 1e-9), warm]))
+    out = {"data_wait_fraction": wait / world, "train_clips_per_s_warm": warm,
+           "first_batch_s": feed.first_s}
+    if device.type == "cuda":
+        out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
 
 
 @torch.no_grad()
 def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
-                   batch_size: int, device: torch.device, bf16: bool = False) -> dict[str, float]:
+                   batch_size: int, device: torch.device, bf16: bool = False,
+                   progress: Progress | None = None) -> dict[str, float]:
     model.eval()
     accuracy = Accuracy(taxonomy, mode)
-    for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
+    for batch in DeviceFeed(shard, batch_size, device):
         valid = batch["valid"]
         if not bool(valid.any()):
             continue
@@ -171,6 +192,10 @@ def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
             out = model(batch["video"][valid])
         probs = {level: torch.softmax(out.logits[level].float(), dim=-1) for level in LEVELS}
         accuracy.update(probs, {level: batch[level][valid] for level in LEVELS})
+        if progress is not None:
+            progress.update(accuracy.total)
+    if progress is not None:
+        progress.close(accuracy.total)
     accuracy.load_state(_all_reduce(accuracy.state().astype(np.float64)).round().astype(np.int64))
     return {**accuracy.metrics(), "val_clips": float(accuracy.total)}
 
@@ -236,16 +261,33 @@ def train_loop(loop_config: dict) -> None:
         for epoch in range(start_epoch, cfg.train.epochs):
             # Randomness is a function of (seed, epoch, rank): a resumed epoch draws the same.
             _seed_everything(cfg.train.seed + 1000 * epoch + rank)
-            metrics = train_epoch(state, train_shard, epoch, rank)
+            shown = _progress(f"epoch {epoch + 1}/{cfg.train.epochs}", "train", loop_config,
+                              rank, after=cfg.train.epochs - epoch - 1)
+            metrics = train_epoch(state, train_shard, epoch, rank, shown)
             # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
             metrics.update(evaluate_epoch(eval_module(state), val_shard, taxonomy, cfg.eval.mode,
-                                          cfg.eval.batch_size, device, bf16))
+                                          cfg.eval.batch_size, device, bf16,
+                                          _progress(f"evaluate epoch {epoch + 1}", "val",
+                                                    loop_config, rank)))
             metrics.update(epoch=epoch, step=state.step)
             _check_bad_fraction(metrics, cfg.data.max_bad_fraction)
             _report(state, metrics, taxonomy, text_dim, rank, loop_config)
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def _progress(label: str, split: str, loop_config: dict, rank: int,
+              after: int = 0) -> Progress | None:
+    """Rank 0's progress over its share of a split (the driver counted the split's clips)."""
+    if rank != 0:
+        return None
+    import ray.train
+
+    world = ray.train.get_context().get_world_size()
+    share = -(-loop_config.get("epoch_clips", {}).get(split, 0) // world)
+    return Progress(f"{label} (rank 0 of {world})", share or None, stream=sys.stdout,
+                    passes_after=after)
 
 
 def _newest(reported, folder: str | None):

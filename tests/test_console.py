@@ -1,0 +1,86 @@
+"""Progress as people expect it: timed lines in logs, a live bar on a terminal, nothing when
+quiet; and the learning-curve picture of a run."""
+
+import io
+import os
+
+from cg_ray.console import Progress, quiet_mode
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _run(progress: Progress, clock: Clock, steps: int, seconds_per_step: float) -> None:
+    for i in range(1, steps + 1):
+        clock.now += seconds_per_step
+        progress.update(i * 10, loss=1.0 / i)
+    progress.close(steps * 10)
+
+
+def test_lines_at_the_configured_interval_in_logs():
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("epoch 1/3", total=600, stream=out, every=30, passes_after=2, clock=clock)
+    _run(progress, clock, steps=60, seconds_per_step=1.0)  # 60 s: lines at 30 s, 60 s, close
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in out.getvalue()
+    assert lines[0] == ("epoch 1/3 [##########..........] 300/600 clips 10.0 clips/s "
+                        "loss 0.03333 ETA 0:30 (all 2:30)")
+    assert lines[-1].startswith("epoch 1/3 [####################] 600/600 clips 10.0 clips/s")
+    assert "ETA 0:00" in lines[-1] and "(all" not in lines[-1]
+
+
+def test_never_a_flood():
+    out, clock = io.StringIO(), Clock()
+    _run(Progress("pack", total=100000, stream=out, every=30, clock=clock), clock,
+         steps=10000, seconds_per_step=0.01)  # 100 s of tiny steps
+    assert len(out.getvalue().splitlines()) == 4  # 30, 60, 90 s and the end
+
+
+def test_quiet_prints_nothing_and_restores_the_environment():
+    before = os.environ.get("CG_RAY_QUIET")
+    with quiet_mode(True):
+        out, clock = io.StringIO(), Clock()
+        _run(Progress("evaluate val", total=50, stream=out, every=0, clock=clock), clock, 5, 1.0)
+        assert out.getvalue() == ""
+    assert os.environ.get("CG_RAY_QUIET") == before
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_live_bar_on_a_terminal():
+    out, clock = Terminal(), Clock()
+    _run(Progress("scenes", total=40, stream=out, clock=clock), clock, steps=4, seconds_per_step=1)
+    text = out.getvalue()
+    assert text.count("\r") == 5 and text.endswith("\n") and text.count("\n") == 1
+    assert "\rscenes [####################] 40/40 clips" in text
+
+
+def test_unknown_total_counts_up():
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("batch predict", total=None, stream=out, every=0, clock=clock)
+    clock.now = 2.0
+    progress.update(8)
+    assert out.getvalue() == "batch predict 8 clips 4.0 clips/s\n"
+
+
+def test_learning_curves_png_draws_every_logged_curve():
+    import numpy as np
+    from PIL import Image
+
+    from cg_ray.report.curves import learning_curves_png
+
+    history = {"train_loss": [(0, 9.0), (1, 6.0), (2, 4.5)], "train_city": [(0, 2.5), (1, 2.0)],
+               "city_top1": [(0, 20.0), (1, 45.0), (2, 61.0)], "continent_top1": [(0, 50.0)]}
+    png = learning_curves_png(history, "run")
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert image.shape == (450, 1200, 3)
+    empty = np.asarray(Image.open(io.BytesIO(learning_curves_png({}, "run"))).convert("RGB"))
+    assert (image != empty).any(axis=2).sum() > 2000  # the curves and legends are drawn
