@@ -15,10 +15,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# `make test` runs the files on several pytest-xdist workers: each has its own S3 server port and
+# Ray temp dir (a worker inherits the controller's environment, so these are set, not defaulted).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if WORKER:
+    os.environ["CG_RAY_TEST_S3_PORT"] = str(_free_port())
+    if os.environ.get("RAY_TMPDIR"):
+        os.environ["RAY_TMPDIR"] = os.path.join(os.environ["RAY_TMPDIR"], WORKER)
+        os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
+
 # The S3-compatible test server's address and dummy keys are in the environment before anything
 # starts Ray, so Ray's worker processes inherit them (see the `s3` fixture).
 S3_PORT = int(os.environ.setdefault("CG_RAY_TEST_S3_PORT", str(_free_port())))
-os.environ.setdefault("AWS_ENDPOINT_URL", f"http://127.0.0.1:{S3_PORT}")
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_REGION", "us-east-1")
