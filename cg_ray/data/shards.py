@@ -5,9 +5,10 @@
     DEST/shards/frames{T}_size{S}/{split}/part-00000.parquet ...   PACK_SCHEMA rows, one per clip
     DEST/shards/frames{T}_size{S}/pack_report.json                 written last: the pack is complete
 
-and clip_dataset() streams them when a complete pack exists for the configured T and S. A clip
-that could not be packed is still a row (no frames, `error` set), so training counts it in
-`bad_clips` exactly as it would count a clip that fails to decode from the raw files.
+and clip_dataset() streams them when a complete pack at the configured S serves the configured
+sampling (cg_ray.data.packed_sampling: a pack of F >= T frames, from which the loader takes the
+sampled T). A clip that could not be packed is still a row (no frames, `error` set), so training
+counts it in `bad_clips` exactly as it would count a clip that fails to decode from the raw files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cg_ray import storage
+from cg_ray.data.packed_sampling import (is_identity, pack_command, pack_name, select_frames,
+                                         serving_pack)
+from cg_ray.data.sampling import Sampling
 from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS
@@ -42,8 +46,9 @@ STREAM_COLUMNS = ["clip_id", *LEVELS, "scene_soft", "scene_majority", "frames", 
 LABEL_COLUMNS = ["split", *LEVELS, "scene_soft", "scene_majority"]  # copied from the manifest
 
 
-def pack_dir(data_path: str, num_frames: int, image_size: int) -> str:
-    return storage.join(data_path, "shards", f"frames{num_frames}_size{image_size}")
+def pack_dir(data_path: str, num_frames: int, image_size: int, kind: str = "uniform") -> str:
+    """DEST/shards/frames{F}_size{S}, with `_official` for a pack of the official picks."""
+    return storage.join(data_path, "shards", pack_name(num_frames, image_size, kind))
 
 
 def shard_path(root: str, split: str, index: int) -> str:
@@ -57,21 +62,22 @@ def manifest_stamp(data_path: str) -> dict:
     return {"size": info.size, "mtime_ns": info.mtime_ns}
 
 
-def packed_files(data_path: str, split: str, num_frames: int, image_size: int) -> list[str] | None:
-    """The shard files of one split, when a complete pack for (T, S) exists; else None.
+def packed_files(data_path: str, split: str, num_frames: int, image_size: int,
+                 kind: str = "uniform") -> list[str] | None:
+    """The shard files of one split, when a complete pack for (F, S, kind) exists; else None.
 
     A pack made from an older manifest (prepared again, or given scene labels by `cg-ray scenes`
     since) is refused: its labels would be stale."""
-    root = pack_dir(data_path, num_frames, image_size)
+    root = pack_dir(data_path, num_frames, image_size, kind)
     report_path = storage.join(root, REPORT)
     if not storage.exists(report_path):
         return None
     report = json.loads(storage.read_text(report_path))
     if report.get("manifest") != manifest_stamp(data_path):
         raise UserError(f"'{data_path}/manifest.parquet' changed after the shards in '{root}' were "
-                        f"packed (prepared again, or new scene labels); run `cg-ray pack {data_path} "
-                        f"--frames {num_frames} --size {image_size}` again: it keeps the packed "
-                        f"frames and refreshes the labels")
+                        f"packed (prepared again, or new scene labels); run "
+                        f"`{pack_command(data_path, num_frames, image_size, kind)}` again: it keeps "
+                        f"the packed frames and refreshes the labels")
     return [storage.join(root, name) for name in report["shards"].get(split, [])]
 
 
@@ -151,8 +157,23 @@ def decode_packed_batch(batch: pa.Table, *, label_ids: dict[str, dict[str, int]]
     return out
 
 
+def _sampled_batch(make_batch, rows: pa.Table, *, sampling: Sampling, kind: str, packed: int,
+                   seed: int | None, decode_args: dict) -> dict[str, np.ndarray]:
+    """make_batch on the frames `sampling` picks out of each clip's `packed` ones (training
+    draws: seeded per epoch and clip); video then is (B, *sampling.leading, T, S, S, 3)."""
+    rng_for = (lambda clip: epoch_rng(seed or 0, f"frames:{clip}")) if sampling.training else None
+    rows = select_frames(rows, sampling, kind, packed, rng_for)
+    per_clip = int(np.prod(sampling.leading, dtype=np.int64)) * sampling.num_frames
+    out = make_batch(rows, **{**decode_args, "num_frames": per_clip})
+    if "video" in out and sampling.leading:
+        video = out["video"]
+        out["video"] = video.reshape(len(video), *sampling.leading, sampling.num_frames, *video.shape[2:])
+    return out
+
+
 def read_and_decode(item: dict[str, np.ndarray], *, filesystem, batch_size: int,
-                    seed: int | None, **decode_args) -> Iterator[dict[str, np.ndarray]]:
+                    seed: int | None, select: dict | None = None,
+                    **decode_args) -> Iterator[dict[str, np.ndarray]]:
     """One Ray Data task per shard file: read it once, (with a seed) put its rows in this
     epoch's order, and yield decoded batches of `batch_size` clips as they are ready."""
     for path in item["path"]:
@@ -160,12 +181,17 @@ def read_and_decode(item: dict[str, np.ndarray], *, filesystem, batch_size: int,
         if seed is not None and table.num_rows:
             table = table.take(pa.array(epoch_rng(seed, str(path)).permutation(table.num_rows)))
         for start in range(0, table.num_rows, batch_size):
-            yield decode_packed_batch(table.slice(start, batch_size), **decode_args)
+            rows = table.slice(start, batch_size)
+            if select is None:  # the packed frames are the sampled ones
+                yield decode_packed_batch(rows, **decode_args)
+            else:
+                yield _sampled_batch(decode_packed_batch, rows, seed=seed, decode_args=decode_args, **select)
 
 
 def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, int]],
                    num_frames: int, image_size: int, scene_labels: str,
-                   shuffle_seed: int | None, keep_ids: bool, decode_batch_size: int = 12):
+                   shuffle_seed: int | None, keep_ids: bool, decode_batch_size: int = 12,
+                   sampling: Sampling | None = None):
     """The clips of one split streamed from a complete pack, or None when there is none.
     `decode_batch_size`: the batch size the consumer iterates with.
 
@@ -175,9 +201,14 @@ def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, in
     """
     import ray.data
 
-    files = packed_files(data_path, split, num_frames, image_size)
+    sampling = sampling or Sampling("uniform", num_frames)
+    pack = serving_pack(data_path, sampling, image_size, REPORT)  # refuses a pack that cannot
+    files = packed_files(data_path, split, pack.frames, image_size, pack.kind) if pack else None
     if not files:
         return None
+    select = None if is_identity(sampling, pack) else dict(sampling=sampling, kind=pack.kind,
+                                                           packed=pack.frames)
+    per_clip = int(np.prod(sampling.leading, dtype=np.int64)) * sampling.num_frames
     fs, _ = storage.filesystem(data_path)
     paths = [storage.filesystem(f)[1] for f in files]
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
@@ -190,10 +221,10 @@ def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, in
     block = decode_batch_size * max(1, BLOCK_CLIPS // decode_batch_size)
     ds = ds.map_batches(
         read_and_decode, batch_size=1, batch_format="numpy",
-        fn_kwargs=dict(filesystem=fs, batch_size=block, seed=shuffle_seed,
+        fn_kwargs=dict(filesystem=fs, batch_size=block, seed=shuffle_seed, select=select,
                        label_ids=label_ids, num_frames=num_frames, image_size=image_size,
                        scene_labels=scene_labels, keep_ids=keep_ids))
     # Each decoded batch is a block of its own: Ray Data would otherwise copy batches together
     # into ~128 MB blocks, one more pass over every pixel and more memory held per block.
-    ds.context.target_max_block_size = block * num_frames * image_size ** 2 * 3 + 2**20
+    ds.context.target_max_block_size = block * per_clip * image_size ** 2 * 3 + 2**20
     return ds

@@ -16,6 +16,7 @@ import ray.data
 
 from cg_ray import storage
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.data.sampling import Sampling
 from cg_ray.data.tables import NUM_SCENES, scene_targets
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
@@ -41,16 +42,24 @@ def load_taxonomy(data_path: str) -> Taxonomy:
 
 def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str, int]],
                  num_frames: int, image_size: int, scene_labels: str,
-                 keep_ids: bool) -> dict[str, np.ndarray]:
-    """Manifest rows -> model inputs. video: (B, T, S, S, 3) uint8."""
+                 keep_ids: bool, sampling: Sampling | None = None,
+                 seed: int | None = None) -> dict[str, np.ndarray]:
+    """Manifest rows -> model inputs. video: (B, T, S, S, 3) uint8; with a sampling
+    (B, *sampling.leading, T, S, S, 3), training draws seeded by (seed, epoch, clip)."""
+    from cg_ray.data.shards import epoch_rng
+
     n = len(batch["source"])
-    video = np.zeros((n, num_frames, image_size, image_size, 3), dtype=np.uint8)
+    sampling = sampling or Sampling("uniform", num_frames)
+    video = np.zeros((n, *sampling.leading, sampling.num_frames, image_size, image_size, 3),
+                     dtype=np.uint8)
     valid = np.ones(n, dtype=bool)
     frame_lists = batch.get("frames")  # explicit frame files (MSLS sequences), else None
     for i, source in enumerate(batch["source"]):
         names = None if frame_lists is None or frame_lists[i] is None else [str(f) for f in frame_lists[i]]
         try:
-            video[i] = decode_clip(str(source), num_frames, image_size, frames=names)
+            rng = epoch_rng(seed or 0, f"frames:{batch['clip_id'][i]}") if sampling.training else None
+            video[i] = decode_clip(str(source), num_frames, image_size, frames=names,
+                                   sampling=sampling, rng=rng)
         except ClipError as exc:
             log.warning("skipping clip %s: %s", batch["clip_id"][i], exc)
             valid[i] = False
@@ -66,17 +75,19 @@ def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str,
 
 def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int,
                  image_size: int, scene_labels: str = "soft", shuffle_seed: int | None = None,
-                 keep_ids: bool = False, decode_batch_size: int = 4) -> ray.data.Dataset:
+                 keep_ids: bool = False, decode_batch_size: int = 4,
+                 sampling: Sampling | None = None) -> ray.data.Dataset:
     """The decoded clips of one split as a Ray Dataset (streamed; nothing materialized).
 
-    Reads the packed shards of (num_frames, image_size) when `cg-ray pack` made them, else
-    decodes the raw clips; the columns are the same either way.
+    `sampling` (default: uniform num_frames) picks each clip's frames. Reads packed shards when
+    `cg-ray pack` made one at image_size that serves the sampling (cg_ray.data.packed_sampling),
+    else decodes the raw clips; the columns are the same either way.
     """
     from cg_ray.data.shards import packed_dataset
 
     label_ids = {level: taxonomy.index(level) for level in LEVELS}
     packed = packed_dataset(data_path, split, label_ids, num_frames, image_size, scene_labels,
-                            shuffle_seed, keep_ids, decode_batch_size)
+                            shuffle_seed, keep_ids, decode_batch_size, sampling=sampling)
     if packed is not None:
         return packed
     fs, path = storage.filesystem(manifest_path(data_path))
@@ -89,7 +100,8 @@ def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int
     return ds.map_batches(
         decode_batch, batch_size=decode_batch_size, batch_format="numpy",
         fn_kwargs=dict(label_ids=label_ids, num_frames=num_frames, image_size=image_size,
-                       scene_labels=scene_labels, keep_ids=keep_ids),
+                       scene_labels=scene_labels, keep_ids=keep_ids, sampling=sampling,
+                       seed=shuffle_seed),
     )
 
 
