@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast lint format bench clean submit browser
+.PHONY: install demo test test-fast lint format bench clean submit browser gpu-check
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ submit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core_pipeline.py
+
+# make gpu-check [CPU=1] [OUT=gpu_check.json]: every GPU path measured in one run (under 8 min on
+#   a GPU; one line and exit 0 without one); CPU=1 runs the same steps at tiny sizes on the CPU.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(if $(CPU),--cpu) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf $(DEMO_DIR) runs mlflow.db mlartifacts

@@ -128,6 +128,36 @@ def test_seeded_shuffle_changes_every_epoch(packed):
     assert [r["clip_id"] for r in again.iter_rows()] == epochs[0]
 
 
+def test_gpu_decoding_streams_the_same_batches(packed):
+    """data.decode=gpu: Ray Data hands over JPEG bytes and the consumer's DeviceFeed decodes
+    them (torchvision on the CPU here, nvJPEG on a GPU): the batches of the CPU path."""
+    import torch
+
+    from cg_ray.data.feed import DeviceFeed
+
+    data, _, bad = packed
+    taxonomy = load_taxonomy(str(data))
+    batches = {}
+    for decode in ("cpu", "gpu"):
+        ds = clip_dataset(str(data), "train", taxonomy, T, S, keep_ids=True, decode_batch_size=5,
+                          decode=decode)
+        ds.context.execution_options.preserve_order = True
+        feed = DeviceFeed(ds, 5, torch.device("cpu"))
+        batches[decode] = list(feed)
+        assert feed.batches == 3 and 0 <= feed.first_s <= feed.wait_s and feed.first_rows == 5
+        if decode == "gpu":
+            assert "jpeg" in next(iter(ds.iter_batches(batch_size=5, batch_format="numpy")))
+    for cpu, gpu in zip(batches["cpu"], batches["gpu"]):
+        assert set(cpu) == set(gpu)
+        assert list(gpu["clip_id"]) == list(cpu["clip_id"])
+        assert gpu["valid"].tolist() == cpu["valid"].tolist()
+        assert [bool(v) for v in gpu["valid"]] == [c not in bad for c in gpu["clip_id"]]
+        assert gpu["video"].dtype == torch.uint8 and gpu["video"].shape == cpu["video"].shape
+        assert (gpu["video"].int() - cpu["video"].int()).abs().max() <= 2
+        for key in (*LEVELS, "scene"):
+            assert torch.equal(gpu[key], cpu[key])
+
+
 def test_workers_get_disjoint_parts_and_equal_steps(packed):
     """15 training clips in shards of 4, 4, 4, 3 over 2 workers: the same number of batches on
     each (the odd clip is left out), disjoint clips, both epochs."""

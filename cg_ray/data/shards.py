@@ -172,10 +172,14 @@ def _sampled_batch(make_batch, rows: pa.Table, *, sampling: Sampling, kind: str,
 
 
 def read_and_decode(item: dict[str, np.ndarray], *, filesystem, batch_size: int,
-                    seed: int | None, select: dict | None = None,
+                    seed: int | None, decode: str = "cpu", select: dict | None = None,
                     **decode_args) -> Iterator[dict[str, np.ndarray]]:
     """One Ray Data task per shard file: read it once, (with a seed) put its rows in this
-    epoch's order, and yield decoded batches of `batch_size` clips as they are ready."""
+    epoch's order, and yield decoded batches of `batch_size` clips as they are ready
+    (decode='gpu': their JPEG bytes instead, for the consumer to decode; gpu_decode.py)."""
+    from cg_ray.data.gpu_decode import jpeg_batch
+
+    make_batch = jpeg_batch if decode == "gpu" else decode_packed_batch
     for path in item["path"]:
         table = pq.read_table(str(path), columns=STREAM_COLUMNS, filesystem=filesystem)
         if seed is not None and table.num_rows:
@@ -183,17 +187,18 @@ def read_and_decode(item: dict[str, np.ndarray], *, filesystem, batch_size: int,
         for start in range(0, table.num_rows, batch_size):
             rows = table.slice(start, batch_size)
             if select is None:  # the packed frames are the sampled ones
-                yield decode_packed_batch(rows, **decode_args)
+                yield make_batch(rows, **decode_args)
             else:
-                yield _sampled_batch(decode_packed_batch, rows, seed=seed, decode_args=decode_args, **select)
+                yield _sampled_batch(make_batch, rows, seed=seed, decode_args=decode_args, **select)
 
 
 def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, int]],
                    num_frames: int, image_size: int, scene_labels: str,
                    shuffle_seed: int | None, keep_ids: bool, decode_batch_size: int = 12,
-                   sampling: Sampling | None = None):
+                   decode: str = "cpu", sampling: Sampling | None = None):
     """The clips of one split streamed from a complete pack, or None when there is none.
-    `decode_batch_size`: the batch size the consumer iterates with.
+    `decode_batch_size`: the batch size the consumer iterates with; `decode`: 'cpu' (pixels)
+    or 'gpu' (JPEG bytes, decoded by the consumer: cg_ray.data.gpu_decode).
 
     Read and decode are one task per shard file (no block of JPEG bytes in between); with a
     seed the shard files come in a new order every epoch (a shuffle of file names, not of data)
@@ -208,6 +213,10 @@ def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, in
         return None
     select = None if is_identity(sampling, pack) else dict(sampling=sampling, kind=pack.kind,
                                                            packed=pack.frames)
+    if decode == "gpu" and sampling.leading:
+        log.warning("data.decode=gpu gives one view per clip; decoding %s views on the CPU",
+                    sampling.leading)
+        decode = "cpu"
     per_clip = int(np.prod(sampling.leading, dtype=np.int64)) * sampling.num_frames
     fs, _ = storage.filesystem(data_path)
     paths = [storage.filesystem(f)[1] for f in files]
@@ -221,8 +230,9 @@ def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, in
     block = decode_batch_size * max(1, BLOCK_CLIPS // decode_batch_size)
     ds = ds.map_batches(
         read_and_decode, batch_size=1, batch_format="numpy",
-        fn_kwargs=dict(filesystem=fs, batch_size=block, seed=shuffle_seed, select=select,
-                       label_ids=label_ids, num_frames=num_frames, image_size=image_size,
+        fn_kwargs=dict(filesystem=fs, batch_size=block, seed=shuffle_seed, decode=decode,
+                       select=select, label_ids=label_ids, num_frames=num_frames,
+                       image_size=image_size,
                        scene_labels=scene_labels, keep_ids=keep_ids))
     # Each decoded batch is a block of its own: Ray Data would otherwise copy batches together
     # into ~128 MB blocks, one more pass over every pixel and more memory held per block.

@@ -76,20 +76,25 @@ def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str,
 def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int,
                  image_size: int, scene_labels: str = "soft", shuffle_seed: int | None = None,
                  keep_ids: bool = False, decode_batch_size: int = 4,
-                 sampling: Sampling | None = None) -> ray.data.Dataset:
+                 decode: str = "cpu", sampling: Sampling | None = None) -> ray.data.Dataset:
     """The decoded clips of one split as a Ray Dataset (streamed; nothing materialized).
 
     `sampling` (default: uniform num_frames) picks each clip's frames. Reads packed shards when
     `cg-ray pack` made one at image_size that serves the sampling (cg_ray.data.packed_sampling),
-    else decodes the raw clips; the columns are the same either way.
+    else decodes the raw clips; the columns are the same either way. decode='gpu' (packed shards
+    only; see resolve_decode) leaves the JPEGs to the consumer: `jpeg` and `jpeg_offsets`
+    columns instead of `video` (cg_ray.data.gpu_decode, cg_ray.data.feed).
     """
     from cg_ray.data.shards import packed_dataset
 
     label_ids = {level: taxonomy.index(level) for level in LEVELS}
     packed = packed_dataset(data_path, split, label_ids, num_frames, image_size, scene_labels,
-                            shuffle_seed, keep_ids, decode_batch_size, sampling=sampling)
+                            shuffle_seed, keep_ids, decode_batch_size, decode, sampling)
     if packed is not None:
         return packed
+    if decode == "gpu":
+        raise UserError(f"data.decode=gpu needs packed shards of '{data_path}' for "
+                        f"{num_frames} frames at {image_size}: run `cg-ray pack` first")
     fs, path = storage.filesystem(manifest_path(data_path))
     ds = ray.data.read_parquet(path, filesystem=fs)
     ds = ds.filter(expr=f"split == '{split}'")

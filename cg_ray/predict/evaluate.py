@@ -38,7 +38,8 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
     has one). `decode`: data.decode (default: the checkpoint's; see resolve_decode)."""
     from cg_ray.data.feed import DeviceFeed
     from cg_ray.data.gpu_decode import resolve_decode
-    from cg_ray.data.shards import packed_files
+    from cg_ray.data.packed_sampling import complete_packs
+    from cg_ray.data.shards import REPORT
     from cg_ray.data.stream import clip_dataset, load_taxonomy, split_summary
     from cg_ray.ray_env import init_ray
 
@@ -50,7 +51,7 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
     init_ray()
     d = loaded.config.data
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    packed = packed_files(data_path, split, d.num_frames, d.image_size) is not None
+    packed = bool(complete_packs(data_path, d.image_size, REPORT))
     decode = resolve_decode(decode or d.decode, device.type == "cuda", packed)
     model = loaded.model.to(device).eval()
     bf16 = device.type == "cuda" and loaded.config.train.precision != "fp32"

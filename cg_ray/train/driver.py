@@ -86,11 +86,11 @@ def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
 def _resolve_decode(cfg: Config, use_gpu: bool) -> str:
     """data.decode for this run: 'gpu' (workers decode the JPEG bytes) or 'cpu'."""
     from cg_ray.data.gpu_decode import resolve_decode
-    from cg_ray.data.shards import packed_files
+    from cg_ray.data.packed_sampling import complete_packs
+    from cg_ray.data.shards import REPORT
 
     d = cfg.data
-    packed = packed_files(d.path, d.train_split, d.num_frames, d.image_size) is not None
-    return resolve_decode(d.decode, use_gpu, packed)
+    return resolve_decode(d.decode, use_gpu, bool(complete_packs(d.path, d.image_size, REPORT)))
 
 
 # Keys that may change when a run resumes; any other difference means another experiment.
@@ -177,6 +177,7 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
     from ray.train.torch import TorchTrainer
 
     from cg_ray.train.checkpoint import read_checkpoint
+    from cg_ray.data.sampling import eval_sampling, training_sampling
     from cg_ray.data.stream import clip_dataset, split_summary
 
     taxonomy, tables = check_inputs(cfg)
@@ -217,9 +218,11 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
         # Decoded blocks of one batch each: the step's batches are then zero-copy views.
         "train": clip_dataset(d.path, d.train_split, taxonomy, d.num_frames, d.image_size,
                               d.scene_labels, shuffle_seed=cfg.train.seed,
-                              decode_batch_size=cfg.train.batch_size, decode=decode),
+                              decode_batch_size=cfg.train.batch_size, decode=decode,
+                              sampling=training_sampling(cfg)),
         "val": clip_dataset(d.path, d.val_split, taxonomy, d.num_frames, d.image_size, d.scene_labels,
-                            decode_batch_size=cfg.eval.batch_size, decode=decode),
+                            decode_batch_size=cfg.eval.batch_size, decode=decode,
+                            sampling=eval_sampling(cfg)),
     }
     # Ray Data re-seeds the shuffle on every execution (one per epoch) from a counter on the
     # dataset's context; starting it at the resumed epoch gives that epoch its own order again.
