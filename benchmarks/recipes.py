@@ -88,21 +88,24 @@ def _batch(cfg, sizes, n: int) -> dict:
     s = cfg.data.image_size
     video = torch.randint(0, 256, (n, *leading, cfg.data.num_frames, s, s, 3), generator=g, dtype=torch.uint8)
     scenes = torch.rand(n, 16, generator=g)
-    out = {"video": video, "valid": torch.ones(n, dtype=torch.bool), "scene": scenes / scenes.sum(1, keepdim=True)}
+    out = {"video": video, "valid": torch.ones(n, dtype=torch.bool),
+           "scene": scenes / scenes.sum(1, keepdim=True)}
     for level, k in zip(LEVELS, sizes):
         out[level] = torch.randint(0, k, (n,), generator=g)
     return out
 
 
 def step_costs(paper: bool, steps: int, batch: int) -> list[tuple[str, float]]:
-    from cg_ray.taxonomy import Taxonomy
     import json
+
+    from cg_ray.taxonomy import Taxonomy
 
     maps = json.loads((Path("/work/shared/data/official_hierarchy_mappings.json")).read_text()) \
         if paper and Path("/work/shared/data/official_hierarchy_mappings.json").exists() else None
     if maps:
         parents = {level: [m[str(i)] for i in range(len(m))] for level, m in zip(LEVELS, maps)}
-        sizes = [len(parents["city"]), len(parents["state"]), len(parents["country"]), max(parents["country"]) + 1]
+        sizes = [len(parents["city"]), len(parents["state"]), len(parents["country"]),
+                 max(parents["country"]) + 1]
     else:
         rows = [{"city": c, "state": s, "country": k, "continent": t}
                 for c, s, k, t in __import__("cg_ray.data.synthetic", fromlist=["places"]).places(12)]
@@ -114,7 +117,7 @@ def step_costs(paper: bool, steps: int, batch: int) -> list[tuple[str, float]]:
         torch.manual_seed(0)
         model = build_model(cfg, sizes, text_dim=512, parents=parents).train()
         optimizer = build_optimizer(model, cfg.optim)
-        tables = {l: torch.randn(n, 512) for l, n in zip(LEVELS, sizes)}
+        tables = {level: torch.randn(n, 512) for level, n in zip(LEVELS, sizes)}
         state = TrainState(model, optimizer, build_schedule(optimizer, cfg.optim, 100), cfg,
                            torch.device("cpu"), tables, bf16=False)
         state.ema = build_ema(model, cfg.train.ema)

@@ -29,8 +29,9 @@ def make_state(cfg, seed=0, total_steps=10):
     torch.manual_seed(seed)
     model = build_model(cfg, TAXONOMY.sizes, text_dim=8, parents=TAXONOMY.parents)
     optimizer = build_optimizer(model, cfg.optim)
-    tables = {l: torch.nn.functional.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
-              for l, n in zip(LEVELS, TAXONOMY.sizes)}
+    g = torch.Generator().manual_seed(1)
+    tables = {level: torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=-1)
+              for level, n in zip(LEVELS, TAXONOMY.sizes)}
     state = TrainState(model, optimizer, build_schedule(optimizer, cfg.optim, total_steps), cfg,
                        torch.device("cpu"), tables, bf16=False)
     state.ema = build_ema(model, cfg.train.ema)

@@ -21,7 +21,7 @@ augmentation on any device.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
@@ -41,6 +41,11 @@ def _affine(frames: torch.Tensor, **kwargs) -> torch.Tensor:
     return TF.affine(frames, interpolation=_BILINEAR, fill=0, **args)
 
 
+def _shift(extent: int, level: float, sign: float) -> int:
+    """Pixels of a translation: up to 45% of the frame's extent at full magnitude."""
+    return int(round(sign * 0.45 * level * extent))
+
+
 OPS: dict[str, _Op] = {
     "identity": lambda x, level, sign: x,
     "autocontrast": lambda x, level, sign: TF.autocontrast(x),
@@ -54,8 +59,8 @@ OPS: dict[str, _Op] = {
     "sharpness": lambda x, level, sign: TF.adjust_sharpness(x, 1.0 + sign * 0.9 * level),
     "shear_x": lambda x, level, sign: _affine(x, shear=[math.degrees(math.atan(sign * 0.3 * level)), 0.0]),
     "shear_y": lambda x, level, sign: _affine(x, shear=[0.0, math.degrees(math.atan(sign * 0.3 * level))]),
-    "translate_x": lambda x, level, sign: _affine(x, translate=[int(round(sign * 0.45 * level * x.shape[-1])), 0]),
-    "translate_y": lambda x, level, sign: _affine(x, translate=[0, int(round(sign * 0.45 * level * x.shape[-2]))]),
+    "translate_x": lambda x, level, sign: _affine(x, translate=[_shift(x.shape[-1], level, sign), 0]),
+    "translate_y": lambda x, level, sign: _affine(x, translate=[0, _shift(x.shape[-2], level, sign)]),
 }
 
 
@@ -127,7 +132,8 @@ def augment_batch(video: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     """Augment a batch (B, T, H, W, 3) uint8 in place, clip by clip, and return it. Views of a
     clip ((B, V, T, H, W, 3): bidirectional, multi-view) share the clip's one draw."""
     if video.dtype != torch.uint8 or video.dim() < 5 or video.shape[-1] != 3:
-        raise ValueError(f"augment_batch expects (B, T, H, W, 3) uint8, got {tuple(video.shape)} {video.dtype}")
+        raise ValueError(f"augment_batch expects (B, T, H, W, 3) uint8, got {tuple(video.shape)} "
+                         f"{video.dtype}")
     for b in range(video.shape[0]):
         frames = video[b].reshape(-1, *video.shape[-3:])  # (T', H, W, 3), a view when contiguous
         out = augment_clip(frames.permute(0, 3, 1, 2), cfg, generator).permute(0, 2, 3, 1)

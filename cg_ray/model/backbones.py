@@ -100,7 +100,7 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The transformer layers of a transformers encoder (VideoMAE: encoder.layer; ViT and
     ViTMAE in transformers 5: layers)."""
     for path in ("encoder.layer", "layers", "encoder.layers"):
-        module = encoder
+        module: object = encoder
         for part in path.split("."):
             module = getattr(module, part, None)
         if isinstance(module, nn.ModuleList):

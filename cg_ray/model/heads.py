@@ -23,7 +23,7 @@ The graph head, exactly:
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,9 @@ def register(name: str):
 
 
 def build_head(name: str, feature_dim: int, num_classes: Sequence[int], *,
-               parents: Optional[Mapping[str, Sequence[int]]] = None, dim: int = 128,
+               parents: Mapping[str, Sequence[int]] | None = None, dim: int = 128,
                layers: int = 2, heads: int = 4,
-               text: Optional[Mapping[str, torch.Tensor]] = None) -> nn.Module:
+               text: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """The head `name` maps (B, feature_dim) to {level: (B, n_level)}."""
     if name not in HEADS:
         raise UserError(f"unknown model.head '{name}' (known: {', '.join(sorted(HEADS))})")
@@ -130,10 +130,12 @@ class GraphHead(nn.Module):
 
     no_weight_decay_names = ("node", "level", "bias")
     """Embedding tables and biases: the optimizer's weight decay leaves them alone."""
+    edges: torch.Tensor
+    level_of: torch.Tensor
 
     def __init__(self, feature_dim: int, num_classes: Sequence[int], parents: Mapping[str, Sequence[int]],
                  dim: int = 128, layers: int = 2, heads: int = 4,
-                 text: Optional[Mapping[str, torch.Tensor]] = None):
+                 text: Mapping[str, torch.Tensor] | None = None):
         super().__init__()
         self.num_classes = list(num_classes)
         self.register_buffer("edges", tree_edges(num_classes, parents), persistent=False)

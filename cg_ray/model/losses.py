@@ -32,14 +32,14 @@ def consistency_loss(logits: dict[str, torch.Tensor], parents: dict[str, torch.T
     (P(parent) - sum of its children's P)^2, with P each level's softmax; summed over the three
     pairs, mean over the batch. Zero exactly when every level's distribution is the sum of the
     level below. logits[level]: (B, n_level); parents[child_level]: (n_child,) parent ids."""
-    total = 0.0
+    pairs = []
     for child, parent in zip(LEVELS[:-1], LEVELS[1:]):
         p_child = F.softmax(logits[child].float(), dim=-1)
         p_parent = F.softmax(logits[parent].float(), dim=-1)
         index = parents[child].to(p_child.device).expand_as(p_child)
         summed = torch.zeros_like(p_parent).scatter_add(1, index, p_child)
-        total = total + (p_parent - summed).pow(2).sum(dim=-1).mean()
-    return total
+        pairs.append((p_parent - summed).pow(2).sum(dim=-1).mean())
+    return torch.stack(pairs).sum()
 
 
 def text_targets(tables: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
