@@ -60,5 +60,6 @@ def test_yaml_round_trip():
 def test_every_shipped_config_loads_and_builds(path):
     # A hub id cannot be fetched here: build the same architecture from the config's fields.
     cfg = load_config(str(path), ["data.path=/nowhere", "model.backbone.pretrained=null"])
-    model = build_model(cfg, [5, 4, 3, 2], text_dim=16)
+    parents = {"city": [0, 1, 2, 3, 3], "state": [0, 1, 2, 2], "country": [0, 0, 1]}  # the graph head's tree
+    model = build_model(cfg, [5, 4, 3, 2], text_dim=16, parents=parents)
     assert sum(p.numel() for p in model.parameters()) > 0
