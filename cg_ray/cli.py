@@ -49,7 +49,8 @@ def cmd_pack(args) -> None:
 
     report = pack(args.dest, PackOptions(
         num_frames=args.frames, image_size=args.size, quality=args.quality,
-        clips_per_shard=args.clips_per_shard, min_frames=args.min_frames, seed=args.seed))
+        clips_per_shard=args.clips_per_shard, min_frames=args.min_frames, seed=args.seed,
+        sampling=args.sampling))
     print(json.dumps({k: v for k, v in report.items() if k not in ("skipped", "shards")}))
     if report["skipped"]:
         print(f"skipped {len(report['skipped'])} clips: see {report['dest']}/pack_report.json")
@@ -129,10 +130,10 @@ def cmd_evaluate(args) -> None:
 
         metrics, note = evaluate_with_report(
             args.checkpoint, args.data, args.report, args.split, modes[0], args.coordinates,
-            args.predictions_out, args.batch_size, args.tracking_uri)
+            args.predictions_out, args.batch_size, args.tracking_uri, views=args.views)
     else:
         metrics = evaluate(args.checkpoint, args.data, args.split, modes, args.predictions_out,
-                           args.batch_size)[modes[0]]
+                           args.batch_size, views=args.views)[modes[0]]
     _write_json(args.metrics_out, {"mode": modes[0], **metrics})
     print(format_table({modes[0]: metrics}))
     print(f"{metrics['num_clips']} clips, {metrics['bad_clips']} skipped, "
@@ -150,6 +151,9 @@ def cmd_predict(args) -> None:
 
         if not args.out:
             raise UserError("--input-list needs --out OUT.parquet")
+        if args.views is not None:
+            raise UserError("--views goes with single inputs; batch prediction takes the "
+                            "checkpoint's eval.views")
         print(json.dumps(batch_predict(args.checkpoint, args.input_list, args.out, args.mode,
                                        args.top_k, args.batch_size, args.actors)))
         return
@@ -158,8 +162,8 @@ def cmd_predict(args) -> None:
     from cg_ray.predict.predictor import Predictor, format_outcome, open_checkpoint, predict_inputs
 
     loaded, _ = open_checkpoint(args.checkpoint)
-    outcomes = predict_inputs(Predictor(loaded, args.mode, args.top_k), args.inputs,
-                              args.batch_size)
+    outcomes = predict_inputs(Predictor(loaded, args.mode, args.top_k, views=args.views),
+                              args.inputs, args.batch_size)
     for outcome in outcomes:
         if outcome.error:
             print(f"cg-ray predict: error: {outcome.error}", file=sys.stderr)
@@ -253,7 +257,7 @@ def _progress_option(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
 
 
-MODES = ["flat", "independent", "codependent"]
+MODES = ["flat", "independent", "codependent", "official"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,6 +320,10 @@ cg-ray pack s3://work/cg68k --frames 16 --size 224""", cmd_pack)
     p.add_argument("--clips-per-shard", type=int, default=120, help="clips per parquet shard")
     p.add_argument("--min-frames", type=int, default=1, help="skip clips with fewer frames")
     p.add_argument("--seed", type=int, default=0, help="order of clips over the shards")
+    p.add_argument("--sampling", choices=["uniform", "official"], default="uniform",
+                   help="which frames are stored: evenly spaced (serves data.sampling uniform, "
+                        "random, bidirectional; random and bidirectional need --frames 2T) or "
+                        "the official picks, every 5th from the first (data.sampling=official)")
     _progress_option(p)
 
     p = _command(sub, "bench", "measure a part of the system", """
@@ -427,6 +435,8 @@ cg-ray evaluate --checkpoint CKPT --data data/ --report report/""", cmd_evaluate
     p.add_argument("--mode", choices=MODES, help="hierarchical evaluation mode (default: "
                                                  "codependent)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch")
+    p.add_argument("--views", type=int, metavar="K", help="temporal clips per video, "
+                   "probabilities averaged (default: the checkpoint's eval.views)")
     p.add_argument("--metrics-out", metavar="PATH", help="also write the metrics as JSON here")
     p.add_argument("--predictions-out", metavar="PATH",
                    help="write one parquet row per clip: true and predicted labels, probabilities")
@@ -450,6 +460,8 @@ cg-ray predict --checkpoint CKPT --input-list clips.csv --out predictions.parque
     p.add_argument("--mode", choices=MODES, default="codependent",
                    help="hierarchical evaluation mode")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
+    p.add_argument("--views", type=int, metavar="K", help="temporal clips per input, "
+                   "probabilities averaged (default: the checkpoint's eval.views)")
     p.add_argument("--input-list", metavar="CSV|DIR|URI",
                    help="batch prediction with Ray Data over a folder or a list of clips")
     p.add_argument("--out", metavar="OUT.parquet", help="where batch predictions go")

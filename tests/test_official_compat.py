@@ -111,3 +111,65 @@ def test_official_import_keeps_the_authors_ids_as_class_indices(tmp_path, names)
         assert taxonomy.index("city")["city_10"] == 10
     assert taxonomy.parents["city"] == [c // 2 for c in range(12)]
     assert taxonomy.parents["state"] == [s // 3 for s in range(6)]
+
+
+def tiny_model(extra=()):
+    from cg_ray.config import config_from_dict
+    from cg_ray.model.net import build_model
+
+    torch.manual_seed(0)
+    cfg = config_from_dict({}, ["data.num_frames=4", "data.image_size=32", "model.tla.enabled=false",
+                                "model.backbone.num_layers=1", "model.backbone.hidden_size=32",
+                                "model.backbone.num_heads=2", "model.backbone.intermediate_size=32",
+                                *extra])
+    return cfg, build_model(cfg, TAXONOMY.sizes).eval()
+
+
+def test_bidirectional_views_are_fused_by_the_mean_of_their_backbone_features():
+    _, model = tiny_model()
+    video = torch.randint(0, 256, (3, 2, 4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        fused = model.clip_feature(video)
+        each = [model.clip_feature(video[:, v]) for v in range(2)]
+        assert torch.allclose(fused, (each[0] + each[1]) / 2, atol=1e-5)
+        assert model(video).logits["city"].shape == (3, 3)
+
+
+def test_view_probs_average_the_softmax_of_each_view():
+    from cg_ray.evaluation import view_probs
+
+    _, model = tiny_model()
+    video = torch.randint(0, 256, (2, 3, 4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        mean = view_probs(model, video, views=3)
+        each = [torch.softmax(model(video[:, k]).logits["city"], -1) for k in range(3)]
+    assert torch.allclose(mean["city"], sum(each) / 3, atol=1e-6)
+
+
+def test_predictor_takes_the_checkpoints_sampling_and_views(tmp_path):
+    import numpy as np
+
+    from cg_ray.data.decode import decode_clip
+    from cg_ray.predict.predictor import Predictor, open_checkpoint, predict_inputs
+    from cg_ray.train.checkpoint import save_checkpoint
+
+    cfg, model = tiny_model(["data.sampling=bidirectional", "eval.views=2", "eval.mode=official"])
+    save_checkpoint(str(tmp_path / "ckpt"), model=model, optimizer=torch.optim.Adam(model.parameters()),
+                    epoch=0, metrics={}, config=cfg, taxonomy=TAXONOMY, text_dim=8)
+    loaded, _ = open_checkpoint(str(tmp_path / "ckpt"))
+    predictor = Predictor(loaded, "official", top_k=2)
+    assert predictor.sampling.leading == (2, 2)  # two views, each a forward + reversed pair
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for n in range(1, 21):
+        Image.new("RGB", (32, 32), (12 * n, 255 - 12 * n, 0)).save(clip / f"{n}.png")
+    (outcome,) = predict_inputs(predictor, [str(clip)])
+    video = decode_clip(str(clip), 4, 32, sampling=predictor.sampling)
+    assert video.shape == (2, 2, 4, 32, 32, 3)
+    probs = predictor.probs(video[None])
+    city = int(probs["city"][0].argmax())
+    assert outcome.prediction["city"] == TAXONOMY.labels["city"][city]
+    assert outcome.prediction["state"] == TAXONOMY.labels["state"][TAXONOMY.parents["city"][city]]
+    assert np.isclose(outcome.prediction["top_k"]["city"][0]["prob"], float(probs["city"][0].max()),
+                      atol=1e-5)
+    assert Predictor(loaded, "official", views=1).sampling.leading == (2,)

@@ -123,3 +123,13 @@ class Sampling:
 def pack_indices(kind: str, n: int, frames: int) -> np.ndarray:
     """(F,) the frames `cg-ray pack --frames F --sampling KIND` stores of a clip of n frames."""
     return official(n, frames) if kind == "official" else uniform(n, frames)
+
+
+def training_sampling(cfg) -> Sampling:
+    """The sampling of a config's training split (cfg: cg_ray.config.Config)."""
+    return Sampling(cfg.data.sampling, cfg.data.num_frames, training=True)
+
+
+def eval_sampling(cfg, views: int | None = None) -> Sampling:
+    """The sampling of evaluation and prediction: eval.views clips per video, or `views`."""
+    return Sampling(cfg.data.sampling, cfg.data.num_frames, views or cfg.eval.views)

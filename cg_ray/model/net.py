@@ -58,8 +58,9 @@ class CityGuessrNet(nn.Module):
         self.sca, self.ffn_scene, self.ffn_text = sca, ffn_scene, ffn_text
 
     def forward(self, video: torch.Tensor) -> GeoOutput:
-        """video: (B, T, H, W, 3) uint8."""
-        feature = self.backbone(self.normalize(video))
+        """video: (B, T, H, W, 3) uint8, or (B, V, T, H, W, 3): V views of each clip (the
+        forward and reversed views of data.sampling=bidirectional), fused by clip_feature."""
+        feature = self.clip_feature(video)
         logits = self.heads(feature)
         if self.sca is None:
             return GeoOutput(logits)
@@ -69,6 +70,17 @@ class CityGuessrNet(nn.Module):
             scene_logits=self.ffn_scene(attended) if self.ffn_scene is not None else None,
             text_embedding=self.ffn_text(attended) if self.ffn_text is not None else None,
         )
+
+
+    def clip_feature(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, D) backbone feature of each clip. With V views per clip every view goes through
+        the backbone (as a batch of B * V clips) and the clip's feature is the mean of its V
+        view features: the fusion of bidirectional sampling, before the heads."""
+        if video.dim() == 5:
+            return self.backbone(self.normalize(video))
+        b, v = video.shape[:2]
+        features = self.backbone(self.normalize(video.flatten(0, 1)))
+        return features.view(b, v, -1).mean(dim=1)
 
 
 def build_model(cfg: Config, num_classes: Sequence[int], text_dim: int = 512,

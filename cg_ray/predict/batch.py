@@ -41,16 +41,20 @@ OUTPUT_SCHEMA = pa.schema(
 # -- the Ray Data stages --------------------------------------------------------------------------
 
 
-def decode_inputs(batch: dict[str, np.ndarray], num_frames: int, image_size: int) -> dict[str, np.ndarray]:
-    """{input} -> {input, video (B, T, S, S, 3) uint8, error ('' when decoded)}."""
+def decode_inputs(batch: dict[str, np.ndarray], num_frames: int, image_size: int,
+                  sampling=None) -> dict[str, np.ndarray]:
+    """{input} -> {input, video (B, *sampling.leading, T, S, S, 3) uint8, error ('' when
+    decoded)}; `sampling`: the checkpoint's (data.sampling, eval.views), default uniform T."""
     from cg_ray.data.decode import decode_clip
+    from cg_ray.data.sampling import Sampling
 
     n = len(batch["input"])
-    video = np.zeros((n, num_frames, image_size, image_size, 3), dtype=np.uint8)
+    sampling = sampling or Sampling("uniform", num_frames)
+    video = np.zeros((n, *sampling.leading, num_frames, image_size, image_size, 3), dtype=np.uint8)
     errors = [""] * n
     for i, source in enumerate(batch["input"]):
         try:
-            video[i] = decode_clip(str(source), num_frames, image_size)
+            video[i] = decode_clip(str(source), num_frames, image_size, sampling=sampling)
         except UserError as exc:
             errors[i] = str(exc) or type(exc).__name__
     return {"input": np.asarray(batch["input"]).astype(str), "video": video,
@@ -130,13 +134,14 @@ def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codep
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     loaded, path = open_checkpoint(checkpoint)
-    Predictor(loaded, mode, top_k)  # a bad mode or top-k fails here, before Ray starts
+    checked = Predictor(loaded, mode, top_k)  # a bad mode or top-k fails here, before Ray starts
     sources = list_inputs(input_list)
     if not sources:
         raise UserError(f"no videos or frame folders in '{input_list}'")
     init_ray()
     plan = pool_plan(pool_resources(), actors)
-    ds = _dataset(sources, path, loaded.config.data, plan, mode, top_k, batch_size)
+    ds = _dataset(sources, path, loaded.config.data, plan, mode, top_k, batch_size,
+                  sampling=checked.sampling)
     start = time.perf_counter()
     progress = Progress("batch predict", len(sources), every=progress_every)
     done, bad, first = _write(ds, out, progress)
@@ -157,8 +162,9 @@ def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codep
 
 
 def _dataset(sources: list[str], path: str, data, plan: dict, mode: str, top_k: int,
-             batch_size: int):
-    """sources -> decoded clips -> prediction rows, as a lazy Ray Dataset."""
+             batch_size: int, sampling=None):
+    """sources -> decoded clips -> prediction rows, as a lazy Ray Dataset; `sampling`: the
+    checkpoint's (what its Predictor expects)."""
     import ray
     import ray.data
 
@@ -166,7 +172,8 @@ def _dataset(sources: list[str], path: str, data, plan: dict, mode: str, top_k: 
                              # small blocks: work spreads over every actor, progress moves
                              override_num_blocks=min(1000, max(1, len(sources) // 4)))
     ds = ds.map_batches(decode_inputs, batch_size=4, batch_format="numpy",
-                        fn_kwargs=dict(num_frames=data.num_frames, image_size=data.image_size))
+                        fn_kwargs=dict(num_frames=data.num_frames, image_size=data.image_size,
+                                       sampling=sampling))
     return ds.map_batches(
         ClipPredictor, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(checkpoint_ref=[ray.put(_inference_bytes(path))], mode=mode,

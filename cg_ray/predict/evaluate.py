@@ -16,7 +16,7 @@ from cg_ray.console import Progress
 from cg_ray.train.checkpoint import LoadedModel, load_model
 from cg_ray.predict.registry import resolve_checkpoint
 from cg_ray.errors import UserError
-from cg_ray.evaluation import MODES, Accuracy, rank
+from cg_ray.evaluation import MODES, Accuracy, top1, view_probs
 from cg_ray.taxonomy import LEVELS
 
 
@@ -33,12 +33,15 @@ class DatasetProbs:
 
 @torch.no_grad()
 def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: int = 32,
-                  decode: str | None = None) -> DatasetProbs:
+                  decode: str | None = None, views: int | None = None) -> DatasetProbs:
     """Stream one split through Ray Data and the model (in this process, on its GPU when it
-    has one). `decode`: data.decode (default: the checkpoint's; see resolve_decode)."""
+    has one). `decode`: data.decode (default: the checkpoint's; see resolve_decode). `views`:
+    temporal clips per video, their softmax outputs averaged (default: the checkpoint's
+    eval.views); frames are taken by the checkpoint's data.sampling."""
     from cg_ray.data.feed import DeviceFeed
     from cg_ray.data.gpu_decode import resolve_decode
     from cg_ray.data.packed_sampling import complete_packs
+    from cg_ray.data.sampling import eval_sampling
     from cg_ray.data.shards import REPORT
     from cg_ray.data.stream import clip_dataset, load_taxonomy, split_summary
     from cg_ray.ray_env import init_ray
@@ -55,8 +58,9 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
     decode = resolve_decode(decode or d.decode, device.type == "cuda", packed)
     model = loaded.model.to(device).eval()
     bf16 = device.type == "cuda" and loaded.config.train.precision != "fp32"
+    sampling = eval_sampling(loaded.config, views)
     ds = clip_dataset(data_path, split, loaded.taxonomy, d.num_frames, d.image_size, keep_ids=True,
-                      decode_batch_size=batch_size, decode=decode)
+                      decode_batch_size=batch_size, decode=decode, sampling=sampling)
     ids, labels, probs, bad = [], {l: [] for l in LEVELS}, {l: [] for l in LEVELS}, 0
     start = time.perf_counter()
     progress = Progress(f"evaluate {split}", split_summary(data_path)[split])
@@ -67,11 +71,12 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
         if not valid.any():
             continue
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(batch["video"][torch.as_tensor(valid, device=device)])
+            clip_probs = view_probs(model, batch["video"][torch.as_tensor(valid, device=device)],
+                                    sampling.views)
         ids.extend(batch["clip_id"][valid].tolist())
         for level in LEVELS:
             labels[level].append(batch[level].cpu().numpy()[valid])
-            probs[level].append(torch.softmax(out.logits[level].float(), dim=-1).cpu().numpy())
+            probs[level].append(clip_probs[level].cpu().numpy())
     progress.close(len(ids) + bad, bad=bad)
     if not ids:
         raise UserError(f"no clip of split '{split}' in '{data_path}' could be decoded")
@@ -90,12 +95,12 @@ def metrics_for(result: DatasetProbs, loaded: LoadedModel, mode: str) -> dict[st
 def write_predictions(path: str, result: DatasetProbs, loaded: LoadedModel, mode: str) -> None:
     """One row per clip: clip_id, true and predicted names per level, the four prob vectors."""
     names = loaded.taxonomy.labels
-    top = rank({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode, k=1)
+    top = top1({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode)
     columns: dict[str, pa.Array] = {"clip_id": pa.array(result.clip_ids)}
     for level in LEVELS:
         columns[f"true_{level}"] = pa.array([names[level][i] for i in result.labels[level]])
     for level in LEVELS:
-        columns[f"pred_{level}"] = pa.array([names[level][i] for i in top[level][:, 0].tolist()])
+        columns[f"pred_{level}"] = pa.array([names[level][i] for i in top[level].tolist()])
     for level in LEVELS:
         columns[f"prob_{level}"] = pa.array(list(result.probs[level].astype(np.float32)),
                                             type=pa.list_(pa.float32()))
@@ -105,10 +110,12 @@ def write_predictions(path: str, result: DatasetProbs, loaded: LoadedModel, mode
 
 
 def evaluate(checkpoint: str, data_path: str, split: str = "val", modes=MODES,
-             predictions_out: str | None = None, batch_size: int = 32) -> dict[str, dict]:
-    """Metrics per mode for a checkpoint on a split; predictions (of the first mode) on request."""
+             predictions_out: str | None = None, batch_size: int = 32,
+             views: int | None = None) -> dict[str, dict]:
+    """Metrics per mode for a checkpoint on a split; predictions (of the first mode) on request.
+    `views`: temporal clips per video (default: the checkpoint's eval.views)."""
     loaded = load_model(resolve_checkpoint(checkpoint))
-    result = predict_split(loaded, data_path, split, batch_size)
+    result = predict_split(loaded, data_path, split, batch_size, views=views)
     if predictions_out:
         write_predictions(predictions_out, result, loaded, modes[0])
     return {mode: metrics_for(result, loaded, mode) for mode in modes}

@@ -14,7 +14,8 @@ import torch
 
 from cg_ray.train.checkpoint import LoadedModel, load_model
 from cg_ray.errors import UserError
-from cg_ray.evaluation import MODES, hierarchical_product, rank
+from cg_ray.data.sampling import eval_sampling
+from cg_ray.evaluation import MODES, hierarchical_product, rank, top1, view_probs
 from cg_ray.taxonomy import LEVELS
 
 
@@ -29,11 +30,12 @@ def open_checkpoint(reference: str, tracking_uri: str | None = None) -> tuple[Lo
 def level_scores(probs: dict[str, torch.Tensor], loaded: LoadedModel, mode: str) -> dict[str, torch.Tensor]:
     """What a mode ranks by, per level (B, n_level), rescaled to sum to 1 over the level.
 
-    flat: each head's softmax. independent/codependent: the Eq. 5 product of a label and its
-    ancestors; the product of four probabilities sums to less than 1, so it is renormalized to
-    read as a probability (this keeps the ranking unchanged).
+    flat, official: each head's softmax. independent/codependent: the Eq. 5 product of a label
+    and its ancestors; the product of four probabilities sums to less than 1, so it is
+    renormalized to read as a probability (this keeps the ranking unchanged).
     """
-    scores = probs if mode == "flat" else hierarchical_product(probs, loaded.taxonomy)
+    plain = mode in ("flat", "official")
+    scores = probs if plain else hierarchical_product(probs, loaded.taxonomy)
     return {level: s / s.sum(dim=1, keepdim=True).clamp_min(1e-30) for level, s in scores.items()}
 
 
@@ -41,7 +43,7 @@ class Predictor:
     """A loaded checkpoint that turns decoded clips into named predictions."""
 
     def __init__(self, loaded: LoadedModel, mode: str = "codependent", top_k: int = 5,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", views: int | None = None):
         if mode not in MODES:
             raise UserError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
         if top_k < 1:
@@ -51,23 +53,30 @@ class Predictor:
         self.model = loaded.model.to(self.device).eval()
         data = loaded.config.data
         self.num_frames, self.image_size = data.num_frames, data.image_size
+        # The checkpoint's data.sampling, and eval.views clips per video unless `views` says.
+        if views is not None and views < 1:
+            raise UserError(f"--views must be at least 1, got {views}")
+        self.sampling = eval_sampling(loaded.config, views)
 
     @torch.no_grad()
     def probs(self, video: np.ndarray) -> dict[str, torch.Tensor]:
-        """(B, T, S, S, 3) uint8 -> softmax per level (B, n_level) float32 on the CPU."""
-        out = self.model(torch.as_tensor(video, device=self.device))
-        return {level: torch.softmax(out.logits[level].float(), dim=-1).cpu() for level in LEVELS}
+        """(B, *sampling.leading, T, S, S, 3) uint8 (decode_clip with self.sampling) -> softmax
+        per level (B, n_level) float32 on the CPU, averaged over the views of each clip."""
+        probs = view_probs(self.model, torch.as_tensor(video, device=self.device), self.sampling.views)
+        return {level: p.cpu() for level, p in probs.items()}
 
     def describe(self, probs: dict[str, torch.Tensor]) -> list[dict]:
         """One dict per clip: the pick per level and `top_k` {level: [{label, prob}, ...]}."""
         names = self.loaded.taxonomy.labels
         ids = rank(probs, self.loaded.taxonomy, self.mode, k=self.top_k)
+        picks = top1(probs, self.loaded.taxonomy, self.mode)  # 'official': the city's ancestors
         scores = level_scores(probs, self.loaded, self.mode)
         rows = []
         for b in range(next(iter(probs.values())).shape[0]):
             top = {level: [{"label": names[level][i], "prob": round(float(scores[level][b, i]), 6)}
                            for i in ids[level][b].tolist()] for level in LEVELS}
-            rows.append({**{level: top[level][0]["label"] for level in LEVELS}, "top_k": top})
+            rows.append({**{level: names[level][int(picks[level][b])] for level in LEVELS},
+                         "top_k": top})
         return rows
 
     def predict(self, video: np.ndarray) -> list[dict]:
@@ -96,7 +105,8 @@ def predict_inputs(predictor: Predictor, sources: list[str], batch_size: int = 8
     for outcome in outcomes:
         try:
             pending.append((outcome, decode_clip(outcome.input, predictor.num_frames,
-                                                 predictor.image_size)))
+                                                 predictor.image_size,
+                                                 sampling=predictor.sampling)))
         except UserError as exc:  # ClipError, and storage errors such as an unknown URI scheme
             outcome.error = _named(outcome.input, str(exc))
         if len(pending) == batch_size:

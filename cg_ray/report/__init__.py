@@ -48,11 +48,11 @@ def clip_labels(result, loaded, mode: str) -> ClipLabels:
     """Top-1 ids per level of a DatasetProbs under `mode`, beside its true ids."""
     import torch
 
-    from cg_ray.evaluation import rank
+    from cg_ray.evaluation import top1
 
-    top = rank({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode, k=1)
+    top = top1({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode)
     return ClipLabels(list(result.clip_ids), {l: np.asarray(result.labels[l]) for l in LEVELS},
-                      {l: top[l][:, 0].numpy() for l in LEVELS})
+                      {l: top[l].numpy() for l in LEVELS})
 
 
 def write_report(folder: str, taxonomy, clips: ClipLabels, metrics: dict, info: dict,
@@ -112,8 +112,10 @@ def publish(folder: str, dest: str) -> None:
 def evaluate_with_report(checkpoint: str, data_path: str, report_dir: str, split: str = "val",
                          mode: str = "codependent", coordinates: str | None = None,
                          predictions_out: str | None = None, batch_size: int = 32,
-                         tracking_uri: str | None = None) -> tuple[dict, str]:
-    """Evaluate a checkpoint on a split and write the report; returns (metrics, MLflow note)."""
+                         tracking_uri: str | None = None,
+                         views: int | None = None) -> tuple[dict, str]:
+    """Evaluate a checkpoint on a split and write the report; returns (metrics, MLflow note).
+    `views`: temporal clips per video (default: the checkpoint's eval.views)."""
     from cg_ray.train.checkpoint import read_checkpoint
     from cg_ray.predict.evaluate import metrics_for, predict_split, write_predictions
     from cg_ray.predict.predictor import open_checkpoint
@@ -121,7 +123,7 @@ def evaluate_with_report(checkpoint: str, data_path: str, report_dir: str, split
 
     coords = CityCoordinates.load(coordinates)  # a bad CSV fails before any work
     loaded, path = open_checkpoint(checkpoint, tracking_uri)
-    result = predict_split(loaded, data_path, split, batch_size)
+    result = predict_split(loaded, data_path, split, batch_size, views=views)
     if predictions_out:
         write_predictions(predictions_out, result, loaded, mode)
     metrics = metrics_for(result, loaded, mode)

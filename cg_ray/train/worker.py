@@ -26,7 +26,7 @@ from cg_ray.train.checkpoint import latest_checkpoint, restore_training, save_ch
 from cg_ray.config import Config, config_from_dict
 from cg_ray.console import Progress
 from cg_ray.errors import UserError
-from cg_ray.evaluation import Accuracy
+from cg_ray.evaluation import Accuracy, view_probs
 from cg_ray.data.augment import augment_batch
 from cg_ray.data.feed import DeviceFeed
 from cg_ray.model.losses import compute_losses, text_targets
@@ -181,7 +181,10 @@ def _feed_metrics(feed: DeviceFeed, elapsed: float, rows: int, device: torch.dev
 @torch.no_grad()
 def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
                    batch_size: int, device: torch.device, bf16: bool = False,
-                   progress: Progress | None = None) -> dict[str, float]:
+                   progress: Progress | None = None, views: int = 1) -> dict[str, float]:
+    """Accuracy counts of this worker's val shard, summed over workers; with `views` K > 1
+    the batches hold K temporal clips per video (B, K, ...), whose softmax outputs are
+    averaged before the evaluation mode ranks them."""
     model.eval()
     accuracy = Accuracy(taxonomy, mode)
     for batch in DeviceFeed(shard, batch_size, device):
@@ -189,8 +192,7 @@ def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
         if not bool(valid.any()):
             continue
         with _autocast(device, bf16):
-            out = model(batch["video"][valid])
-        probs = {level: torch.softmax(out.logits[level].float(), dim=-1) for level in LEVELS}
+            probs = view_probs(model, batch["video"][valid], views)
         accuracy.update(probs, {level: batch[level][valid] for level in LEVELS})
         if progress is not None:
             progress.update(accuracy.total)
@@ -268,7 +270,7 @@ def train_loop(loop_config: dict) -> None:
             metrics.update(evaluate_epoch(eval_module(state), val_shard, taxonomy, cfg.eval.mode,
                                           cfg.eval.batch_size, device, bf16,
                                           _progress(f"evaluate epoch {epoch + 1}", "val",
-                                                    loop_config, rank)))
+                                                    loop_config, rank), views=cfg.eval.views))
             metrics.update(epoch=epoch, step=state.step)
             _check_bad_fraction(metrics, cfg.data.max_bad_fraction)
             _report(state, metrics, taxonomy, text_dim, rank, loop_config)
