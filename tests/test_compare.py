@@ -74,3 +74,28 @@ def test_same_names_are_told_apart_and_unknown_names_are_errors(store, capsys):
     err = own(capsys.readouterr().err)
     assert "'no-such-experiment' is neither an MLflow run id nor an experiment name" in err
     assert main(["compare", "paper", "--tracking-uri", "sqlite:////nowhere/mlflow.db"]) == 2
+
+
+def test_recipe_switches_get_columns_only_when_a_run_sets_them():
+    from cg_ray.report.compare import describe, format_rows
+
+    def row(name, **params):
+        base = {"model.backbone.name": "videomae", "model.sca.enabled": "True",
+                "data.scene_labels": "soft", "model.tla.enabled": "True", "model.tla.levels": "all"}
+        return {"run": name, "run_id": name, **describe({**base, **params}), "city_top1": 50.0,
+                "state_top1": 60.0, "country_top1": 70.0, "continent_top1": 80.0}
+
+    paper = [row("paper"), row("old")]
+    assert format_rows(paper).splitlines()[0].split() == \
+        ["Run", "Backbone", "Scenes", "TLA", "City", "State", "Country", "Continent"]
+    runs = paper + [row("authors", **{"data.sampling": "official", "loss.tla_reduction": "sum"}),
+                    row("views", **{"eval.views": "5"})]
+    lines = format_rows(runs).splitlines()
+    header = [h.strip() for h in lines[0].split("  ") if h.strip()]
+    assert header == ["Run", "Backbone", "Scenes", "TLA", "Sampling", "Views", "TLA over batch",
+                      "City", "State", "Country", "Continent"]
+    assert lines[3].split()[:7] == ["authors", "videomae", "soft", "all", "official", "1", "sum"]
+    assert format_rows(runs, "csv").splitlines()[0] == \
+        "run,backbone,scenes,tla,sampling,views,tla_reduction,city_top1,state_top1,country_top1," \
+        "continent_top1,run_id"
+    assert format_rows(runs, "markdown").splitlines()[1] == "|---|---|---|---|---|---|---|---:|---:|---:|---:|"

@@ -3,7 +3,9 @@
 Each argument is a run id or an experiment name (all of its finished runs, oldest first). One
 row per run: its name, what it trained (backbone, frame, scene labels, TLA target, read from the
 run's params) and the final top-1 of the four levels (the last logged value of `city_top1`, ...,
-in percent), as fixed-width text, a markdown table or CSV.
+in percent), as fixed-width text, a markdown table or CSV. The recipe switches (SWITCHES: frame
+sampling, evaluation views, TLA reduction, head, optimizer, EMA) get a column each when some run
+of the table differs from the paper's value, so the paper's tables stay as they were.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from cg_ray.taxonomy import LEVELS
 
 COLUMNS = ("run", "backbone", "scenes", "tla", *(f"{level}_top1" for level in LEVELS))
 HEADERS = ("Run", "Backbone", "Scenes", "TLA", "City", "State", "Country", "Continent")
+# (column, header, config key, the paper's value: what a run logged before the key existed)
+SWITCHES = (
+    ("sampling", "Sampling", "data.sampling", "uniform"),
+    ("views", "Views", "eval.views", "1"),
+    ("tla_reduction", "TLA over batch", "loss.tla_reduction", "mean"),
+    ("head", "Head", "model.head", "linear"),
+    ("optim", "Optimizer", "optim.name", "adam"),
+    ("ema", "EMA", "train.ema.enabled", "False"),
+)
 
 
 def _is_true(value: str | None) -> bool:
@@ -32,7 +43,18 @@ def describe(params: dict[str, str]) -> dict[str, str]:
         backbone += f" ({params.get('model.backbone.frame', '?')} frame)"
     scenes = params.get("data.scene_labels", "?") if _is_true(params.get("model.sca.enabled")) else "-"
     tla = params.get("model.tla.levels", "?") if _is_true(params.get("model.tla.enabled")) else "-"
-    return {"backbone": backbone, "scenes": scenes, "tla": tla}
+    switches = {column: params.get(key, paper) for column, _, key, paper in SWITCHES}
+    return {"backbone": backbone, "scenes": scenes, "tla": tla, **switches}
+
+
+def _layout(rows: list[dict]) -> tuple[list[str], list[str], int]:
+    """(columns, headers, how many of them are text) of a table: the fixed ones, with the
+    switches some run sets differently from the paper before the four accuracies."""
+    shown = [(c, h) for c, h, _, paper in SWITCHES if any(str(r.get(c, paper)) != paper for r in rows)]
+    text = len(COLUMNS) - len(LEVELS)
+    columns = [*COLUMNS[:text], *(c for c, _ in shown), *COLUMNS[text:]]
+    headers = [*HEADERS[:text], *(h for _, h in shown), *HEADERS[text:]]
+    return columns, headers, text + len(shown)
 
 
 def _runs_of(client, token: str) -> list:
@@ -90,24 +112,25 @@ def _cell(value) -> str:
 
 def format_rows(rows: list[dict], fmt: str = "text") -> str:
     """The table as 'text' (fixed width), 'markdown' or 'csv' (full precision, run ids)."""
+    columns, headers, text = _layout(rows)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([*COLUMNS, "run_id"])
+        writer.writerow([*columns, "run_id"])
         for row in rows:
-            writer.writerow([("" if row[c] is None else row[c]) for c in COLUMNS] + [row["run_id"]])
+            writer.writerow([("" if row.get(c) is None else row[c]) for c in columns] + [row["run_id"]])
         return out.getvalue().rstrip("\n")
-    cells = [[_cell(row[c]) for c in COLUMNS] for row in rows]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(HEADERS) + " |",
-                 "|" + "|".join(["---"] * 4 + ["---:"] * len(LEVELS)) + "|"]
+        lines = ["| " + " | ".join(headers) + " |",
+                 "|" + "|".join(["---"] * text + ["---:"] * len(LEVELS)) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
     if fmt != "text":
         raise UserError(f"unknown format '{fmt}' (text, markdown, csv)")
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(HEADERS)]
-    line = lambda values: "  ".join(v.ljust(w) if i < 4 else v.rjust(w)  # noqa: E731
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda values: "  ".join(v.ljust(w) if i < text else v.rjust(w)  # noqa: E731
                                     for i, (v, w) in enumerate(zip(values, widths)))
-    return "\n".join([line(HEADERS)] + [line(r) for r in cells])
+    return "\n".join([line(headers)] + [line(r) for r in cells])
 
 
 def compare_runs(tokens: list[str], fmt: str = "text", tracking_uri: str | None = None) -> str:
