@@ -248,6 +248,10 @@ def step_bare(run: Run, decode: str) -> dict:
         count_flops=True,
     )
     run.flops_per_clip = out["flops_per_clip"]
+    if run.gpu:
+        import torch
+
+        torch.cuda.empty_cache()  # the Ray Train worker, in its own process, gets the memory
     peak = peak_flops(run.gpu_name or "")
     if peak:
         out["mfu"] = round(out["flops_per_clip"] * out["clips_per_s"] / peak, 4)
@@ -309,7 +313,8 @@ def step_predict(run: Run) -> dict:
         text = _quiet_cli(["predict", run.raw[0], "--checkpoint", run.checkpoint, "--json"])
         times.append(time.perf_counter() - start)
     json.loads(text.strip().splitlines()[-1])
-    return {"first_ms": round(1000 * times[0]), "warm_ms": round(1000 * min(times[1:]))}
+    # `cg-ray predict` runs the model on the CPU (Predictor's default device), GPU or not.
+    return {"first_ms": round(1000 * times[0]), "warm_ms": round(1000 * min(times[1:])), "device": "cpu"}
 
 
 def step_batch_predict(run: Run) -> dict:

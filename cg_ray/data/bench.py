@@ -1,7 +1,8 @@
 """`cg-ray bench data`: clips/s delivered to a training step, and the memory it takes.
 
 The clips come out of clip_dataset() (packed shards when they exist, else raw clips) through
-`iter_torch_batches`, exactly as a Ray Train worker's loop receives them; nothing else runs.
+DeviceFeed (cg_ray.data.feed), exactly as a Ray Train worker's loop receives them; nothing else
+runs.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def bench_data(data_path: str, clips: int = 512, split: str = "train", num_frame
     (after the first batch: start-up is reported apart), peak_rss_mb and details."""
     import torch
 
+    from cg_ray.data.feed import DeviceFeed
     from cg_ray.data.shards import packed_files
     from cg_ray.data.stream import clip_dataset, load_taxonomy
     from cg_ray.ray_env import init_ray
@@ -106,7 +108,7 @@ def bench_data(data_path: str, clips: int = 512, split: str = "train", num_frame
         while seen < clips:
             epochs += 1
             before = seen
-            for batch in ds.iter_torch_batches(batch_size=batch_size):
+            for batch in DeviceFeed(ds, batch_size, torch.device("cpu")):
                 video = batch["video"]
                 assert video.dtype == torch.uint8 and video.shape[1:] == (
                     num_frames, image_size, image_size, 3)
