@@ -98,4 +98,5 @@ def test_recipe_switches_get_columns_only_when_a_run_sets_them():
     assert format_rows(runs, "csv").splitlines()[0] == \
         "run,backbone,scenes,tla,sampling,views,tla_reduction,city_top1,state_top1,country_top1," \
         "continent_top1,run_id"
-    assert format_rows(runs, "markdown").splitlines()[1] == "|---|---|---|---|---|---|---|---:|---:|---:|---:|"
+    assert format_rows(runs, "markdown").splitlines()[1] == \
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|"

@@ -3,7 +3,6 @@ count of a clip whose header lies, and clip ids of files that differ only by ext
 
 import csv
 import json
-import os
 
 import av
 import numpy as np
@@ -145,11 +144,12 @@ def test_files_differing_only_by_extension_are_both_prepared(tmp_path):
 
 @pytest.mark.slow
 def test_rotated_clip_is_upright_in_pack_training_input_and_predict(ray_session, tmp_path):
+    from predict_helpers import train_tiny_checkpoint
+
     from cg_ray.data.pack import PackOptions, pack
     from cg_ray.data.shards import decode_jpeg_into
     from cg_ray.data.stream import clip_dataset, load_taxonomy
     from cg_ray.predict.predictor import Predictor, open_checkpoint, predict_inputs
-    from predict_helpers import train_tiny_checkpoint
 
     for city in LABELS:
         for i in range(2):
@@ -190,4 +190,4 @@ def test_rotated_clip_is_upright_in_pack_training_input_and_predict(ray_session,
     turned = np.rot90(decode_clip(str(tmp_path / "upright.mp4"), 4, 32), axes=(1, 2))
     sideways = predictor.probs(np.ascontiguousarray(turned)[None])
     straight = predictor.probs(decode_clip(str(tmp_path / "Lyon1.mp4"), 4, 32)[None])
-    assert not all(torch.allclose(sideways[l], straight[l], atol=1e-4) for l in LEVELS)
+    assert not all(torch.allclose(sideways[level], straight[level], atol=1e-4) for level in LEVELS)
