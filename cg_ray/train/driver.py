@@ -96,7 +96,8 @@ def _resolve_decode(cfg: Config, use_gpu: bool) -> str:
 # Keys that may change when a run resumes; any other difference means another experiment.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_failures", "train.log_every", "train.num_workers",
                      "train.cpus_per_worker", "train.use_gpu", "train.keep_best", "data.path",
-                     "data.decode", "data.max_bad_fraction", "eval.batch_size", "run.tracking_uri",
+                     "data.decode", "data.max_bad_fraction", "eval.batch_size", "eval.views",
+                     "run.tracking_uri",
                      "run.register_as", "run.storage_path"}
 
 
