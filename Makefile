@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 #   non-zero unless the job SUCCEEDED.
 RUNTIME_ENV ?= jobs/runtime_env.yaml
 submit: $(STAMP)
-	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...]" >&2; exit 2; }
+	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate|serve CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...]" >&2; exit 2; }
 	$(BIN)/python jobs/submit.py $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 bench: $(STAMP)

@@ -25,7 +25,7 @@ import time
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOBS = ("pack", "scenes", "text", "train", "tune", "evaluate")
+JOBS = ("pack", "scenes", "text", "train", "tune", "evaluate", "serve")
 PASS_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
             "AWS_DEFAULT_REGION", "CG_RAY_PROGRESS")
 SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL|SESSION", re.I)

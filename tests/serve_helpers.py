@@ -1,0 +1,132 @@
+"""A real `cg-ray serve` for the serve tests: the command itself in a subprocess, on a tiny
+checkpoint, on 127.0.0.1, with its own RAY_TMPDIR; stopped with SIGINT (Ctrl-C) at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from predict_helpers import CITIES, mp4_world, train_tiny_checkpoint
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict
+
+
+@dataclass
+class Server:
+    url: str
+    token: str | None
+    log_path: str
+    metrics_url: str | None = None
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
+                token: str | None = "default", method: str | None = None,
+                timeout: float = 120) -> Answer:
+        """One HTTP request; the server's token unless `token` says otherwise (None: none)."""
+        headers = dict(headers or {})
+        token = self.token if token == "default" else token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                raw, status = response.read(), response.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"text": raw.decode("utf-8", "replace")}
+        return Answer(status, body)
+
+    def upload(self, path: str, field: str = "video", content_type: str = "video/mp4",
+               **kwargs) -> Answer:
+        """A multipart/form-data POST /predict with the file in `field`."""
+        boundary = "cgray" + os.urandom(8).hex()
+        with open(path, "rb") as f:
+            content = f.read()
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+                f"filename=\"{os.path.basename(path)}\"\r\nContent-Type: {content_type}\r\n\r\n"
+                ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        return self.request("/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                            **kwargs)
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+def tiny_model(root: str) -> dict:
+    """mp4 clips of the synthetic world, frame-folder clips of it, and a checkpoint trained on them."""
+    from cg_ray.data.synthetic import make_world
+
+    rows = mp4_world(os.path.join(root, "mp4"), clips_per_city=2)
+    train_tiny_checkpoint(os.path.join(root, "ckpt"), rows, steps=8)
+    make_world(os.path.join(root, "frames"), cities=CITIES, clips_per_city=1, frames=8,
+               size=(32, 32), seed=5)
+    return {"rows": rows, "ckpt": os.path.join(root, "ckpt"), "root": root}
+
+
+@contextmanager
+def running_server(ckpt: str, *args: str, token: str | None = None, timeout: float = 300):
+    """`cg-ray serve --checkpoint CKPT ARGS` until it answers /healthz; SIGINT and a clean exit
+    (status 0, "stopped" printed) at the end."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "CG_RAY_SERVE_TOKEN")}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-serve-", dir="/tmp")
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path = os.path.join(env["RAY_TMPDIR"], "serve.log")
+    command = [sys.executable, "-m", "cg_ray", "serve", "--checkpoint", ckpt, "--port", str(port),
+               *args, *(["--token", token] if token else [])]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", token, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"cg-ray serve exited with {process.returncode}:\n{server.log()[-3000:]}")
+            try:
+                if server.request("/healthz", timeout=5).status == 200 and "ready" in server.log():
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cg-ray serve did not come up:\n{server.log()[-3000:]}")
+            time.sleep(1)
+        found = re.search(r"Prometheus metrics: (\S+)", server.log())
+        server.metrics_url = found.group(1).rstrip(";") if found else None
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise AssertionError(f"cg-ray serve did not stop on SIGINT:\n{server.log()[-3000:]}")
+    assert process.returncode == 0, server.log()[-3000:]
+    assert "cg-ray serve: stopped" in server.log()

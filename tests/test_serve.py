@@ -1,0 +1,252 @@
+"""`cg-ray serve`: the real command on a tiny checkpoint, asked over HTTP like a client would
+(one server for the module), plus the request parsing and start-up checks without Ray."""
+
+import concurrent.futures
+import io
+import json
+import os
+import time
+import urllib.request
+import zipfile
+
+import pytest
+
+from cg_ray.cli import main
+from cg_ray.errors import UserError
+from cg_ray.predict.http import RequestError, check_token, classify, extract_frames, sniff, uri_upload
+from cg_ray.taxonomy import LEVELS
+
+from output import own
+from serve_helpers import running_server, tiny_model
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model(str(tmp_path_factory.mktemp("serve")))
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with running_server(model["ckpt"], "--max-upload-mb", "1", "--max-batch", "8",
+                        "--batch-wait-ms", "50", "--allow-local-paths", token=TOKEN) as server:
+        yield server
+
+
+def predict_json(capsys, ckpt, source):
+    assert main(["predict", "--checkpoint", ckpt, "--json", source]) == 0
+    return json.loads(own(capsys.readouterr().out).splitlines()[0])
+
+
+def assert_same_prediction(served: dict, cli: dict):
+    assert {k: served[k] for k in LEVELS} == {k: cli[k] for k in LEVELS}
+    for level in LEVELS:
+        assert [t["label"] for t in served["top_k"][level]] == [t["label"] for t in cli["top_k"][level]]
+        for a, b in zip(served["top_k"][level], cli["top_k"][level]):
+            assert a["prob"] == pytest.approx(b["prob"], abs=1e-4)
+
+
+def frames_zip(folder: str, path: str) -> str:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in sorted(os.listdir(folder)):
+            archive.write(os.path.join(folder, name), f"clip/{name}")
+    return path
+
+
+def a_frames_folder(model) -> str:
+    for split in ("train", "val"):
+        city_dir = os.path.join(model["root"], "frames", split, "Lyon")
+        if os.path.isdir(city_dir):
+            return os.path.join(city_dir, sorted(os.listdir(city_dir))[0])
+    raise AssertionError("no Lyon clip")
+
+
+@pytest.mark.slow
+def test_uploads_and_uris_answer_what_cg_ray_predict_answers(server, model, capsys, tmp_path):
+    mp4 = model["rows"][0]["path"]
+    answer = server.upload(mp4)
+    assert answer.status == 200, answer.body
+    cli = predict_json(capsys, model["ckpt"], mp4)
+    assert_same_prediction(answer.body, cli)
+    assert answer.body["input"] == os.path.basename(mp4)
+    assert answer.body["mode"] == "codependent" and answer.body["latency_ms"] > 0
+    assert set(answer.body) == set(cli) | {"mode", "latency_ms"}
+
+    # Raw bytes with a video content type.
+    with open(model["rows"][3]["path"], "rb") as f:
+        raw = server.request("/predict", f.read(), {"Content-Type": "video/mp4"})
+    assert raw.status == 200
+    assert_same_prediction(raw.body, predict_json(capsys, model["ckpt"], model["rows"][3]["path"]))
+
+    # A frames folder as a zip, and as a path in JSON.
+    folder = a_frames_folder(model)
+    cli = predict_json(capsys, model["ckpt"], folder)
+    zipped = server.request("/predict", open(frames_zip(folder, str(tmp_path / "clip.zip")), "rb").read(),
+                            {"Content-Type": "application/zip"})
+    assert zipped.status == 200, zipped.body
+    assert_same_prediction(zipped.body, cli)
+    by_uri = server.request("/predict", json.dumps({"uri": folder}).encode(),
+                            {"Content-Type": "application/json"})
+    assert by_uri.status == 200 and by_uri.body["input"] == folder
+    assert_same_prediction(by_uri.body, cli)
+
+
+@pytest.mark.slow
+def test_bad_inputs_get_4xx_with_a_message_and_the_server_goes_on(server, model, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a video\n" * 20)
+    mp4 = model["rows"][1]["path"]
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(open(mp4, "rb").read()[:1500])
+    big = tmp_path / "big.mp4"
+    big.write_bytes(open(mp4, "rb").read() + os.urandom(int(1.5 * 2**20)))
+    empty_zip = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty_zip, "w") as archive:
+        archive.writestr("readme.txt", "no frames here")
+    cases = [
+        (server.upload(str(text), content_type="text/plain"), 415, "not a video"),
+        (server.upload(str(truncated)), 422, "cannot decode video 'cut.mp4'"),
+        (server.upload(str(big)), 413, "larger than the server's limit of 1 MB"),
+        (server.upload(str(mp4), field="file"), 400, "no file field 'video'"),
+        (server.request("/predict", b'{"url": "x"}', {"Content-Type": "application/json"}), 400,
+         "no 'uri' field"),
+        (server.request("/predict", open(empty_zip, "rb").read(), {"Content-Type": "application/zip"}),
+         422, "has no frames"),
+        (server.request("/predict", json.dumps({"uri": str(tmp_path / "gone.mp4")}).encode(),
+                        {"Content-Type": "application/json"}), 404, "does not exist"),
+        (server.request("/predict", method="GET"), 405, "takes POST"),
+        (server.request("/nowhere"), 404, "no such route"),
+    ]
+    for answer, status, message in cases:
+        assert answer.status == status, (status, answer.body)
+        assert message in answer.body["error"] and "Traceback" not in answer.body["error"]
+        assert str(tmp_path.parent) not in answer.body["error"] or "gone.mp4" in answer.body["error"]
+    assert server.request("/healthz").status == 200
+    assert server.upload(mp4).status == 200
+
+
+@pytest.mark.slow
+def test_token_guard(server, model):
+    mp4 = model["rows"][0]["path"]
+    for token in (None, "wrong"):
+        for answer in (server.upload(mp4, token=token), server.request("/info", token=token)):
+            assert answer.status == 401 and "Authorization: Bearer" in answer.body["error"]
+    # Liveness and the page itself carry no data: they answer without the token.
+    assert server.request("/healthz", token=None).status == 200
+    assert "<canvas" in server.request("/", token=None).body["text"]
+
+
+@pytest.mark.slow
+def test_a_concurrent_burst_is_answered_in_batches(server, model):
+    clips = [row["path"] for row in model["rows"]]
+    payloads = [open(clips[i % len(clips)], "rb").read() for i in range(32)]
+
+    def ask(payload):
+        return server.request("/predict", payload, {"Content-Type": "video/mp4"})
+
+    before = server.request("/info").body["batch_sizes"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, payloads))
+    assert [a.status for a in answers] == [200] * 32
+    for i, answer in enumerate(answers):
+        assert answer.body["city"] == model["rows"][i % len(clips)]["city"] or answer.body["top_k"]
+    info = server.request("/info").body
+    after = {int(k): v for k, v in info["batch_sizes"].items()}
+    new = {k: v - int(before.get(str(k), 0)) for k, v in after.items()}
+    assert sum(k * v for k, v in new.items()) == 32  # every clip went through a batch
+    assert max(k for k, v in new.items() if v > 0) > 1, new  # and some batches held several
+    assert max(after) <= 8
+    assert info["taxonomy"] == {"city": 6, "state": 6, "country": 6, "continent": 6}
+    assert info["config_digest"].startswith("sha256:") and info["checkpoint"] == model["ckpt"]
+    assert info["auth"] is True and info["max_batch"] == 8
+
+
+@pytest.mark.slow
+def test_prometheus_metrics_include_serve_batches(server):
+    assert server.metrics_url, server.log()[-2000:]
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        if "ray_serve_actual_batch_size" in text and "ray_serve_num_http_requests" in text:
+            break
+        time.sleep(2)
+    assert "ray_serve_actual_batch_size" in text and "ray_serve_num_http_requests" in text
+
+
+# -- without Ray ----------------------------------------------------------------------------------
+
+
+def test_sniffing_bodies():
+    assert sniff(b"\x00\x00\x00\x20ftypisom") == "video"
+    assert sniff(b"PK\x03\x04rest") == "zip"
+    assert sniff(b"hello, world\n") == "text"
+    assert sniff(bytes(range(256))) == "unknown"
+    assert classify(b"\x1a\x45\xdf\xa3webm", "", "a.webm") == "video"
+    assert classify(bytes(range(200, 256)), "video/x-odd", "odd") == "video"  # the decoder judges
+    with pytest.raises(RequestError, match="not a video") as err:
+        classify(b"GIF89a...", "image/gif", "cat.gif")
+    assert err.value.status == 415
+    with pytest.raises(RequestError, match="is empty"):
+        classify(b"", "video/mp4", "nothing.mp4")
+
+
+def test_zip_frames_stay_inside_and_are_bounded(tmp_path):
+    archive_path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        archive.writestr("../../escape/0001.jpg", b"\xff\xd8\xff" + b"x" * 100)
+        archive.writestr("clip/0002.jpg", b"\xff\xd8\xff" + b"y" * 100)
+        archive.writestr("clip/notes.txt", b"ignored")
+    folder = extract_frames(str(archive_path), str(tmp_path / "out"), 10_000, "evil.zip")
+    assert sorted(os.listdir(folder)) == ["0001.jpg", "0002.jpg"]
+    assert not (tmp_path / "escape").exists()
+    with pytest.raises(RequestError, match="unpack to more than") as err:
+        extract_frames(str(archive_path), str(tmp_path / "out2"), 150, "evil.zip")
+    assert err.value.status == 413
+    with pytest.raises(RequestError, match="cannot read the zip"):
+        (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
+        extract_frames(str(tmp_path / "bad.zip"), str(tmp_path / "out3"), 10_000, "bad.zip")
+
+
+def test_json_uris_and_tokens():
+    assert uri_upload(b'{"uri": "s3://bucket/a.mp4"}', allow_local=False).source == "s3://bucket/a.mp4"
+    for body in (b'{"uri": "/etc/passwd"}', b'{"uri": "file:///etc/passwd"}'):
+        with pytest.raises(RequestError, match="--allow-local-paths") as err:
+            uri_upload(body, allow_local=False)
+        assert err.value.status == 403
+    assert uri_upload(b'{"uri": "/data/clip.mp4"}', allow_local=True).source == "/data/clip.mp4"
+    with pytest.raises(RequestError, match="does not parse"):
+        uri_upload(b"{nope", allow_local=True)
+    check_token(None, None)
+    check_token("Bearer abc", "abc")
+    for header in (None, "Bearer abd", "Basic abc", "abc"):
+        with pytest.raises(RequestError) as err:
+            check_token(header, "abc")
+        assert err.value.status == 401
+
+
+def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
+    import socket
+
+    assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0",
+                 "--port", "0"]) == 2
+    assert "--port 0 is not a TCP port" in capsys.readouterr().err
+    code = main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0",
+                 "--port", "18999"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no authentication" in err and "--token" in err
+    assert "does not exist" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(tmp_path), "--port", str(port)]) == 2
+        assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    for args, message in ((["--replicas", "2", "--autoscale", "1:2"], "not both"),
+                          (["--autoscale", "3:1"], "MIN:MAX"), (["--max-batch", "0"], "--max-batch")):
+        assert main(["serve", "--checkpoint", str(tmp_path), *args]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown serve args"):
+        from cg_ray.predict.serve import app_builder
+
+        app_builder({"checkpoint": str(tmp_path), "tokn": "x"})
