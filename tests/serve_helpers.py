@@ -107,7 +107,8 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"cg-ray serve exited with {process.returncode}:\n{server.log()[-3000:]}")
+                raise AssertionError(f"cg-ray serve exited with {process.returncode}:\n"
+                                     f"{server.log()[-3000:]}")
             try:
                 if server.request("/healthz", timeout=5).status == 200 and "ready" in server.log():
                     break
@@ -127,6 +128,7 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise AssertionError(f"cg-ray serve did not stop on SIGINT:\n{server.log()[-3000:]}")
+                raise AssertionError(f"cg-ray serve did not stop on SIGINT:\n"
+                                     f"{server.log()[-3000:]}") from None
     assert process.returncode == 0, server.log()[-3000:]
     assert "cg-ray serve: stopped" in server.log()

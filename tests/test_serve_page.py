@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-
 from serve_helpers import running_server, tiny_model
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,7 +55,8 @@ def test_the_page_locates_a_chosen_video_on_the_map(tmp_path_factory):
             assert pixel[:3] == [0xd6, 0x33, 0x6c], pixel
             # Land is drawn from the package's mask: a pixel in the Sahara is land-coloured.
             sahara = page.evaluate("Array.from(document.getElementById('map').getContext('2d')"
-                                   ".getImageData(Math.round(195/360*1080), Math.round(67/180*540), 1, 1).data)")
+                                   ".getImageData(Math.round(195/360*1080), Math.round(67/180*540),"
+                                   " 1, 1).data)")
             assert sahara[:3] == [0xc9, 0xd3, 0xbf], sahara
             assert "The map could not" not in page.inner_text("#status")
             assert outside == [], f"the page asked for outside addresses: {outside}"

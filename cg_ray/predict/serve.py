@@ -234,7 +234,7 @@ class Gateway:
                 "batch_sizes": stats["batch_sizes"]}
 
     async def predict(self, request) -> dict:
-        from cg_ray.predict.http import RequestError, check_length, public_message, uri_upload
+        from cg_ray.predict.http import check_length, uri_upload
 
         start = time.perf_counter()
         check_length(request.headers.get("content-length"), self.limit)
@@ -425,9 +425,10 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         node = ray._private.worker.global_worker.node
         host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+        scale = (f"autoscale {options.autoscale[0]}:{options.autoscale[1]}" if options.autoscale
+                 else f"{replicas} replica(s)")
         print(f"cg-ray serve: http://{host}:{options.port}/ ready: {info['checkpoint']} "
-              f"({info['model']['backbone']}, {info['taxonomy']['city']} cities), "
-              f"{'autoscale %d:%d' % options.autoscale if options.autoscale else f'{replicas} replica(s)'}"
+              f"({info['model']['backbone']}, {info['taxonomy']['city']} cities), {scale}"
               f", max batch {options.max_batch}; Prometheus metrics: "
               f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics; Ctrl-C stops",
               file=out, flush=True)
