@@ -17,8 +17,8 @@ import hmac
 import json
 import os
 import zipfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from cg_ray.data.decode import frame_sort_key, is_frame_name
 from cg_ray.errors import UserError

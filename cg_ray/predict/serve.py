@@ -94,6 +94,8 @@ def check_options(options: ServeOptions) -> None:
 def describe_checkpoint(reference: str, tracking_uri: str | None = None) -> tuple[str, dict]:
     """(a local checkpoint folder, the /info facts: model, taxonomy sizes, config digest, ...).
     Reads the checkpoint once on the driver, so a bad reference fails before Ray starts."""
+    from cg_ray.config import config_from_dict
+    from cg_ray.data.sampling import eval_sampling
     from cg_ray.predict.registry import resolve_checkpoint
     from cg_ray.taxonomy import LEVELS, Taxonomy
     from cg_ray.train.checkpoint import read_checkpoint
@@ -101,6 +103,7 @@ def describe_checkpoint(reference: str, tracking_uri: str | None = None) -> tupl
     path = resolve_checkpoint(reference, tracking_uri)
     state = read_checkpoint(path)
     config = state["config"]
+    sampling = eval_sampling(config_from_dict(config))  # as `cg-ray predict` decodes
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     labels = Taxonomy.from_dict(state["taxonomy"]).labels
     backbone = config["model"]["backbone"]
@@ -113,6 +116,7 @@ def describe_checkpoint(reference: str, tracking_uri: str | None = None) -> tupl
         "config_digest": f"sha256:{digest}",
         "num_frames": config["data"]["num_frames"],
         "image_size": config["data"]["image_size"],
+        "sampling": {"name": sampling.name, "views": sampling.views},
         "cities": list(labels["city"]),
     }
 
@@ -257,12 +261,14 @@ class Gateway:
 
     def _decode(self, upload, workdir):
         from cg_ray.data.decode import decode_clip
+        from cg_ray.data.sampling import Sampling
         from cg_ray.predict.http import RequestError, public_message
 
         info = self.settings["info"]
+        sampling = Sampling(info["sampling"]["name"], info["num_frames"], info["sampling"]["views"])
         try:
             return decode_clip(upload.source, info["num_frames"], info["image_size"],
-                               min_frames=self.settings["min_frames"])
+                               min_frames=self.settings["min_frames"], sampling=sampling)
         except UserError as exc:  # ClipError, and storage errors (unknown scheme, no such object)
             message = public_message(str(exc), upload, workdir)
             status = 404 if "does not exist" in message else 422
