@@ -153,12 +153,14 @@ def _load_config(path: str) -> dict:
 
 
 def _has_autoscaler() -> bool:
-    """An autoscaler runs: v1 writes its status into the GCS, v2 marks itself there."""
+    """An autoscaler runs: v1's monitor reports on it in the GCS (the monitor of a plain local
+    Ray writes load metrics only), v2 marks itself there."""
     try:
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
 
-        if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS):
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        if status and json.loads(status).get("autoscaler_report"):
             return True
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 

@@ -1,11 +1,14 @@
 """A real multi-node run on one machine: a Ray head and a second node started with `ray start`
 (3 CPUs each, token auth), the training job submitted with `ray job submit` to the head's job
 server and followed with `ray job status`/`ray job logs`; its two workers (2 CPUs each) cannot
-share a node, so they must run on both. Then `make submit` of a failing job exits non-zero."""
+share a node, so they must run on both. Then `make submit` of a failing job exits non-zero, the
+README's `make submit JOB=train CONFIG=configs/demo.yaml` succeeds from a shell without
+RAY_AUTH_MODE, and a shell without any token gets one line saying what to set."""
 
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,3 +79,26 @@ def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
         assert made.returncode != 0
         assert "config file '/nonexistent/search.yaml' does not exist" in made.stdout
         assert ": FAILED" in made.stderr
+
+        # The README's example as written: the default runtime_env (only jobs/ travels), from a
+        # shell without RAY_AUTH_MODE (the token found as Ray's CLI finds it), CONFIG travels.
+        shell = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+        readme = subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed", "submit", "JOB=train",
+             "CONFIG=configs/demo.yaml", f"RAY_ADDRESS={cluster.dashboard}",
+             f"ARGS=--set data.path={tiny_dataset} --set train.epochs=1 --set train.num_workers=1 "
+             f"--set run.storage_path={tmp_path}/runs2 --set run.name=readme "
+             f"--set run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
+            cwd=ROOT, env=shell, text=True, capture_output=True, timeout=400)
+        assert readme.returncode == 0, readme.stdout[-3000:] + readme.stderr[-2000:]
+        assert "_config/demo.yaml" in readme.stderr and ": SUCCEEDED" in readme.stderr
+
+        # No token anywhere (no RAY_AUTH_*, an empty home): one line saying what to set.
+        bare = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+        bare["HOME"] = str(tmp_path)
+        refused = subprocess.run(
+            [sys.executable, "jobs/submit.py", "train", "--address", cluster.dashboard, "--",
+             "--config", "configs/demo.yaml"], cwd=ROOT, env=bare, text=True,
+            capture_output=True, timeout=120)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert "wants a Ray auth token" in refused.stderr and "RAY_AUTH_TOKEN=" in refused.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from cg_ray.config import load_config
 from cg_ray.errors import UserError
+from cg_ray.resources import ClusterView, NodeType
 from cg_ray.tune.space import apply_params, tune_space
 from cg_ray.tune.search import plan_concurrency, trial_config, trial_needs
 from cg_ray.tune.scheduling import LastEpochASHA, expected_trials, stopped_trials
@@ -84,22 +85,38 @@ def test_sampled_params_become_a_valid_trial_config():
 
 def test_concurrency_fits_the_cluster_or_the_search_is_refused(capsys):
     cfg = load_config(DEMO, ["train.num_workers=2", "tune.num_samples=6", "tune.data_cpus=1"])
-    node = {"CPU": 4.0}
-    assert trial_needs(cfg, use_gpu=False) == {"CPU": 3.0, "GPU": 0.0}
-    # 12 CPUs hold 4 trials of 3 CPUs; 6 wanted: capped, and said so.
-    assert plan_concurrency(cfg, False, {"CPU": 12.0}, [node] * 3) == 4
-    assert "running at most 4 trials at once" in capsys.readouterr().out
+    # 2 workers + 1 whole CPU for Ray Data + the trial function's 0.01
+    assert trial_needs(cfg, use_gpu=False).total() == {"CPU": 3.01, "GPU": 0.0}
+    # Three 4-CPU nodes hold 3 trials (never two on 4 CPUs: 0.99 CPU runs no data task); 6 wanted.
+    assert plan_concurrency(cfg, False, ClusterView([{"CPU": 4.0}] * 3))[0] == 3
+    assert "running at most 3 trials at once" in capsys.readouterr().out
+    assert plan_concurrency(cfg, False, ClusterView([{"CPU": 12.0}]))[0] == 3
     limited = load_config(DEMO, ["train.num_workers=2", "tune.max_concurrent=2"])
-    assert plan_concurrency(limited, False, {"CPU": 12.0}, [node] * 3) == 2
-    with pytest.raises(UserError, match=r"one trial needs 3 CPUs .* the cluster has 2"):
-        plan_concurrency(cfg, False, {"CPU": 2.0}, [{"CPU": 2.0}])
-    with pytest.raises(UserError, match="one trial needs 2 GPUs"):
-        plan_concurrency(cfg, True, {"CPU": 12.0, "GPU": 1.0}, [{"CPU": 12.0, "GPU": 1.0}])
+    assert plan_concurrency(limited, False, ClusterView([{"CPU": 4.0}] * 3))[0] == 2
+    # The README's search on a 3-CPU Ray: the trial's data would never get a CPU.
+    with pytest.raises(UserError, match=r"one trial needs 3.01 CPUs .* the cluster has 3 CPUs"):
+        plan_concurrency(cfg, False, ClusterView([{"CPU": 3.0}]))
+    with pytest.raises(UserError, match="no node can host one training worker"):
+        plan_concurrency(cfg, True, ClusterView([{"CPU": 12.0}]))
     big = load_config(DEMO, ["train.cpus_per_worker=8"])
     with pytest.raises(UserError, match="no node can host one training worker"):
-        plan_concurrency(big, False, {"CPU": 24.0}, [{"CPU": 4.0}] * 6)
-    autoscaling = load_config(DEMO, ["tune.check_resources=false", "tune.num_samples=5"])
-    assert plan_concurrency(autoscaling, True, {"CPU": 1.0}, [{"CPU": 1.0}]) == 5
+        plan_concurrency(big, False, ClusterView([{"CPU": 4.0}] * 6))
+    unchecked = load_config(DEMO, ["tune.check_resources=false", "tune.num_samples=5"])
+    assert plan_concurrency(unchecked, True, ClusterView([{"CPU": 1.0}]))[0] == 5
+
+
+def test_concurrency_counts_the_node_types_the_autoscaler_can_launch(capsys):
+    """A 0-CPU head whose autoscaler launches up to two 4-CPU workers: no trial fits now, three
+    fit once it has scaled up (the search waits, saying for what); 9-CPU workers fit no type."""
+    view = ClusterView([{"CPU": 0.0}], [NodeType("worker", {"CPU": 4.0}, 2)], True, "test")
+    cfg = load_config(DEMO, ["train.num_workers=1", "tune.num_samples=3"])
+    concurrency, verdict = plan_concurrency(cfg, False, view)
+    assert (concurrency, verdict.now, verdict.at_most) == (3, 0, 3)  # 2.01 CPUs each, 8 in all
+    assert "waiting for 1 node with 4 CPUs (type worker)" in capsys.readouterr().out
+    big = load_config(DEMO, ["train.cpus_per_worker=9"])
+    with pytest.raises(UserError, match=r"one training worker \(9 CPUs\): the largest node type "
+                                        r"has 4 CPUs"):
+        plan_concurrency(big, False, view)
 
 
 def test_asha_leaves_a_trial_alone_at_its_last_epoch(tmp_path):

@@ -19,6 +19,8 @@ import time
 from cg_ray import storage, tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
+from cg_ray.resources import (ClusterView, Need, PlacementWatch, Verdict, check, fmt_resources,
+                              cluster_view, resolve_use_gpu, training_need)
 from cg_ray.tune.space import apply_params, tune_space
 from cg_ray.tune.scheduling import STOPPED, EpochReport, expected_trials, stopped_trials, tune_config
 from cg_ray.tune.trials import (existing_search, open_parent, settle_children, trial_rows,
@@ -52,61 +54,47 @@ def run_trial(params: dict, *, base: dict, search_dir: str, parent_run_id: str, 
     cfg = trial_config(base, params, search_dir, name, trial_id, uri)
     tags = {"mlflow.parentRunId": parent_run_id, "cg_ray.trial_id": trial_id,
             "cg_ray.search": name}
-    train(cfg, callbacks=[EpochReport()], run_tags=tags)
+    train(cfg, callbacks=[EpochReport()], run_tags=tags, check_resources=False)
 
 
 # -- resources -----------------------------------------------------------------------------------
 
 
-def trial_needs(cfg: Config, use_gpu: bool) -> dict[str, float]:
-    """What one trial holds while it trains: its workers, plus CPUs for Ray Data decoding."""
+def trial_needs(cfg: Config, use_gpu: bool) -> Need:
+    """What one trial holds while it trains: its workers, whole CPUs for Ray Data decoding
+    (tune.data_cpus) and the trial function's sliver of a CPU."""
     t = cfg.train
-    return {"CPU": t.num_workers * t.cpus_per_worker + cfg.tune.data_cpus,
-            "GPU": float(t.num_workers) if use_gpu else 0.0}
+    return training_need(t.num_workers, t.cpus_per_worker, use_gpu, cfg.tune.data_cpus,
+                         TRIAL_DRIVER_CPU, unit="trial")
 
 
-def plan_concurrency(cfg: Config, use_gpu: bool, total: dict, nodes: list[dict]) -> int:
-    """Trials that can run at once on a cluster with `total` resources and these nodes'
-    resources; a UserError when not even one fits (a trial would wait forever)."""
+def plan_concurrency(cfg: Config, use_gpu: bool, view: ClusterView) -> tuple[int, Verdict | None]:
+    """Trials that can run at once on the cluster as it can grow (live nodes and the node types
+    its autoscaler launches); a UserError at once when not even one trial could ever fit."""
     wanted = cfg.tune.max_concurrent or cfg.tune.num_samples
     if not cfg.tune.check_resources:
-        return wanted
+        return wanted, None
     need = trial_needs(cfg, use_gpu)
-    t = cfg.train
-    what = (f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} "
-            f"+ tune.data_cpus={cfg.tune.data_cpus}")
-    if need["CPU"] > total.get("CPU", 0):
-        raise UserError(f"one trial needs {need['CPU']:g} CPUs ({what}) but the cluster has "
-                        f"{total.get('CPU', 0):g}: lower them, add nodes, or set "
-                        f"tune.check_resources=false on an autoscaling cluster")
-    if need["GPU"] > total.get("GPU", 0):
-        raise UserError(f"one trial needs {need['GPU']:g} GPUs (train.num_workers={t.num_workers}) "
-                        f"but the cluster has {total.get('GPU', 0):g}: lower train.num_workers, "
-                        f"set train.use_gpu=false, or add GPU nodes")
-    worker = {"CPU": t.cpus_per_worker, "GPU": 1.0 if use_gpu else 0.0}
-    if not any(all(node.get(k, 0) >= v for k, v in worker.items()) for node in nodes):
-        raise UserError(f"no node can host one training worker ({worker['CPU']:g} CPUs"
-                        f"{', 1 GPU' if use_gpu else ''}): lower train.cpus_per_worker")
-    fits = min(int(total.get(k, 0) // v) for k, v in need.items() if v > 0)
+    verdict = check(need, view)
+    fits = verdict.at_most
     if fits < wanted:
-        held = ", ".join(f"{v:g} {k}" for k, v in need.items() if v > 0)
-        print(f"running at most {fits} trials at once: each holds {held} of the cluster's "
-              f"{total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU", flush=True)
-    return max(1, min(fits, wanted))
+        print(f"running at most {fits} trials at once: each holds {fmt_resources(need.total())} "
+              f"({need.what}); {view.describe()}", flush=True)
+    if not verdict.now:
+        print(f"no trial fits the live nodes yet: waiting for {verdict.waits_for}", flush=True)
+    return max(1, min(fits, wanted)), verdict
 
 
-def _cluster(cfg: Config, wanted: int) -> tuple[bool, dict, list[dict]]:
-    """Start or join Ray; (use_gpu, cluster resources, resources of each alive node)."""
-    import ray
-
+def _cluster(cfg: Config, wanted: int) -> tuple[bool, ClusterView]:
+    """Start or join Ray; (use_gpu, what the cluster has and can launch)."""
     from cg_ray.ray_env import init_ray
 
-    need = trial_needs(cfg, use_gpu=False)["CPU"]
+    need = trial_needs(cfg, use_gpu=False).total()["CPU"]
     init_ray(min_cpus=need * max(wanted, 1))  # a local Ray fits `wanted` trials
-    total = ray.cluster_resources()
-    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else total.get("GPU", 0) > 0
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    return use_gpu, total, nodes
+    view = cluster_view()
+    use_gpu, why = resolve_use_gpu(cfg.train.use_gpu, view)
+    print(why, flush=True)
+    return use_gpu, view
 
 
 # -- the Tuner -------------------------------------------------------------------------------------
@@ -146,17 +134,21 @@ def search(cfg: Config, resume: bool = False, best_config_out: str | None = None
     meta = existing_search(cfg, search_dir, resume)
     uri = tracking.tracking_uri(cfg.run.tracking_uri)
     tracking.check_reachable(uri)
-    use_gpu, total, nodes = _cluster(cfg, cfg.tune.max_concurrent or 1)
-    concurrency = plan_concurrency(cfg, use_gpu, total, nodes)
+    use_gpu, view = _cluster(cfg, cfg.tune.max_concurrent or 1)
+    concurrency, verdict = plan_concurrency(cfg, use_gpu, view)
     parent_run_id, resumed = open_parent(cfg, search_dir, uri, meta), meta is not None
     base = cfg.to_dict()
+    base["train"]["use_gpu"] = use_gpu  # resolved once, from what the cluster can launch
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, search_dir=search_dir,
                              parent_run_id=parent_run_id, uri=uri),
         {"cpu": TRIAL_DRIVER_CPU})
     start = time.perf_counter()
+    watch = PlacementWatch(trial_needs(cfg, use_gpu), expected_trials(cfg),
+                           verdict.waits_for if verdict else "")
     try:
-        results = _tuner(cfg, trainable, concurrency, root, resumed).fit()
+        with watch:
+            results = _tuner(cfg, trainable, concurrency, root, resumed).fit()
     except BaseException:
         tracking.end_run(uri, parent_run_id, "KILLED")  # --resume reopens it
         raise
