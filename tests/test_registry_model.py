@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from predict_helpers import mp4_world, train_tiny_checkpoint
+from serve_helpers import free_port
 
 from cg_ray.data.decode import decode_clip
 from cg_ray.predict.predictor import Predictor
-from cg_ray.predict.registry import register_checkpoint
+from cg_ray.predict.pyfunc import register_checkpoint
 from cg_ray.taxonomy import LEVELS
 from cg_ray.train.checkpoint import load_model
-
-from predict_helpers import mp4_world, train_tiny_checkpoint
-from serve_helpers import free_port
 
 COLUMNS = {c for level in LEVELS for c in (level, f"{level}_prob", f"{level}_top_k",
                                              f"{level}_top_k_probs")}

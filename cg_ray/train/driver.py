@@ -262,7 +262,7 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
 
 def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> dict:
     """Artifacts, registration and the summary of a finished fit."""
-    from cg_ray.predict.registry import register_checkpoint
+    from cg_ray.predict.pyfunc import register_checkpoint
 
     latest = storage.uri_of(storage_path, result.checkpoint.path)  # s3: the s3:// URI again
     best = result.get_best_checkpoint(metric="city_top1", mode="max")
