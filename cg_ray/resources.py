@@ -153,15 +153,12 @@ def _load_config(path: str) -> dict:
 
 
 def _has_autoscaler() -> bool:
-    """An autoscaler runs: v1's monitor reports on it in the GCS (the monitor of a plain local
-    Ray writes load metrics only), v2 marks itself there."""
+    """An autoscaler whose node types were not found runs: Ray's v2 autoscaler marks itself in
+    the GCS; KubeRay's pods carry RAY_USAGE_STATS_KUBERAY_IN_USE. (v1's status report in the GCS
+    tells nothing: a plain local Ray's monitor runs a read-only autoscaler that writes one too.)"""
+    if os.environ.get("RAY_USAGE_STATS_KUBERAY_IN_USE") == "1":
+        return True
     try:
-        from ray._private import ray_constants
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        if status and json.loads(status).get("autoscaler_report"):
-            return True
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 
         return is_autoscaler_v2(fetch_from_server=True)
