@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 from cg_ray.taxonomy import LEVELS
 
@@ -78,7 +78,8 @@ class Progress:
 
     def __init__(self, label: str, total: int | None, unit: str = "clips",
                  every: float | None = None, stream: TextIO | None = None,
-                 enabled: bool | None = None, passes_after: int = 0, clock=time.monotonic):
+                 enabled: bool | None = None, passes_after: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.enabled = (not quiet()) if enabled is None else enabled
@@ -86,7 +87,8 @@ class Progress:
         self.every = 0.2 if self.live else (default_every() if every is None else every)
         self.clock = clock
         self.start = self.last = clock()
-        self.done, self.extras, self.passes_after = 0, {}, passes_after
+        self.done, self.passes_after = 0, passes_after
+        self.extras: dict[str, object] = {}
 
     def rate(self) -> float:
         return self.done / max(self.clock() - self.start, 1e-9)
