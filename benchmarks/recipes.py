@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="only the per-step costs")
     parser.add_argument("--paper", action="store_true", help="time the paper-size model (slow on CPU)")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="clips per timed step")
+    parser.add_argument("--cue-fraction", type=float, default=WORLD["city_cue_fraction"],
+                        help="fraction of each clip's frames that show its city (default 0.15)")
     args = parser.parse_args()
     os.environ["CG_RAY_PROGRESS"] = "0"
     torch.set_num_threads(1)
@@ -155,17 +158,18 @@ def main() -> None:
         from cg_ray.demo import synthetic_dataset
         from cg_ray.ray_env import init_ray
 
-        data = synthetic_dataset(args.out, **WORLD)
+        world = dict(WORLD, city_cue_fraction=args.cue_fraction)
+        data = synthetic_dataset(args.out, **world)
         init_ray(min_cpus=2)
         experiment = train_runs(data, args.out, args.epochs)
-        print(f"\nworld: {WORLD}\nconfig: configs/demo.yaml + {' '.join(BASE)}; {args.epochs} epochs, "
+        print(f"\nworld: {world}\nconfig: configs/demo.yaml + {' '.join(BASE)}; {args.epochs} epochs, "
               f"one seed\n$ cg-ray compare {experiment} --tracking-uri sqlite:///{args.out}/mlflow.db")
         subprocess.run([sys.executable, "-m", "cg_ray", "compare", experiment, "--tracking-uri",
                         f"sqlite:///{args.out}/mlflow.db"], check=False)
     size = "paper model (VideoMAE ViT-S 16x224, 166/157/91/6)" if args.paper else "demo model (16x32x32)"
     print(f"\ncost per training step (forward, backward, optimizer step; CPU-ms of one thread), {size}, "
-          f"batch 8, median of {args.steps}:")
-    costs = step_costs(args.paper, args.steps, 8)
+          f"batch {args.batch}, median of {args.steps}:")
+    costs = step_costs(args.paper, args.steps, args.batch)
     base = dict(costs).get("baseline")
     for name, ms in costs:
         extra = f"{ms / base:.2f}x" if base else ""
