@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cg_ray.config import config_from_dict, load_config
+from cg_ray.data.sampling import Sampling
 from cg_ray.model.net import build_model
 from cg_ray.taxonomy import LEVELS, Taxonomy
 from cg_ray.train.checkpoint import load_model, read_checkpoint, restore_training, save_checkpoint
@@ -39,10 +40,11 @@ def make_state(cfg, seed=0, total_steps=10):
     return state
 
 
-def batch(n=4, seed=1, frames=4, size=32):
+def batch(n=4, seed=1, frames=4, size=32, leading=()):
     g = torch.Generator().manual_seed(seed)
     scenes = torch.rand(n, 16, generator=g)
-    out = {"video": torch.randint(0, 256, (n, frames, size, size, 3), generator=g, dtype=torch.uint8),
+    shape = (n, *leading, frames, size, size, 3)  # leading: (2,) for bidirectional's two views
+    out = {"video": torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
            "valid": torch.ones(n, dtype=torch.bool), "scene": scenes / scenes.sum(1, keepdim=True)}
     for level, k in zip(LEVELS, TAXONOMY.sizes):
         out[level] = torch.randint(0, k, (n,), generator=g)
@@ -238,7 +240,8 @@ def test_every_config_trains_one_tiny_step(path):
     if cfg.data.augment.enabled:
         state.augment = torch.Generator().manual_seed(0)
     before = {n: p.detach().clone() for n, p in state.model.named_parameters()}
-    losses = forward_backward(state, batch(2))
+    leading = Sampling(cfg.data.sampling, cfg.data.num_frames, training=True).leading
+    losses = forward_backward(state, batch(2, leading=leading))
     optimizer_step(state)
     assert torch.isfinite(torch.tensor(losses["loss"]))
     moved = [n for n, p in state.model.named_parameters() if not torch.equal(p, before[n])]
