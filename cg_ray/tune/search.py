@@ -112,8 +112,11 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
                                   storage_filesystem=fs)
     return tune.Tuner(trainable, param_space=tune_space(cfg.tune.space),
                       tune_config=tune_config(cfg, concurrency, experiment),
-                      run_config=tune.RunConfig(name=cfg.run.name, storage_path=path,
-                                                storage_filesystem=fs, verbose=1))
+                      run_config=tune.RunConfig(
+                          name=cfg.run.name, storage_path=path, storage_filesystem=fs, verbose=1,
+                          # A trial whose node went away (spot, scale-down) starts again and
+                          # resumes its training run from its latest checkpoint.
+                          failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures)))
 
 
 def search(cfg: Config, resume: bool = False, best_config_out: str | None = None) -> dict:
