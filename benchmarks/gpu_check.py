@@ -235,22 +235,27 @@ def _train(run: Run, name: str, extra: list[str]) -> dict:
 
 
 def step_bare(run: Run, decode: str) -> dict:
+    import torch
     from bare_loop import bare_loop
 
     steps, warmup = (10, 2) if run.args.cpu else (40, 5)
-    out = bare_loop(
-        run.config(),
-        run.data,
-        steps,
-        warmup,
-        "cuda" if run.gpu else "cpu",
-        decode="gpu" if run.gpu and decode != "cpu" else "cpu",
-        count_flops=True,
-    )
+    cfg, threads = run.config(), torch.get_num_threads()
+    # As many torch threads as a Ray Train worker gets (OMP_NUM_THREADS = its CPUs).
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    try:
+        out = bare_loop(
+            cfg,
+            run.data,
+            steps,
+            warmup,
+            "cuda" if run.gpu else "cpu",
+            decode="gpu" if run.gpu and decode != "cpu" else "cpu",
+            count_flops=True,
+        )
+    finally:
+        torch.set_num_threads(threads)
     run.flops_per_clip = out["flops_per_clip"]
     if run.gpu:
-        import torch
-
         torch.cuda.empty_cache()  # the Ray Train worker, in its own process, gets the memory
     peak = peak_flops(run.gpu_name or "")
     if peak:
