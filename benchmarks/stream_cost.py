@@ -8,7 +8,8 @@ streamed with bench_data (packed shards -> Ray Data -> DeviceFeed, as a training
 them) for --clips clips, and the same frames are decoded in a plain loop (the floor: every JPEG
 into its place in a (T, S, S, 3) array, one thread). CPU ms per clip are split by role: the
 driver (the consumer: iteration, collation), Ray's worker processes (read + decode tasks) and
-Ray's daemons (raylet, GCS, dashboard, ...). Last line: a JSON object with `stream_to_floor`.
+Ray's daemons (raylet, GCS, dashboard, ...). Also the bytes per clip of the blocks that cross
+the object store with data.decode cpu vs gpu. Last line: a JSON object with `stream_to_floor`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,39 @@ def floor_ms_per_clip(data: str, frames: int, size: int, clips: int) -> float:
     return 1000 * (time.process_time() - start) / done
 
 
+def block_bytes_per_clip(data: str, decode: str, files: int = 2) -> int:
+    """Bytes per clip of the blocks the Ray Data tasks put in the object store (what crosses
+    it to the consumer): pixels with decode='cpu', the JPEG bytes with decode='gpu'."""
+    import numpy as np
+    import pyarrow.fs as pafs
+
+    from cg_ray.data.shards import packed_files, read_and_decode
+    from cg_ray.data.stream import load_taxonomy
+    from cg_ray.taxonomy import LEVELS
+
+    taxonomy = load_taxonomy(data)
+    args = dict(
+        label_ids={level: taxonomy.index(level) for level in LEVELS},
+        num_frames=16,
+        image_size=224,
+        scene_labels="soft",
+        keep_ids=False,
+    )
+    clips = size = 0
+    for path in packed_files(data, "train", 16, 224)[:files]:
+        for block in read_and_decode(
+            {"path": np.array([path])},
+            filesystem=pafs.LocalFileSystem(),
+            batch_size=48,
+            seed=0,
+            decode=decode,
+            **args,
+        ):
+            clips += len(block["valid"])
+            size += sum(sum(map(len, v)) if v.dtype == object else v.nbytes for v in block.values())
+    return round(size / clips)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=4800, help="clips streamed (default: 4800)")
@@ -67,6 +101,7 @@ def main() -> None:
         data, train_clips=args.epoch_clips, val_clips=12, num_frames=16, image_size=224, raw_clips=0
     )
     floor = floor_ms_per_clip(data, 16, 224, 300)
+    store = {decode: block_bytes_per_clip(data, decode) for decode in ("cpu", "gpu")}
     stream = bench_data(data, clips=args.clips, batch_size=args.batch_size)
     total = sum(stream["cpu_ms_per_clip"].values())
     result = {
@@ -81,6 +116,7 @@ def main() -> None:
         "epochs": stream["epochs"],
         "epoch_clips": args.epoch_clips,
         "jpeg_bytes_per_clip": info["jpeg_bytes_per_clip"],
+        "object_store_bytes_per_clip": store,
         "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
