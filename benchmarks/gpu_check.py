@@ -318,8 +318,8 @@ def step_predict(run: Run) -> dict:
         text = _quiet_cli(["predict", run.raw[0], "--checkpoint", run.checkpoint, "--json"])
         times.append(time.perf_counter() - start)
     json.loads(text.strip().splitlines()[-1])
-    # `cg-ray predict` runs the model on the CPU (Predictor's default device), GPU or not.
-    return {"first_ms": round(1000 * times[0]), "warm_ms": round(1000 * min(times[1:])), "device": "cpu"}
+    device = "cuda" if run.gpu else "cpu"  # `cg-ray predict` runs on the GPU when there is one
+    return {"first_ms": round(1000 * times[0]), "warm_ms": round(1000 * min(times[1:])), "device": device}
 
 
 def step_batch_predict(run: Run) -> dict:

@@ -162,7 +162,10 @@ def cmd_predict(args) -> None:
     from cg_ray.predict.predictor import Predictor, format_outcome, open_checkpoint, predict_inputs
 
     loaded, _ = open_checkpoint(args.checkpoint)
-    outcomes = predict_inputs(Predictor(loaded, args.mode, args.top_k, views=args.views),
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one
+    outcomes = predict_inputs(Predictor(loaded, args.mode, args.top_k, device, views=args.views),
                               args.inputs, args.batch_size)
     for outcome in outcomes:
         if outcome.error:
