@@ -62,11 +62,13 @@ PAPER = ["data.num_frames=16", "data.image_size=224", "model.backbone.hidden_siz
          "model.backbone.intermediate_size=1536", "model.backbone.patch_size=16"]
 
 
-def train_runs(data: str, out: str, epochs: int) -> str:
+def train_runs(data: str, out: str, epochs: int, names: list[str]) -> str:
     from cg_ray.train.driver import train
 
     experiment = f"recipes-{int(time.time())}"
     for name, overrides in RUNS.items():
+        if name not in names:
+            continue
         cfg = load_config(str(ROOT / "configs" / "demo.yaml"), BASE + overrides + [
             f"data.path={data}", f"train.epochs={epochs}", f"run.storage_path={out}/runs",
             f"run.name={name}", f"run.experiment={experiment}",
@@ -146,6 +148,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="/tmp/cg_recipes")
     parser.add_argument("--skip-train", action="store_true", help="only the per-step costs")
+    parser.add_argument("--skip-costs", action="store_true", help="only the training runs")
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help=f"comma-separated runs to train (default all: {','.join(RUNS)})")
     parser.add_argument("--paper", action="store_true", help="time the paper-size model (slow on CPU)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="clips per timed step")
@@ -161,11 +166,13 @@ def main() -> None:
         world = dict(WORLD, city_cue_fraction=args.cue_fraction)
         data = synthetic_dataset(args.out, **world)
         init_ray(min_cpus=2)
-        experiment = train_runs(data, args.out, args.epochs)
+        experiment = train_runs(data, args.out, args.epochs, args.runs.split(","))
         print(f"\nworld: {world}\nconfig: configs/demo.yaml + {' '.join(BASE)}; {args.epochs} epochs, "
               f"one seed\n$ cg-ray compare {experiment} --tracking-uri sqlite:///{args.out}/mlflow.db")
         subprocess.run([sys.executable, "-m", "cg_ray", "compare", experiment, "--tracking-uri",
                         f"sqlite:///{args.out}/mlflow.db"], check=False)
+    if args.skip_costs:
+        return
     size = "paper model (VideoMAE ViT-S 16x224, 166/157/91/6)" if args.paper else "demo model (16x32x32)"
     print(f"\ncost per training step (forward, backward, optimizer step; CPU-ms of one thread), {size}, "
           f"batch {args.batch}, median of {args.steps}:")
