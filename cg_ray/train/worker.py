@@ -78,6 +78,10 @@ def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: f
     if state.cfg.data.augment.enabled:  # uint8, in place, before the model normalizes
         if state.augment is None:
             state.augment = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        if batch["video"].device.type == "cpu":
+            # On a CPU worker the batch can be a read-only view of Ray's object store: own it
+            # once (on a GPU the batch is already the worker's own copy).
+            batch["video"] = batch["video"].clone()
         augment_batch(batch["video"], state.cfg.data.augment, state.augment)
     with _autocast(state.device, state.bf16):
         out = state.model(batch["video"])
