@@ -62,8 +62,7 @@ class ClusterView:
         (minus the live nodes that look like that type)."""
         total = {k: sum(n.get(k, 0.0) for n in self.live) for k in KEYS}
         for t in self.launchable():
-            alike = sum(1 for n in self.live if all(n.get(k, 0.0) == t.resources.get(k, 0.0)
-                                                    for k in KEYS))
+            alike = sum(1 for n in self.live if all(n.get(k, 0.0) == t.resources.get(k, 0.0) for k in KEYS))
             for k in KEYS:
                 total[k] += max(t.max_workers - alike, 0) * t.resources.get(k, 0.0)
         return total
@@ -71,10 +70,10 @@ class ClusterView:
     def describe(self) -> str:
         live = f"{len(self.live)} live node(s) with {fmt_resources(_sum(self.live))}"
         if not self.types:
-            return live + (", and an autoscaler whose node types are unknown"
-                           if self.autoscaler else "")
-        types = "; ".join(f"{t.name}: {fmt_resources(t.resources)}, up to {t.max_workers}"
-                          for t in self.types)
+            return live + (", and an autoscaler whose node types are unknown" if self.autoscaler else "")
+        types = "; ".join(
+            f"{t.name}: {fmt_resources(t.resources)}, up to {t.max_workers}" for t in self.types
+        )
         return f"{live}; node types ({self.source}): {types}"
 
 
@@ -106,8 +105,9 @@ def types_from_config(config: dict) -> list[NodeType]:
     for name, spec in types.items():
         if name == head:
             continue
-        resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()
-                     if isinstance(v, (int, float))}
+        resources = {
+            k: float(v) for k, v in (spec.get("resources") or {}).items() if isinstance(v, (int, float))
+        }
         out.append(NodeType(name, resources, int(spec.get("max_workers", default_max))))
     return out
 
@@ -121,9 +121,14 @@ def _types_from_gcs() -> list[NodeType]:
         return []
     if config is None:
         return []
-    return [NodeType(g.name, {k: float(v) for k, v in g.resources.items()},
-                     g.max_count if g.max_count >= 0 else 1 << 30)
-            for g in config.node_group_configs]
+    return [
+        NodeType(
+            g.name,
+            {k: float(v) for k, v in g.resources.items()},
+            g.max_count if g.max_count >= 0 else 1 << 30,
+        )
+        for g in config.node_group_configs
+    ]
 
 
 def _monitor_config_path(gcs_address: str) -> str | None:
@@ -171,8 +176,7 @@ def cluster_view() -> ClusterView:
     autoscaler can launch when they can be known."""
     import ray
 
-    live = [{k: float(n["Resources"].get(k, 0.0)) for k in KEYS}
-            for n in ray.nodes() if n.get("Alive")]
+    live = [{k: float(n["Resources"].get(k, 0.0)) for k in KEYS} for n in ray.nodes() if n.get("Alive")]
     types = _types_from_gcs()
     if types:
         return ClusterView(live, types, True, "the GCS cluster config")
@@ -183,11 +187,9 @@ def cluster_view() -> ClusterView:
         try:
             return ClusterView(live, types_from_config(_load_config(path)), True, path)
         except (OSError, ValueError) as exc:
-            print(f"cannot read the autoscaling config {path} ({exc}); using the live nodes",
-                  flush=True)
+            print(f"cannot read the autoscaling config {path} ({exc}); using the live nodes", flush=True)
     if os.environ.get(NODE_TYPES_ENV):
-        return ClusterView(live, declared_types(os.environ[NODE_TYPES_ENV]), True,
-                           f"${NODE_TYPES_ENV}")
+        return ClusterView(live, declared_types(os.environ[NODE_TYPES_ENV]), True, f"${NODE_TYPES_ENV}")
     return ClusterView(live, [], _has_autoscaler())
 
 
@@ -199,8 +201,9 @@ def declared_types(text: str) -> list[NodeType]:
     except json.JSONDecodeError as exc:
         raise UserError(f"${NODE_TYPES_ENV} is not JSON ({exc}): give it as {example}") from None
     if not isinstance(declared, dict) or not all(isinstance(v, dict) for v in declared.values()):
-        raise UserError(f"${NODE_TYPES_ENV} must map node type names to their resources and "
-                        f"max_workers, e.g. {example}")
+        raise UserError(
+            f"${NODE_TYPES_ENV} must map node type names to their resources and max_workers, e.g. {example}"
+        )
     return types_from_config({"available_node_types": declared})
 
 
@@ -218,8 +221,10 @@ def resolve_use_gpu(use_gpu: bool | None, view: ClusterView) -> tuple[bool, str]
     gpu_types = [t for t in view.launchable() if t.resources.get("GPU", 0) > 0]
     if gpu_types:
         t = gpu_types[0]
-        return True, (f"train.use_gpu=auto: GPUs (none alive yet; node type {t.name} has "
-                      f"{fmt_resources(t.resources)}, up to {t.max_workers}, from {view.source})")
+        return True, (
+            f"train.use_gpu=auto: GPUs (none alive yet; node type {t.name} has "
+            f"{fmt_resources(t.resources)}, up to {t.max_workers}, from {view.source})"
+        )
     return False, "train.use_gpu=auto: CPUs only (no live node and no node type has a GPU)"
 
 
@@ -243,12 +248,19 @@ class Need:
         return total
 
 
-def training_need(num_workers: int, cpus_per_worker: float, use_gpu: bool, data_cpus: float,
-                  driver_cpus: float = 0.0, unit: str = "run") -> Need:
+def training_need(
+    num_workers: int,
+    cpus_per_worker: float,
+    use_gpu: bool,
+    data_cpus: float,
+    driver_cpus: float = 0.0,
+    unit: str = "run",
+) -> Need:
     """The need of a Ray Train run: its workers' bundles, data CPUs and the driver's share."""
     worker = {"CPU": float(cpus_per_worker), "GPU": 1.0 if use_gpu else 0.0}
-    what = (f"train.num_workers={num_workers} x ({fmt_resources(worker)}) + {data_cpus:g} CPU for "
-            f"Ray Data" + (f" + {driver_cpus:g} for the {unit}'s driver" if driver_cpus else ""))
+    what = f"train.num_workers={num_workers} x ({fmt_resources(worker)}) + {data_cpus:g} CPU for Ray Data" + (
+        f" + {driver_cpus:g} for the {unit}'s driver" if driver_cpus else ""
+    )
     return Need([dict(worker) for _ in range(num_workers)], data_cpus, driver_cpus, what, unit)
 
 
@@ -289,17 +301,16 @@ def _largest_nodes(view: ClusterView) -> list[dict[str, float]]:
     """Every node the cluster can have at once: live ones plus each type at its max."""
     nodes = [dict(n) for n in view.live]
     for t in view.launchable():
-        alike = sum(1 for n in view.live if all(n.get(k, 0.0) == t.resources.get(k, 0.0)
-                                                for k in KEYS))
-        nodes += [{k: t.resources.get(k, 0.0) for k in KEYS}
-                  for _ in range(min(max(t.max_workers - alike, 0), 64))]
+        alike = sum(1 for n in view.live if all(n.get(k, 0.0) == t.resources.get(k, 0.0) for k in KEYS))
+        nodes += [
+            {k: t.resources.get(k, 0.0) for k in KEYS} for _ in range(min(max(t.max_workers - alike, 0), 64))
+        ]
     return nodes
 
 
 def _waits_for(need: Need, view: ClusterView) -> str:
     """The nodes the autoscaler must add for one unit: the smallest type that hosts a bundle."""
-    fitting = [t for t in view.launchable()
-               if all(_fits(b, t.resources) for b in need.bundles[:1])]
+    fitting = [t for t in view.launchable() if all(_fits(b, t.resources) for b in need.bundles[:1])]
     if not fitting:
         return f"{fmt_resources(need.total())} more"
     t = min(fitting, key=lambda t: (t.resources.get("GPU", 0), t.resources.get("CPU", 0)))
@@ -315,23 +326,32 @@ def check(need: Need, view: ClusterView, override: str = "tune.check_resources=f
     numbers); else how many units fit now and at most."""
     now = _units(need, view.live)
     if view.autoscaler and not view.types:
-        return Verdict(now, max(now, 1 << 20), "" if now else
-                       f"{fmt_resources(need.total())} from the autoscaler (its node types are unknown)")
+        return Verdict(
+            now,
+            max(now, 1 << 20),
+            "" if now else f"{fmt_resources(need.total())} from the autoscaler (its node types are unknown)",
+        )
     at_most = _units(need, _largest_nodes(view))
     if at_most == 0:
         nodes = view.live + [t.resources for t in view.launchable()]
         bundle = need.bundles[0] if need.bundles else {}
         if bundle and not any(_fits(bundle, n) for n in nodes):
             biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-            problem = (f"no node can host one training worker ({fmt_resources(bundle)}): the largest "
-                       f"node {'type ' if view.types else ''}has {fmt_resources(biggest)}")
+            problem = (
+                f"no node can host one training worker ({fmt_resources(bundle)}): the largest "
+                f"node {'type ' if view.types else ''}has {fmt_resources(biggest)}"
+            )
         else:
-            problem = (f"one {need.unit} needs {fmt_resources(need.total())} ({need.what}) but the "
-                       f"cluster {'can grow to' if view.types else 'has'} "
-                       f"{fmt_resources(view.capacity())}")
-        raise UserError(f"{problem} [{view.describe()}]: lower train.num_workers, "
-                        f"train.cpus_per_worker or tune.data_cpus, add nodes or node types, or "
-                        f"set {override} to skip this check")
+            problem = (
+                f"one {need.unit} needs {fmt_resources(need.total())} ({need.what}) but the "
+                f"cluster {'can grow to' if view.types else 'has'} "
+                f"{fmt_resources(view.capacity())}"
+            )
+        raise UserError(
+            f"{problem} [{view.describe()}]: lower train.num_workers, "
+            f"train.cpus_per_worker or tune.data_cpus, add nodes or node types, or "
+            f"set {override} to skip this check"
+        )
     return Verdict(now, at_most, "" if now else _waits_for(need, view))
 
 
@@ -349,7 +369,7 @@ class PlacementWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="placement-watch")
 
-    def __enter__(self) -> "PlacementWatch":
+    def __enter__(self) -> PlacementWatch:
         self._thread.start()
         return self
 
@@ -364,8 +384,9 @@ class PlacementWatch:
         shape = sorted(tuple(sorted((k, v) for k, v in b.items() if v)) for b in self.need.bundles)
         placed = waiting = 0
         for pg in placement_group_table().values():
-            bundles = sorted(tuple(sorted((k, v) for k, v in b.items() if v))
-                             for b in pg.get("bundles", {}).values())
+            bundles = sorted(
+                tuple(sorted((k, v) for k, v in b.items() if v)) for b in pg.get("bundles", {}).values()
+            )
             if bundles != shape:
                 continue
             placed += pg.get("state") == "CREATED"
@@ -374,8 +395,10 @@ class PlacementWatch:
 
     def line(self, placed: int, minutes: float) -> str:
         plural = "s" if self.units != 1 else ""
-        return (f"waiting for {self.waits_for or 'the autoscaler'}: {min(placed, self.units)} "
-                f"of {self.units} {self.need.unit}{plural} placed, {minutes:.0f} min")
+        return (
+            f"waiting for {self.waits_for or 'the autoscaler'}: {min(placed, self.units)} "
+            f"of {self.units} {self.need.unit}{plural} placed, {minutes:.0f} min"
+        )
 
     def _run(self) -> None:
         started, last = None, None

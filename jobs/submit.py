@@ -26,8 +26,14 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = ("pack", "scenes", "text", "train", "tune", "evaluate", "serve")
-PASS_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-            "AWS_DEFAULT_REGION", "CG_RAY_PROGRESS")
+PASS_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "CG_RAY_PROGRESS",
+)
 SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL|SESSION", re.I)
 
 
@@ -40,8 +46,10 @@ def runtime_env(path: str, extra_env: list[str]) -> dict:
     env_vars = dict(env.get("env_vars") or {})
     for name in (*PASS_ENV, *extra_env):
         if SECRET.search(name):
-            raise SystemExit(f"submit: refusing to send {name} with the job: give the nodes "
-                             f"their credentials (instance role, Kubernetes Secret)")
+            raise SystemExit(
+                f"submit: refusing to send {name} with the job: give the nodes "
+                f"their credentials (instance role, Kubernetes Secret)"
+            )
         if name in os.environ:
             env_vars[name] = os.environ[name]
     env["env_vars"] = env_vars
@@ -83,11 +91,17 @@ def with_config(env: dict, args: list[str]) -> tuple[dict, list[str]]:
         return env, args
     staged = tempfile.mkdtemp(prefix="cg-ray-job-")
     if working_dir and "://" not in working_dir:
-        shutil.copytree(working_dir, staged, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*env.get("excludes", []), ".git", ".venv"))
+        shutil.copytree(
+            working_dir,
+            staged,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(*env.get("excludes", []), ".git", ".venv"),
+        )
     elif working_dir:
-        raise SystemExit(f"submit: cannot add {path} to the remote working_dir {working_dir}: "
-                         f"give --config as a URI the nodes can read")
+        raise SystemExit(
+            f"submit: cannot add {path} to the remote working_dir {working_dir}: "
+            f"give --config as a URI the nodes can read"
+        )
     os.makedirs(os.path.join(staged, "_config"))
     shutil.copy(full, os.path.join(staged, "_config", os.path.basename(full)))
     args[index] = prefix + f"_config/{os.path.basename(full)}"
@@ -106,9 +120,11 @@ def use_auth_token() -> None:
         Config.initialize("")  # Ray reads the mode once per process
 
 
-AUTH_HINT = ("the cluster at {address} wants a Ray auth token: put the head's token (`ray "
-             "get-auth-token` there) in ~/.ray/auth_token, or set RAY_AUTH_TOKEN=<token> "
-             "(or RAY_AUTH_TOKEN_PATH=<file>)")
+AUTH_HINT = (
+    "the cluster at {address} wants a Ray auth token: put the head's token (`ray "
+    "get-auth-token` there) in ~/.ray/auth_token, or set RAY_AUTH_TOKEN=<token> "
+    "(or RAY_AUTH_TOKEN_PATH=<file>)"
+)
 
 
 async def _follow(client, job_id: str) -> None:
@@ -117,9 +133,8 @@ async def _follow(client, job_id: str) -> None:
 
 
 def submit(job: str, address: str, env: dict, args: list[str], submission_id: str | None) -> int:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
     use_auth_token()
     staged, args = with_config(env, args)
@@ -145,12 +160,13 @@ def submit(job: str, address: str, env: dict, args: list[str], submission_id: st
             time.sleep(1)  # the log stream can end a moment before the status does
             status = client.get_job_status(job_id)
     except KeyboardInterrupt:
-        print(f"submit: stopped following; the job goes on: ray job stop {job_id} "
-              f"--address {address}", file=sys.stderr)
+        print(
+            f"submit: stopped following; the job goes on: ray job stop {job_id} --address {address}",
+            file=sys.stderr,
+        )
         return 130
     info = client.get_job_info(job_id)
-    print(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""),
-          file=sys.stderr)
+    print(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""), file=sys.stderr)
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
@@ -159,15 +175,24 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     # Everything after `--` goes to the command untouched (argparse's REMAINDER would also
     # swallow submit's own options after the job name).
     split = argv.index("--") if "--" in argv else len(argv)
-    own, args = argv[:split], argv[split + 1:]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage="%(prog)s JOB [options] -- [the command's arguments]")
+    own, args = argv[:split], argv[split + 1 :]
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage="%(prog)s JOB [options] -- [the command's arguments]"
+    )
     parser.add_argument("job", choices=JOBS)
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="the job server, http://HEAD:8265 (default: $RAY_ADDRESS)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="the job server, http://HEAD:8265 (default: $RAY_ADDRESS)",
+    )
     parser.add_argument("--runtime-env", default=os.path.join(ROOT, "jobs", "runtime_env.yaml"))
-    parser.add_argument("--env", action="append", default=[], metavar="NAME",
-                        help="also pass this variable of the submitting shell")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also pass this variable of the submitting shell",
+    )
     parser.add_argument("--submission-id")
     ns = parser.parse_args(own)
     if not ns.address:
@@ -178,6 +203,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ns, args = parse(sys.argv[1:] if argv is None else list(argv))
     return submit(ns.job, ns.address, runtime_env(ns.runtime_env, ns.env), args, ns.submission_id)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,15 +31,30 @@ def fake_config(head: dict, workers: dict, gcs_address: str, idle_minutes: float
     return {
         "cluster_name": "cg-ray-fake",
         "max_workers": sum(spec.get("max_workers", 0) for spec in workers.values()),
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     "gcs_address": gcs_address},
-        "available_node_types": types, "head_node_type": HEAD_TYPE, "auth": {},
-        "upscaling_speed": 1.0, "idle_timeout_minutes": idle_minutes, "docker": {},
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [],
-        "worker_start_ray_commands": [], "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
+        "available_node_types": types,
+        "head_node_type": HEAD_TYPE,
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_minutes,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
     }
 
 
@@ -56,17 +71,25 @@ class AutoscalingHead(LocalCluster):
             json.dump(fake_config(head, workers, self.gcs, idle_minutes), f)
         self.env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
 
-    def __enter__(self) -> "AutoscalingHead":
+    def __enter__(self) -> AutoscalingHead:
         port = self.gcs.rsplit(":", 1)[1]
         dash_port = self.dashboard.rsplit(":", 1)[1]
         extra = {k: v for k, v in self.head_resources.items() if k not in ("CPU", "GPU")}
-        self._start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
-                     f"--autoscaling-config={self.config_path}",
-                     f"--num-cpus={self.head_cpus}",
-                     f"--num-gpus={int(self.head_resources.get('GPU', 0))}",
-                     *(["--resources", json.dumps(extra)] if extra else [])],
-                    "head", os.path.join(self.root, "head"))
+        self._start(
+            [
+                "--head",
+                f"--port={port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash_port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--autoscaling-config={self.config_path}",
+                f"--num-cpus={self.head_cpus}",
+                f"--num-gpus={int(self.head_resources.get('GPU', 0))}",
+                *(["--resources", json.dumps(extra)] if extra else []),
+            ],
+            "head",
+            os.path.join(self.root, "head"),
+        )
         self.wait_nodes(1)
         return self
 
@@ -91,14 +114,34 @@ class AutoscalingHead(LocalCluster):
         _kill_leftovers(self.root)
 
 
-def submit(cluster: LocalCluster, job_id: str, command: list[str], cwd: str,
-           env_vars: dict | None = None) -> None:
+def submit(
+    cluster: LocalCluster, job_id: str, command: list[str], cwd: str, env_vars: dict | None = None
+) -> None:
     """`ray job submit --no-wait` of a command (run with the venv's python on the head)."""
-    runtime_env = json.dumps({"env_vars": {"CG_RAY_PROGRESS": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                                           "MLFLOW_DISABLE_TELEMETRY": "true", **(env_vars or {})}})
-    out = cluster.ray("job", "submit", "--address", cluster.dashboard, "--no-wait",
-                      "--submission-id", job_id, "--runtime-env-json", runtime_env, "--",
-                      *command, cwd=cwd)
+    runtime_env = json.dumps(
+        {
+            "env_vars": {
+                "CG_RAY_PROGRESS": "0",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                **(env_vars or {}),
+            }
+        }
+    )
+    out = cluster.ray(
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        "--runtime-env-json",
+        runtime_env,
+        "--",
+        *command,
+        cwd=cwd,
+    )
     assert out.returncode == 0, out.stderr
 
 

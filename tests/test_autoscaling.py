@@ -13,27 +13,32 @@ provider: real raylets on this machine with the declared resources), started onc
 The time from `ray job submit` to the first trial running is printed (run with -s)."""
 
 import json
-import os
 import shlex
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from autoscaling_cluster import AutoscalingHead, python, submit
+from mlflow.tracking import MlflowClient
 from test_jobs_cluster import _status, _wait
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = {"worker": {"resources": {"CPU": 2}, "max_workers": 2}}
 # The demo's tiny model on the tiny world, for configs that name the paper's model.
-TINY = ["data.num_frames=8", "data.image_size=32", "model.backbone.name=videomae",
-        "model.backbone.pretrained=null", "model.backbone.hidden_size=64",
-        "model.backbone.num_layers=2", "model.backbone.num_heads=4",
-        "model.backbone.intermediate_size=128", "model.backbone.patch_size=8",
-        "model.backbone.tubelet_size=2"]
+TINY = [
+    "data.num_frames=8",
+    "data.image_size=32",
+    "model.backbone.name=videomae",
+    "model.backbone.pretrained=null",
+    "model.backbone.hidden_size=64",
+    "model.backbone.num_layers=2",
+    "model.backbone.num_heads=4",
+    "model.backbone.intermediate_size=128",
+    "model.backbone.patch_size=8",
+    "model.backbone.tubelet_size=2",
+]
 
 
 def _sets(pairs: list[str]) -> list[str]:
@@ -51,16 +56,35 @@ def _logs(cluster, job_id: str) -> str:
 
 
 def _train_args(data, out: Path, name: str, *extra: str) -> list[str]:
-    return ["--config", str(ROOT / "configs/demo.yaml"), *_sets([
-        f"data.path={data}", "train.epochs=1", "train.batch_size=8", "train.use_gpu=false",
-        f"run.storage_path={out}/runs", f"run.name={name}",
-        f"run.tracking_uri=sqlite:///{out}/mlflow.db", *extra])]
+    return [
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        *_sets(
+            [
+                f"data.path={data}",
+                "train.epochs=1",
+                "train.batch_size=8",
+                "train.use_gpu=false",
+                f"run.storage_path={out}/runs",
+                f"run.name={name}",
+                f"run.tracking_uri=sqlite:///{out}/mlflow.db",
+                *extra,
+            ]
+        ),
+    ]
 
 
 def test_a_run_no_node_type_can_host_is_refused_at_once(cluster, tiny_dataset, tmp_path):
-    submit(cluster, "too-big", [python(), str(ROOT / "jobs/train.py"),
-                                *_train_args(tiny_dataset, tmp_path, "too-big",
-                                             "train.cpus_per_worker=8")], cwd=str(ROOT))
+    submit(
+        cluster,
+        "too-big",
+        [
+            python(),
+            str(ROOT / "jobs/train.py"),
+            *_train_args(tiny_dataset, tmp_path, "too-big", "train.cpus_per_worker=8"),
+        ],
+        cwd=str(ROOT),
+    )
     assert _wait(cluster, "too-big", timeout=180) == "FAILED"
     logs = _logs(cluster, "too-big")
     assert "no node can host one training worker (8 CPUs): the largest node type has 2 CPUs" in logs
@@ -70,9 +94,16 @@ def test_a_run_no_node_type_can_host_is_refused_at_once(cluster, tiny_dataset, t
 
 def test_training_waits_for_the_autoscaler_then_runs(cluster, tiny_dataset, tmp_path):
     cluster.wait_for(lambda nodes: len(nodes) == 1, timeout=240)  # from zero workers
-    submit(cluster, "train-2", [python(), str(ROOT / "jobs/train.py"),
-                                *_train_args(tiny_dataset, tmp_path, "train-2",
-                                             "train.num_workers=2")], cwd=str(ROOT))
+    submit(
+        cluster,
+        "train-2",
+        [
+            python(),
+            str(ROOT / "jobs/train.py"),
+            *_train_args(tiny_dataset, tmp_path, "train-2", "train.num_workers=2"),
+        ],
+        cwd=str(ROOT),
+    )
     status = _wait(cluster, "train-2", timeout=500)
     logs = _logs(cluster, "train-2")
     assert status == "SUCCEEDED", logs[-3000:]
@@ -81,20 +112,27 @@ def test_training_waits_for_the_autoscaler_then_runs(cluster, tiny_dataset, tmp_
     assert "epoch 0: " in logs
 
 
-def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, tiny_dataset,
-                                                                        tmp_path):
+def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, tiny_dataset, tmp_path):
     rayjob = yaml.safe_load((ROOT / "cluster/kuberay/rayjob-tune.yaml").read_text())
     storage = tmp_path / "storage"
     # The entrypoint as the submitter pod runs it: its $CG_RAY_* expanded, the image's checkout
     # (/opt/cg_ray) being this one, `python` the venv's.
     text = rayjob["spec"]["entrypoint"].replace("/opt/cg_ray", str(ROOT))
-    words = shlex.split(text.replace("$CG_RAY_DATA", tiny_dataset)
-                        .replace("$CG_RAY_STORAGE", str(storage)))
+    words = shlex.split(text.replace("$CG_RAY_DATA", tiny_dataset).replace("$CG_RAY_STORAGE", str(storage)))
     assert words[0] == "python" and "--best-config-out" in words
     words[0] = python()
     # Sized for this machine: the tiny model, CPUs (the fake nodes have no CUDA), 3 trials.
-    words += _sets([*TINY, "train.use_gpu=false", "train.epochs=2", "train.batch_size=8",
-                    "tune.num_samples=3", "tune.data_cpus=1", "tune.grace_period=1"])
+    words += _sets(
+        [
+            *TINY,
+            "train.use_gpu=false",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "tune.num_samples=3",
+            "tune.data_cpus=1",
+            "tune.grace_period=1",
+        ]
+    )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     cluster.wait_for(lambda nodes: len(nodes) == 1, timeout=240)  # from zero workers
@@ -105,8 +143,9 @@ def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, 
         if first_node is None and len(cluster.alive_nodes()) > 1:
             first_node = time.time() - start
         experiment = client.get_experiment_by_name("cityguessr-search")
-        if experiment and any("mlflow.parentRunId" in r.data.tags
-                              for r in client.search_runs([experiment.experiment_id])):
+        if experiment and any(
+            "mlflow.parentRunId" in r.data.tags for r in client.search_runs([experiment.experiment_id])
+        ):
             first_trial = time.time() - start
         if _status(cluster, "search") in ("FAILED", "STOPPED"):
             break
@@ -114,8 +153,10 @@ def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, 
     status = _wait(cluster, "search", timeout=900)
     logs = _logs(cluster, "search")
     assert status == "SUCCEEDED", logs[-4000:]
-    print(f"\nFIGURE ray job submit -> first worker node alive: {first_node:.1f} s, "
-          f"-> first trial running (its MLflow run opened): {first_trial:.1f} s")
+    print(
+        f"\nFIGURE ray job submit -> first worker node alive: {first_node:.1f} s, "
+        f"-> first trial running (its MLflow run opened): {first_trial:.1f} s"
+    )
     assert "no trial fits the live nodes yet: waiting for" in logs
     runs = client.search_runs([client.get_experiment_by_name("cityguessr-search").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -132,20 +173,23 @@ def test_use_gpu_auto_asks_for_gpus_before_any_gpu_node_exists(tiny_dataset, tmp
     gpu = {"gpu": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 1}}
     with AutoscalingHead({"CPU": 1}, gpu, idle_minutes=0.1) as cluster:
         assert all(n["resources_total"].get("GPU", 0) == 0 for n in cluster.alive_nodes())
-        args = _train_args(tiny_dataset, tmp_path, "gpu", "train.use_gpu=auto",
-                           "train.num_workers=1")
+        args = _train_args(tiny_dataset, tmp_path, "gpu", "train.use_gpu=auto", "train.num_workers=1")
         submit(cluster, "gpu", [python(), str(ROOT / "jobs/train.py"), *args], cwd=str(ROOT))
         bundles, deadline = [], time.time() + 240
         while time.time() < deadline and not bundles:
-            out = cluster.ray("list", "placement-groups", "--address", cluster.dashboard,
-                              "--detail", "--format", "json")
+            out = cluster.ray(
+                "list", "placement-groups", "--address", cluster.dashboard, "--detail", "--format", "json"
+            )
             try:  # "No resource in the cluster" before the first group
                 groups = json.loads(out.stdout) if out.returncode == 0 else []
             except json.JSONDecodeError:
                 groups = []
             for group in groups:
-                bundles += [b["unit_resources"] for b in group.get("bundles") or []
-                            if b.get("unit_resources", {}).get("GPU")]
+                bundles += [
+                    b["unit_resources"]
+                    for b in group.get("bundles") or []
+                    if b.get("unit_resources", {}).get("GPU")
+                ]
             time.sleep(2)
         logs = _logs(cluster, "gpu")
         cluster.ray("job", "stop", "gpu", "--address", cluster.dashboard, "--no-wait")

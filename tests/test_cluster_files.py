@@ -18,24 +18,85 @@ sys.path.insert(0, str(ROOT / "jobs"))
 import submit  # noqa: E402  jobs/submit.py
 
 YAMLS = sorted([*ROOT.glob("cluster/**/*.yaml"), *ROOT.glob("jobs/*.yaml")])
-KUBERAY = {"RayCluster": ROOT / "cluster/kuberay/raycluster.yaml",
-           "RayJob": ROOT / "cluster/kuberay/rayjob-tune.yaml"}
+KUBERAY = {
+    "RayCluster": ROOT / "cluster/kuberay/raycluster.yaml",
+    "RayJob": ROOT / "cluster/kuberay/rayjob-tune.yaml",
+}
 # Fields of KubeRay v1.5/1.6 (ray.io/v1), from its API types.
-RAYCLUSTER_SPEC = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
-                   "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy",
-                   "gcsFaultToleranceOptions", "authOptions", "upgradeStrategy"}
+RAYCLUSTER_SPEC = {
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "rayVersion",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "suspend",
+    "managedBy",
+    "gcsFaultToleranceOptions",
+    "authOptions",
+    "upgradeStrategy",
+}
 HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
-WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts",
-                "rayStartParams", "template", "scaleStrategy", "suspend", "idleTimeoutSeconds"}
-AUTOSCALER = {"resources", "image", "imagePullPolicy", "env", "envFrom", "volumeMounts",
-              "securityContext", "idleTimeoutSeconds", "upscalingMode", "version"}
-RAYJOB_SPEC = {"entrypoint", "runtimeEnvYAML", "rayClusterSpec", "clusterSelector",
-               "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "activeDeadlineSeconds",
-               "backoffLimit", "submissionMode", "submitterPodTemplate", "submitterConfig",
-               "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "suspend",
-               "managedBy", "jobId", "metadata", "deletionStrategy"}
-RUNTIME_ENV = {"working_dir", "py_modules", "pip", "uv", "conda", "env_vars", "excludes",
-               "container", "image_uri", "config", "py_executable", "java_jars", "nsight"}
+WORKER_GROUP = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "numOfHosts",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "suspend",
+    "idleTimeoutSeconds",
+}
+AUTOSCALER = {
+    "resources",
+    "image",
+    "imagePullPolicy",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "securityContext",
+    "idleTimeoutSeconds",
+    "upscalingMode",
+    "version",
+}
+RAYJOB_SPEC = {
+    "entrypoint",
+    "runtimeEnvYAML",
+    "rayClusterSpec",
+    "clusterSelector",
+    "shutdownAfterJobFinishes",
+    "ttlSecondsAfterFinished",
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "submissionMode",
+    "submitterPodTemplate",
+    "submitterConfig",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "entrypointResources",
+    "suspend",
+    "managedBy",
+    "jobId",
+    "metadata",
+    "deletionStrategy",
+}
+RUNTIME_ENV = {
+    "working_dir",
+    "py_modules",
+    "pip",
+    "uv",
+    "conda",
+    "env_vars",
+    "excludes",
+    "container",
+    "image_uri",
+    "config",
+    "py_executable",
+    "java_jars",
+    "nsight",
+}
 ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|AUTH_TOKEN$|CREDENTIAL", re.I)
 
@@ -52,11 +113,15 @@ def test_every_yaml_loads_and_writes_no_secret(path):
     def walk(node):
         if isinstance(node, dict):
             # env_vars mappings (NAME: value) and Kubernetes env entries (name: NAME, value: v)
-            pairs = list(node.items()) + ([(node["name"], node["value"])]
-                                          if {"name", "value"} <= set(node) else [])
+            pairs = list(node.items()) + (
+                [(node["name"], node["value"])] if {"name", "value"} <= set(node) else []
+            )
             for key, value in pairs:
-                if ENV_NAME.fullmatch(str(key)) and SECRET_NAME.search(str(key)) and \
-                        isinstance(value, (str, int)):
+                if (
+                    ENV_NAME.fullmatch(str(key))
+                    and SECRET_NAME.search(str(key))
+                    and isinstance(value, (str, int))
+                ):
                     pytest.fail(f"{path}: {key} has a value written in the file")
                 if isinstance(value, str) and "://" in value:
                     assert "@" not in value.split("://", 1)[1].split("/")[0], f"credentials: {value}"
@@ -132,7 +197,8 @@ def test_cluster_launcher_opens_nothing_to_the_world_and_gives_every_node_a_prof
     validate_config(config)
     assert not any(str(v).strip() in ("0.0.0.0/0", "::/0") for v in _walk_values(_launcher()))
     assert "0.0.0.0/0" not in (ROOT / "cluster/aws.yaml").read_text().replace(
-        "SSH from 0.0.0.0/0", "")  # only the comment that says why
+        "SSH from 0.0.0.0/0", ""
+    )  # only the comment that says why
     for name, node in config["available_node_types"].items():
         node_config = node["node_config"]
         assert node_config["IamInstanceProfile"]["Name"].startswith("cg-ray-"), name
@@ -175,8 +241,7 @@ def test_cluster_readme_commands_parse_with_the_cli():
     from cg_ray.cli import build_parser
 
     commands = _readme_commands()
-    assert {c[0] for c in commands} >= {"prepare", "pack", "scenes", "text", "tune", "train",
-                                        "evaluate"}
+    assert {c[0] for c in commands} >= {"prepare", "pack", "scenes", "text", "tune", "train", "evaluate"}
     parser = build_parser()
     for argv in commands:
         try:
@@ -318,11 +383,11 @@ def test_the_config_file_travels_with_the_job(tmp_path):
     the config goes into a copy of jobs/ that is uploaded instead; inside the working_dir (the
     dev env) it is named relative to it; a URI or a missing file is left to the job."""
     env = submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), [])
-    staged, args = submit.with_config(env, ["--config", str(ROOT / "configs/demo.yaml"),
-                                            "--set", "a=b"])
+    staged, args = submit.with_config(env, ["--config", str(ROOT / "configs/demo.yaml"), "--set", "a=b"])
     assert args == ["--config", "_config/demo.yaml", "--set", "a=b"]
-    assert (Path(staged["working_dir"]) / "_config/demo.yaml").read_text() == \
-        (ROOT / "configs/demo.yaml").read_text()
+    assert (Path(staged["working_dir"]) / "_config/demo.yaml").read_text() == (
+        ROOT / "configs/demo.yaml"
+    ).read_text()
     assert (Path(staged["working_dir"]) / "train.py").exists()  # the job scripts, as before
     assert submit.entrypoint("train", env, args) == "python train.py --config _config/demo.yaml --set a=b"
     dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
@@ -355,9 +420,22 @@ def test_submit_finds_the_token_as_rays_cli_does(tmp_path, monkeypatch):
 
 
 def test_submit_keeps_its_own_options_apart_from_the_commands():
-    ns, args = submit.parse(["train", "--address", "http://head:8265", "--runtime-env",
-                             "jobs/runtime_env.dev.yaml", "--", "--config", "c.yaml", "--set",
-                             "train.epochs=2", "--address", "not-submits"])
+    ns, args = submit.parse(
+        [
+            "train",
+            "--address",
+            "http://head:8265",
+            "--runtime-env",
+            "jobs/runtime_env.dev.yaml",
+            "--",
+            "--config",
+            "c.yaml",
+            "--set",
+            "train.epochs=2",
+            "--address",
+            "not-submits",
+        ]
+    )
     assert (ns.job, ns.address, ns.runtime_env) == ("train", "http://head:8265", "jobs/runtime_env.dev.yaml")
     assert args == ["--config", "c.yaml", "--set", "train.epochs=2", "--address", "not-submits"]
     ns, args = submit.parse(["tune", "--address", "http://head:8265"])

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -24,8 +23,9 @@ def _status(cluster, job_id: str) -> str:
     out = cluster.ray("job", "status", job_id, "--address", cluster.dashboard)
     text = out.stdout + out.stderr
     # "Status for job 'ID': RUNNING" while it runs; "Job 'ID' succeeded|failed|stopped" at the end.
-    found = (re.search(r"Status for job '[^']+': (\w+)", text)
-             or re.search(r"Job '[^']+' (succeeded|failed|stopped)", text))
+    found = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
+        r"Job '[^']+' (succeeded|failed|stopped)", text
+    )
     return found.group(1).upper() if found else "UNKNOWN"
 
 
@@ -40,8 +40,19 @@ def _wait(cluster, job_id: str, timeout: float = 400) -> str:
 
 
 def _train_worker_nodes(cluster) -> set[str]:
-    out = cluster.ray("list", "actors", "--address", cluster.dashboard, "--detail", "--format",
-                      "json", "--filter", "class_name=RayTrainWorker", "--limit", "1000")
+    out = cluster.ray(
+        "list",
+        "actors",
+        "--address",
+        cluster.dashboard,
+        "--detail",
+        "--format",
+        "json",
+        "--filter",
+        "class_name=RayTrainWorker",
+        "--limit",
+        "1000",
+    )
     assert out.returncode == 0, out.stderr
     return {actor["node_id"] for actor in json.loads(out.stdout)}
 
@@ -51,16 +62,44 @@ def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
         node_ids = {node["node_id"] for node in cluster.alive_nodes()}
         assert len(node_ids) == 2
         job_id = "cg-ray-train-two-nodes"
-        args = ["--config", "configs/demo.yaml", "--set", f"data.path={tiny_dataset}",
-                "--set", "train.num_workers=2", "--set", "train.cpus_per_worker=2",
-                "--set", "train.epochs=1", "--set", "train.batch_size=8",
-                "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.name=two-nodes",
-                "--set", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                "--metrics-out", f"{tmp_path}/metrics.json"]
-        submitted = cluster.ray("job", "submit", "--address", cluster.dashboard, "--no-wait",
-                                "--submission-id", job_id, "--runtime-env",
-                                "jobs/runtime_env.dev.yaml", "--", "python", "jobs/train.py",
-                                *args, cwd=str(ROOT))
+        args = [
+            "--config",
+            "configs/demo.yaml",
+            "--set",
+            f"data.path={tiny_dataset}",
+            "--set",
+            "train.num_workers=2",
+            "--set",
+            "train.cpus_per_worker=2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            f"run.storage_path={tmp_path}/runs",
+            "--set",
+            "run.name=two-nodes",
+            "--set",
+            f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "--metrics-out",
+            f"{tmp_path}/metrics.json",
+        ]
+        submitted = cluster.ray(
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--no-wait",
+            "--submission-id",
+            job_id,
+            "--runtime-env",
+            "jobs/runtime_env.dev.yaml",
+            "--",
+            "python",
+            "jobs/train.py",
+            *args,
+            cwd=str(ROOT),
+        )
         assert submitted.returncode == 0, submitted.stderr
         status = _wait(cluster, job_id)
         logs = cluster.ray("job", "logs", job_id, "--address", cluster.dashboard).stdout
@@ -72,10 +111,23 @@ def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
 
         # make submit: follows the job and fails with it (here: a config file that is not there).
         made = subprocess.run(
-            ["make", "-s", "-o", ".venv/.installed", "submit", "JOB=train",
-             "CONFIG=/nonexistent/search.yaml", f"RAY_ADDRESS={cluster.dashboard}",
-             "RUNTIME_ENV=jobs/runtime_env.dev.yaml"],
-            cwd=ROOT, env=cluster.env, text=True, capture_output=True, timeout=300)
+            [
+                "make",
+                "-s",
+                "-o",
+                ".venv/.installed",
+                "submit",
+                "JOB=train",
+                "CONFIG=/nonexistent/search.yaml",
+                f"RAY_ADDRESS={cluster.dashboard}",
+                "RUNTIME_ENV=jobs/runtime_env.dev.yaml",
+            ],
+            cwd=ROOT,
+            env=cluster.env,
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
         assert made.returncode != 0
         assert "config file '/nonexistent/search.yaml' does not exist" in made.stdout
         assert ": FAILED" in made.stderr
@@ -84,12 +136,25 @@ def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
         # shell without RAY_AUTH_MODE (the token found as Ray's CLI finds it), CONFIG travels.
         shell = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
         readme = subprocess.run(
-            ["make", "-s", "-o", ".venv/.installed", "submit", "JOB=train",
-             "CONFIG=configs/demo.yaml", f"RAY_ADDRESS={cluster.dashboard}",
-             f"ARGS=--set data.path={tiny_dataset} --set train.epochs=1 --set train.num_workers=1 "
-             f"--set run.storage_path={tmp_path}/runs2 --set run.name=readme "
-             f"--set run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
-            cwd=ROOT, env=shell, text=True, capture_output=True, timeout=400)
+            [
+                "make",
+                "-s",
+                "-o",
+                ".venv/.installed",
+                "submit",
+                "JOB=train",
+                "CONFIG=configs/demo.yaml",
+                f"RAY_ADDRESS={cluster.dashboard}",
+                f"ARGS=--set data.path={tiny_dataset} --set train.epochs=1 --set train.num_workers=1 "
+                f"--set run.storage_path={tmp_path}/runs2 --set run.name=readme "
+                f"--set run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            ],
+            cwd=ROOT,
+            env=shell,
+            text=True,
+            capture_output=True,
+            timeout=400,
+        )
         assert readme.returncode == 0, readme.stdout[-3000:] + readme.stderr[-2000:]
         assert "_config/demo.yaml" in readme.stderr and ": SUCCEEDED" in readme.stderr
 
@@ -97,8 +162,21 @@ def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
         bare = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
         bare["HOME"] = str(tmp_path)
         refused = subprocess.run(
-            [sys.executable, "jobs/submit.py", "train", "--address", cluster.dashboard, "--",
-             "--config", "configs/demo.yaml"], cwd=ROOT, env=bare, text=True,
-            capture_output=True, timeout=120)
+            [
+                sys.executable,
+                "jobs/submit.py",
+                "train",
+                "--address",
+                cluster.dashboard,
+                "--",
+                "--config",
+                "configs/demo.yaml",
+            ],
+            cwd=ROOT,
+            env=bare,
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert "wants a Ray auth token" in refused.stderr and "RAY_AUTH_TOKEN=" in refused.stderr

@@ -16,7 +16,6 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
-
 from ray_cluster import LocalCluster
 from test_jobs_cluster import _wait
 
@@ -37,16 +36,46 @@ def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(tiny_dataset, tm
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     with LocalCluster(head_cpus=3, worker_cpus=3) as cluster:
-        args = ["--config", "configs/demo.yaml", "--set", f"data.path={tiny_dataset}",
-                "--set", "train.num_workers=2", "--set", "train.cpus_per_worker=2",
-                "--set", f"train.epochs={EPOCHS}", "--set", "train.batch_size=4",
-                "--set", "train.max_failures=1", "--set", f"run.storage_path={tmp_path}/runs",
-                "--set", "run.name=lost-node", "--set", f"run.tracking_uri={uri}",
-                "--metrics-out", f"{tmp_path}/metrics.json"]
-        out = cluster.ray("job", "submit", "--address", cluster.dashboard, "--no-wait",
-                          "--submission-id", "lost-node", "--runtime-env",
-                          "jobs/runtime_env.dev.yaml", "--", "python", "jobs/train.py", *args,
-                          cwd=str(ROOT))
+        args = [
+            "--config",
+            "configs/demo.yaml",
+            "--set",
+            f"data.path={tiny_dataset}",
+            "--set",
+            "train.num_workers=2",
+            "--set",
+            "train.cpus_per_worker=2",
+            "--set",
+            f"train.epochs={EPOCHS}",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.max_failures=1",
+            "--set",
+            f"run.storage_path={tmp_path}/runs",
+            "--set",
+            "run.name=lost-node",
+            "--set",
+            f"run.tracking_uri={uri}",
+            "--metrics-out",
+            f"{tmp_path}/metrics.json",
+        ]
+        out = cluster.ray(
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--no-wait",
+            "--submission-id",
+            "lost-node",
+            "--runtime-env",
+            "jobs/runtime_env.dev.yaml",
+            "--",
+            "python",
+            "jobs/train.py",
+            *args,
+            cwd=str(ROOT),
+        )
         assert out.returncode == 0, out.stderr
         # Wait for epoch 1 to be logged, then kill the worker node while epoch 2 runs.
         run_id, deadline = None, time.time() + 400
@@ -61,8 +90,11 @@ def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(tiny_dataset, tm
         time.sleep(1.0)  # into the next epoch
         os.kill(_raylet_pid(os.path.join(cluster.root, "worker")), signal.SIGKILL)
         killed_at = time.time()
-        cluster._start([f"--address={cluster.gcs}", "--num-cpus=3"], "replacement",
-                       os.path.join(cluster.root, "replacement"))
+        cluster._start(
+            [f"--address={cluster.gcs}", "--num-cpus=3"],
+            "replacement",
+            os.path.join(cluster.root, "replacement"),
+        )
         status = _wait(cluster, "lost-node", timeout=600)
         logs = cluster.ray("job", "logs", "lost-node", "--address", cluster.dashboard).stdout
     assert status == "SUCCEEDED", logs[-4000:]
@@ -72,11 +104,14 @@ def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(tiny_dataset, tm
     assert sorted(m.step for m in history) == list(range(EPOCHS))  # none repeated, none missing
     assert json.loads((tmp_path / "metrics.json").read_text())["epoch"] == EPOCHS - 1
     stamps = {m.step: m.timestamp / 1000 for m in history}
-    normal = [stamps[e + 1] - stamps[e] for e in range(EPOCHS - 1)
-              if not stamps[e] <= killed_at <= stamps[e + 1]]
+    normal = [
+        stamps[e + 1] - stamps[e] for e in range(EPOCHS - 1) if not stamps[e] <= killed_at <= stamps[e + 1]
+    ]
     (hit,) = [e for e in range(EPOCHS - 1) if stamps[e] <= killed_at <= stamps[e + 1]]
     lost = stamps[hit + 1] - stamps[hit] - (sum(normal) / len(normal) if normal else 0)
-    print(f"\nFIGURE worker node killed {killed_at - stamps[hit]:.1f} s into epoch {hit + 1}: "
-          f"that epoch took {stamps[hit + 1] - stamps[hit]:.1f} s against "
-          f"{sum(normal) / max(len(normal), 1):.1f} s for the others: {lost:.1f} s lost "
-          f"(the epoch's work so far, the restart, waiting for the replacement node)")
+    print(
+        f"\nFIGURE worker node killed {killed_at - stamps[hit]:.1f} s into epoch {hit + 1}: "
+        f"that epoch took {stamps[hit + 1] - stamps[hit]:.1f} s against "
+        f"{sum(normal) / max(len(normal), 1):.1f} s for the others: {lost:.1f} s lost "
+        f"(the epoch's work so far, the restart, waiting for the replacement node)"
+    )

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from output import own
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-README_COMMAND = ("cg-ray tune --config configs/demo.yaml --set data.path=demo_out/data "
-                  "--num-samples 3")
+README_COMMAND = "cg-ray tune --config configs/demo.yaml --set data.path=demo_out/data --num-samples 3"
 
 
 def test_the_readme_search_runs_on_a_laptop(tiny_dataset, tmp_path):
@@ -36,8 +34,14 @@ def test_the_readme_search_runs_on_a_laptop(tiny_dataset, tmp_path):
     # Its own local Ray, never the session's (a short path: Ray's socket paths are limited).
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-", dir="/tmp")
     cg_ray = os.path.join(os.path.dirname(sys.executable), "cg-ray")
-    done = subprocess.run([cg_ray, *README_COMMAND.split()[1:]], cwd=tmp_path, env=env,
-                          text=True, capture_output=True, timeout=900)
+    done = subprocess.run(
+        [cg_ray, *README_COMMAND.split()[1:]],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+    )
     out = own(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:] + out[-3000:]
     # One trial at a time on a local Ray sized for it (4 CPUs: 2 workers, 1 data, the sliver).

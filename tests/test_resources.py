@@ -7,8 +7,18 @@ import pytest
 import yaml
 
 from cg_ray.errors import UserError
-from cg_ray.resources import (ClusterView, Need, NodeType, PlacementWatch, _units, check,
-                              declared_types, resolve_use_gpu, training_need, types_from_config)
+from cg_ray.resources import (
+    ClusterView,
+    Need,
+    NodeType,
+    PlacementWatch,
+    _units,
+    check,
+    declared_types,
+    resolve_use_gpu,
+    training_need,
+    types_from_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,8 +49,10 @@ def test_use_gpu_auto_counts_the_types_the_autoscaler_can_launch():
     head = [{"CPU": 0.0, "GPU": 0.0}]
     gpu = NodeType("worker.gpu", {"CPU": 8.0, "GPU": 1.0}, 4)
     assert resolve_use_gpu(None, ClusterView(head, [gpu], True, "aws.yaml")) == (
-        True, "train.use_gpu=auto: GPUs (none alive yet; node type worker.gpu has 1 GPU, 8 CPUs, "
-              "up to 4, from aws.yaml)")
+        True,
+        "train.use_gpu=auto: GPUs (none alive yet; node type worker.gpu has 1 GPU, 8 CPUs, "
+        "up to 4, from aws.yaml)",
+    )
     assert resolve_use_gpu(None, ClusterView([{"CPU": 4.0, "GPU": 2.0}]))[0] is True
     assert resolve_use_gpu(None, ClusterView(head, [NodeType("cpu", {"CPU": 16.0}, 8)], True))[0] is False
     assert resolve_use_gpu(False, ClusterView(head, [gpu], True)) == (False, "train.use_gpu=false")
@@ -49,17 +61,22 @@ def test_use_gpu_auto_counts_the_types_the_autoscaler_can_launch():
 
 
 def test_what_fits_a_type_waits_what_fits_none_is_refused_with_the_numbers():
-    view = ClusterView([{"CPU": 0.0}], [NodeType("worker.gpu", {"CPU": 8.0, "GPU": 1.0}, 4)],
-                       True, "aws.yaml")
+    view = ClusterView(
+        [{"CPU": 0.0}], [NodeType("worker.gpu", {"CPU": 8.0, "GPU": 1.0}, 4)], True, "aws.yaml"
+    )
     need = training_need(2, 1, True, data_cpus=6, driver_cpus=0.01, unit="trial")
     verdict = check(need, view)
     assert (verdict.now, verdict.at_most) == (0, 2)
     assert verdict.waits_for == "2 nodes with 1 GPU, 8 CPUs (type worker.gpu)"
     watch = PlacementWatch(need, 2, verdict.waits_for)
-    assert watch.line(0, 3.2) == ("waiting for 2 nodes with 1 GPU, 8 CPUs (type worker.gpu): "
-                                  "0 of 2 trials placed, 3 min")
-    with pytest.raises(UserError, match=r"one trial needs 2 GPUs, 32.01 CPUs .* can grow to "
-                                        r"4 GPUs, 32 CPUs"):
+    assert watch.line(0, 3.2) == (
+        "waiting for 2 nodes with 1 GPU, 8 CPUs (type worker.gpu): 0 of 2 trials placed, 3 min"
+    )
+    with pytest.raises(
+        UserError,
+        match=r"one trial needs 2 GPUs, 32.01 CPUs .* can grow to "
+        r"4 GPUs, 32 CPUs",
+    ):
         check(training_need(2, 1, True, data_cpus=30, driver_cpus=0.01, unit="trial"), view)
     with pytest.raises(UserError, match=r"no node can host one training worker \(2 GPUs, 1 CPU\)"):
         check(Need([{"CPU": 1.0, "GPU": 2.0}], 1, 0, "one worker of 2 GPUs"), view)

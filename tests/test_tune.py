@@ -27,11 +27,26 @@ GRID = {"loss.scene": {"grid": [0.0, 3.0, 4.0]}}
 
 
 def _config(data: str, out: Path, *extra: str):
-    return load_config(DEMO, [
-        f"data.path={data}", "train.epochs=2", "train.num_workers=1", "train.batch_size=8",
-        f"run.storage_path={out}/runs", "run.name=s3", f"run.tracking_uri=sqlite:///{out}/mlflow.db",
-        "tune.metric=train_loss", "tune.mode=min", "tune.scheduler=asha", "tune.grace_period=1",
-        "tune.num_samples=1", "tune.max_concurrent=1", "tune.space=" + json.dumps(GRID), *extra])
+    return load_config(
+        DEMO,
+        [
+            f"data.path={data}",
+            "train.epochs=2",
+            "train.num_workers=1",
+            "train.batch_size=8",
+            f"run.storage_path={out}/runs",
+            "run.name=s3",
+            f"run.tracking_uri=sqlite:///{out}/mlflow.db",
+            "tune.metric=train_loss",
+            "tune.mode=min",
+            "tune.scheduler=asha",
+            "tune.grace_period=1",
+            "tune.num_samples=1",
+            "tune.max_concurrent=1",
+            "tune.space=" + json.dumps(GRID),
+            *extra,
+        ],
+    )
 
 
 def _interrupt_after_first_epoch(out: Path, done: threading.Event) -> None:
@@ -41,8 +56,9 @@ def _interrupt_after_first_epoch(out: Path, done: threading.Event) -> None:
     while not done.is_set():
         if meta.exists():
             parent = json.loads(meta.read_text())["parent_run_id"]
-            runs = client.search_runs([client.get_run(parent).info.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{parent}'")
+            runs = client.search_runs(
+                [client.get_run(parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'"
+            )
             if any(client.get_metric_history(r.info.run_id, "city_top1") for r in runs):
                 signal.raise_signal(signal.SIGUSR1)
                 return
@@ -67,16 +83,14 @@ def searched(tiny_dataset, ray_session, tmp_path_factory):
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     meta = json.loads((out / "runs" / "s3" / "cg_ray_search.json").read_text())
     interrupted_status = client.get_run(meta["parent_run_id"]).info.status
-    summary = search(_config(tiny_dataset, out), resume=True,
-                     best_config_out=str(out / "best.yaml"))
+    summary = search(_config(tiny_dataset, out), resume=True, best_config_out=str(out / "best.yaml"))
     summary["wall_s"] = time.perf_counter() - started
     return summary, out, client, interrupted_status
 
 
 def _children(client, parent_run_id):
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
 
 
 def test_interrupted_search_resumes_under_the_same_parent(searched):
@@ -109,7 +123,11 @@ def test_each_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
     for weight, run in children.items():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
         assert steps == ([0] if weight in stopped else [0, 1])
-    assert (summary["completed"], summary["stopped_early"], summary["failed"]) == (3 - len(stopped), len(stopped), 0)
+    assert (summary["completed"], summary["stopped_early"], summary["failed"]) == (
+        3 - len(stopped),
+        len(stopped),
+        0,
+    )
 
 
 def test_best_config_trains_with_cg_ray_train(searched, tmp_path, capsys):
@@ -122,8 +140,19 @@ def test_best_config_trains_with_cg_ray_train(searched, tmp_path, capsys):
     assert parent.data.tags["cg_ray.best_run_id"] == summary["best"]["run_id"]
     assert "best_train_loss" in parent.data.metrics
     metrics = tmp_path / "m.json"
-    code = main(["train", "--config", str(out / "best.yaml"), "--set", "train.epochs=1",
-                 "--set", f"run.storage_path={tmp_path}/runs", "--metrics-out", str(metrics)])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(out / "best.yaml"),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            f"run.storage_path={tmp_path}/runs",
+            "--metrics-out",
+            str(metrics),
+        ]
+    )
     assert code == 0
     trained = json.loads(metrics.read_text())
     assert trained["epoch"] == 0 and Path(trained["checkpoint"]).is_dir()

@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
+
 from cg_ray.config import load_config
 from cg_ray.errors import UserError
 from cg_ray.resources import ClusterView, NodeType
-from cg_ray.tune.space import apply_params, tune_space
-from cg_ray.tune.search import plan_concurrency, trial_config, trial_needs
 from cg_ray.tune.scheduling import LastEpochASHA, expected_trials, stopped_trials
+from cg_ray.tune.search import plan_concurrency, trial_config, trial_needs
+from cg_ray.tune.space import apply_params, tune_space
 from cg_ray.tune.trials import error_line
 
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
@@ -23,38 +24,53 @@ def space(entries: dict) -> list[str]:
 def test_demo_space_covers_the_issue_hyper_parameters():
     cfg = load_config(DEMO)
     assert cfg.tune.metric == "city_top1" and cfg.tune.scheduler == "asha"
-    assert {"model.sca.heads", "model.sca.embed_dim", "model.sca.scene_widths", "model.tla.widths",
-            "loss.scene", "loss.tla", "optim.lr", "train.batch_size"} <= set(cfg.tune.space)
+    assert {
+        "model.sca.heads",
+        "model.sca.embed_dim",
+        "model.sca.scene_widths",
+        "model.tla.widths",
+        "loss.scene",
+        "loss.tla",
+        "optim.lr",
+        "train.batch_size",
+    } <= set(cfg.tune.space)
 
 
-@pytest.mark.parametrize("entries, message", [
-    ({"optim.lrr": {"uniform": [0.1, 0.2]}}, "unknown config key 'optim.lrr'"),
-    ({"lr": {"uniform": [0.1, 0.2]}}, "did you mean optim.lr"),
-    ({"optim": {"uniform": [0.1, 0.2]}}, "'optim' is a section"),
-    ({"run.name": {"choice": ["a", "b"]}}, "'run.name' is fixed"),
-    ({"train.num_workers": {"choice": [1, 2]}}, "'train.num_workers' is fixed"),
-    ({"optim.lr": {"normal": [0, 1]}}, "unknown distribution 'normal'"),
-    ({"optim.lr": {"loguniform": [0, 1]}}, "loguniform needs 0 < low < high"),
-    ({"optim.lr": {"uniform": [0.2, 0.1]}}, "uniform needs low < high"),
-    ({"optim.lr": {"choice": []}}, "choice takes a non-empty list"),
-    ({"optim.lr": 0.1}, "expected one distribution"),
-    ({"train.batch_size": {"uniform": [4, 16]}}, "train.batch_size: expected int"),
-    ({"model.sca.heads": {"choice": [2, 4]}}, "embed_dim=6 must be divisible by model.sca.heads=4"),
-    ({"model.sca.heads": {"choice": [2, 3]}, "model.sca.embed_dim": {"choice": [6, 4]}},
-     "model.sca.heads=3 model.sca.embed_dim=4 would fail"),
-    ({"eval.mode": {"choice": ["flat", "nearest"]}}, "eval.mode='nearest': must be one of"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"optim.lrr": {"uniform": [0.1, 0.2]}}, "unknown config key 'optim.lrr'"),
+        ({"lr": {"uniform": [0.1, 0.2]}}, "did you mean optim.lr"),
+        ({"optim": {"uniform": [0.1, 0.2]}}, "'optim' is a section"),
+        ({"run.name": {"choice": ["a", "b"]}}, "'run.name' is fixed"),
+        ({"train.num_workers": {"choice": [1, 2]}}, "'train.num_workers' is fixed"),
+        ({"optim.lr": {"normal": [0, 1]}}, "unknown distribution 'normal'"),
+        ({"optim.lr": {"loguniform": [0, 1]}}, "loguniform needs 0 < low < high"),
+        ({"optim.lr": {"uniform": [0.2, 0.1]}}, "uniform needs low < high"),
+        ({"optim.lr": {"choice": []}}, "choice takes a non-empty list"),
+        ({"optim.lr": 0.1}, "expected one distribution"),
+        ({"train.batch_size": {"uniform": [4, 16]}}, "train.batch_size: expected int"),
+        ({"model.sca.heads": {"choice": [2, 4]}}, "embed_dim=6 must be divisible by model.sca.heads=4"),
+        (
+            {"model.sca.heads": {"choice": [2, 3]}, "model.sca.embed_dim": {"choice": [6, 4]}},
+            "model.sca.heads=3 model.sca.embed_dim=4 would fail",
+        ),
+        ({"eval.mode": {"choice": ["flat", "nearest"]}}, "eval.mode='nearest': must be one of"),
+    ],
+)
 def test_bad_spaces_are_refused_naming_the_key(entries, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config(DEMO, space(entries))
 
 
 def test_bad_tune_settings_are_refused():
-    for override, message in [("tune.scheduler=hyperband", "tune.scheduler='hyperband'"),
-                              ("tune.search=bayes", "tune.search='bayes'"),
-                              ("tune.mode=best", "tune.mode='best'"),
-                              ("tune.num_samples=0", "tune.num_samples=0"),
-                              ("tune.reduction_factor=1", "tune.reduction_factor=1.0")]:
+    for override, message in [
+        ("tune.scheduler=hyperband", "tune.scheduler='hyperband'"),
+        ("tune.search=bayes", "tune.search='bayes'"),
+        ("tune.mode=best", "tune.mode='best'"),
+        ("tune.num_samples=0", "tune.num_samples=0"),
+        ("tune.reduction_factor=1", "tune.reduction_factor=1.0"),
+    ]:
         with pytest.raises(UserError, match=message):
             load_config(DEMO, [override])
     with pytest.raises(UserError, match="grid distributions need tune.search=random"):
@@ -64,9 +80,16 @@ def test_bad_tune_settings_are_refused():
 def test_sampled_params_become_a_valid_trial_config():
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    cfg = load_config(DEMO, space({"optim.lr": {"loguniform": ["1e-4", "1e-2"]},
-                                   "train.batch_size": {"randint": [2, 9]},
-                                   "model.sca.scene_widths": {"choice": [[64, 32], [16]]}}))
+    cfg = load_config(
+        DEMO,
+        space(
+            {
+                "optim.lr": {"loguniform": ["1e-4", "1e-2"]},
+                "train.batch_size": {"randint": [2, 9]},
+                "model.sca.scene_widths": {"choice": [[64, 32], [16]]},
+            }
+        ),
+    )
     domains = tune_space(cfg.tune.space)
     assert isinstance(domains["optim.lr"], Float) and domains["optim.lr"].lower == 1e-4
     assert isinstance(domains["train.batch_size"], Integer)
@@ -114,8 +137,11 @@ def test_concurrency_counts_the_node_types_the_autoscaler_can_launch(capsys):
     assert (concurrency, verdict.now, verdict.at_most) == (3, 0, 3)  # 2.01 CPUs each, 8 in all
     assert "waiting for 1 node with 4 CPUs (type worker)" in capsys.readouterr().out
     big = load_config(DEMO, ["train.cpus_per_worker=9"])
-    with pytest.raises(UserError, match=r"one training worker \(9 CPUs\): the largest node type "
-                                        r"has 4 CPUs"):
+    with pytest.raises(
+        UserError,
+        match=r"one training worker \(9 CPUs\): the largest node type "
+        r"has 4 CPUs",
+    ):
         plan_concurrency(big, False, view)
 
 
@@ -125,8 +151,15 @@ def test_asha_leaves_a_trial_alone_at_its_last_epoch(tmp_path):
     from ray.tune.experiment import Trial
 
     record = str(tmp_path / "stopped_early.json")
-    asha = LastEpochASHA(record=record, time_attr="epochs_done", metric="city_top1", mode="max",
-                         max_t=2, grace_period=1, reduction_factor=2)
+    asha = LastEpochASHA(
+        record=record,
+        time_attr="epochs_done",
+        metric="city_top1",
+        mode="max",
+        max_t=2,
+        grace_period=1,
+        reduction_factor=2,
+    )
     good, weak = Trial("fn", stub=True), Trial("fn", stub=True)
     for trial in (good, weak):
         asha.on_trial_add(None, trial)
@@ -138,14 +171,18 @@ def test_asha_leaves_a_trial_alone_at_its_last_epoch(tmp_path):
 
 def test_expected_trials_count_grid_points():
     assert expected_trials(load_config(DEMO, ["tune.num_samples=3"])) == 3
-    grid = load_config(DEMO, ["tune.num_samples=2"] + space({"loss.scene": {"grid": [0, 1, 2]},
-                                                              "loss.tla": {"grid": [0, 1]}}))
+    grid = load_config(
+        DEMO,
+        ["tune.num_samples=2"] + space({"loss.scene": {"grid": [0, 1, 2]}, "loss.tla": {"grid": [0, 1]}}),
+    )
     assert expected_trials(grid) == 12
 
 
 def test_the_error_line_of_a_failed_trial():
-    wrapped = RuntimeError("ray::ImplicitFunc.train() (pid=1, ip=x)\n  File \"a.py\", line 1\n"
-                           "cg_ray.errors.UserError: 'data' is not a prepared dataset\n")
+    wrapped = RuntimeError(
+        'ray::ImplicitFunc.train() (pid=1, ip=x)\n  File "a.py", line 1\n'
+        "cg_ray.errors.UserError: 'data' is not a prepared dataset\n"
+    )
     assert error_line(wrapped) == "UserError: 'data' is not a prepared dataset"
     assert error_line(None) is None
 
@@ -153,8 +190,16 @@ def test_the_error_line_of_a_failed_trial():
 def test_tune_cli_refuses_an_empty_space_and_a_missing_search(tmp_path, capsys, tiny_dataset):
     from cg_ray.cli import main
 
-    common = ["--config", DEMO, "--set", f"data.path={tiny_dataset}",
-              "--set", f"run.storage_path={tmp_path}", "--set", "tune.space={}"]
+    common = [
+        "--config",
+        DEMO,
+        "--set",
+        f"data.path={tiny_dataset}",
+        "--set",
+        f"run.storage_path={tmp_path}",
+        "--set",
+        "tune.space={}",
+    ]
     assert main(["tune", *common]) == 2
     assert "tune.space is empty" in capsys.readouterr().err
     assert main(["tune", "--config", DEMO, "--set", "data.path=/nonexistent/data"]) == 2

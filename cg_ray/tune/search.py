@@ -19,27 +19,40 @@ import time
 from cg_ray import storage, tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
-from cg_ray.resources import (ClusterView, Need, PlacementWatch, Verdict, check, fmt_resources,
-                              cluster_view, resolve_use_gpu, training_need)
-from cg_ray.tune.space import apply_params, tune_space
+from cg_ray.resources import (
+    ClusterView,
+    Need,
+    PlacementWatch,
+    Verdict,
+    check,
+    cluster_view,
+    fmt_resources,
+    resolve_use_gpu,
+    training_need,
+)
 from cg_ray.tune.scheduling import STOPPED, EpochReport, expected_trials, stopped_trials, tune_config
-from cg_ray.tune.trials import (existing_search, open_parent, settle_children, trial_rows,
-                                  write_best)
+from cg_ray.tune.space import apply_params, tune_space
+from cg_ray.tune.trials import existing_search, open_parent, settle_children, trial_rows, write_best
 
 # The trial function holds no training workers itself: a sliver of a CPU, as Tune refuses 0.
 TRIAL_DRIVER_CPU = 0.01
+
+
 class SearchInterrupted(KeyboardInterrupt):
     """Tune ended the search early (SIGINT, SIGUSR1); its state is saved for --resume."""
 
 
-def trial_config(base: dict, params: dict, search_dir: str, name: str, trial_id: str,
-                 uri: str) -> Config:
+def trial_config(base: dict, params: dict, search_dir: str, name: str, trial_id: str, uri: str) -> Config:
     """The training config of one trial: the base with the sampled params, its run in
     search_dir/trials/<name>-<n>, logging to the search's MLflow store."""
     data = apply_params(base, params)
     index = trial_id.rsplit("_", 1)[-1]
-    data["run"].update(storage_path=storage.join(search_dir, "trials"), name=f"{name}-{index}",
-                       tracking_uri=uri, register_as=None)
+    data["run"].update(
+        storage_path=storage.join(search_dir, "trials"),
+        name=f"{name}-{index}",
+        tracking_uri=uri,
+        register_as=None,
+    )
     return config_from_dict(data)
 
 
@@ -52,8 +65,7 @@ def run_trial(params: dict, *, base: dict, search_dir: str, parent_run_id: str, 
     trial_id = tune.get_context().get_trial_id()
     name = base["run"]["name"]
     cfg = trial_config(base, params, search_dir, name, trial_id, uri)
-    tags = {"mlflow.parentRunId": parent_run_id, "cg_ray.trial_id": trial_id,
-            "cg_ray.search": name}
+    tags = {"mlflow.parentRunId": parent_run_id, "cg_ray.trial_id": trial_id, "cg_ray.search": name}
     train(cfg, callbacks=[EpochReport()], run_tags=tags, check_resources=False)
 
 
@@ -64,8 +76,9 @@ def trial_needs(cfg: Config, use_gpu: bool) -> Need:
     """What one trial holds while it trains: its workers, whole CPUs for Ray Data decoding
     (tune.data_cpus) and the trial function's sliver of a CPU."""
     t = cfg.train
-    return training_need(t.num_workers, t.cpus_per_worker, use_gpu, cfg.tune.data_cpus,
-                         TRIAL_DRIVER_CPU, unit="trial")
+    return training_need(
+        t.num_workers, t.cpus_per_worker, use_gpu, cfg.tune.data_cpus, TRIAL_DRIVER_CPU, unit="trial"
+    )
 
 
 def plan_concurrency(cfg: Config, use_gpu: bool, view: ClusterView) -> tuple[int, Verdict | None]:
@@ -78,8 +91,11 @@ def plan_concurrency(cfg: Config, use_gpu: bool, view: ClusterView) -> tuple[int
     verdict = check(need, view)
     fits = verdict.at_most
     if fits < wanted:
-        print(f"running at most {fits} trials at once: each holds {fmt_resources(need.total())} "
-              f"({need.what}); {view.describe()}", flush=True)
+        print(
+            f"running at most {fits} trials at once: each holds {fmt_resources(need.total())} "
+            f"({need.what}); {view.describe()}",
+            flush=True,
+        )
     if not verdict.now:
         print(f"no trial fits the live nodes yet: waiting for {verdict.waits_for}", flush=True)
     return max(1, min(fits, wanted)), verdict
@@ -107,16 +123,27 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
     fs, path = storage.ray_storage(search_root)
     experiment = storage.join(search_root, cfg.run.name)
     if restore and tune.Tuner.can_restore(storage.ray_storage(experiment)[1], storage_filesystem=fs):
-        return tune.Tuner.restore(storage.ray_storage(experiment)[1], trainable,
-                                  resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=fs)
-    return tune.Tuner(trainable, param_space=tune_space(cfg.tune.space),
-                      tune_config=tune_config(cfg, concurrency, experiment),
-                      run_config=tune.RunConfig(
-                          name=cfg.run.name, storage_path=path, storage_filesystem=fs, verbose=1,
-                          # A trial whose node went away (spot, scale-down) starts again and
-                          # resumes its training run from its latest checkpoint.
-                          failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures)))
+        return tune.Tuner.restore(
+            storage.ray_storage(experiment)[1],
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=fs,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=tune_space(cfg.tune.space),
+        tune_config=tune_config(cfg, concurrency, experiment),
+        run_config=tune.RunConfig(
+            name=cfg.run.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            verbose=1,
+            # A trial whose node went away (spot, scale-down) starts again and
+            # resumes its training run from its latest checkpoint.
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
 
 
 def search(cfg: Config, resume: bool = False, best_config_out: str | None = None) -> dict:
@@ -126,13 +153,18 @@ def search(cfg: Config, resume: bool = False, best_config_out: str | None = None
     from cg_ray.train.driver import check_inputs
 
     if not cfg.tune.space:
-        raise UserError("tune.space is empty: give the config a search space, e.g. tune: {space: "
-                        "{optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see configs/demo.yaml)")
+        raise UserError(
+            "tune.space is empty: give the config a search space, e.g. tune: {space: "
+            "{optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see configs/demo.yaml)"
+        )
     check_inputs(cfg)
     if not storage.is_uri(cfg.data.path):  # trials run in their own working directories
         cfg.data.path = os.path.abspath(cfg.data.path)
-    root = cfg.run.storage_path if storage.is_uri(cfg.run.storage_path) else \
-        os.path.abspath(cfg.run.storage_path)
+    root = (
+        cfg.run.storage_path
+        if storage.is_uri(cfg.run.storage_path)
+        else os.path.abspath(cfg.run.storage_path)
+    )
     search_dir = storage.join(root, cfg.run.name)
     meta = existing_search(cfg, search_dir, resume)
     uri = tracking.tracking_uri(cfg.run.tracking_uri)
@@ -143,12 +175,15 @@ def search(cfg: Config, resume: bool = False, best_config_out: str | None = None
     base = cfg.to_dict()
     base["train"]["use_gpu"] = use_gpu  # resolved once, from what the cluster can launch
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, search_dir=search_dir,
-                             parent_run_id=parent_run_id, uri=uri),
-        {"cpu": TRIAL_DRIVER_CPU})
+        tune.with_parameters(
+            run_trial, base=base, search_dir=search_dir, parent_run_id=parent_run_id, uri=uri
+        ),
+        {"cpu": TRIAL_DRIVER_CPU},
+    )
     start = time.perf_counter()
-    watch = PlacementWatch(trial_needs(cfg, use_gpu), expected_trials(cfg),
-                           verdict.waits_for if verdict else "")
+    watch = PlacementWatch(
+        trial_needs(cfg, use_gpu), expected_trials(cfg), verdict.waits_for if verdict else ""
+    )
     try:
         with watch:
             results = _tuner(cfg, trainable, concurrency, root, resumed).fit()
@@ -165,5 +200,11 @@ def search(cfg: Config, resume: bool = False, best_config_out: str | None = None
         raise SearchInterrupted(search_dir)
     settle_children(uri, parent_run_id, rows)
     summary = write_best(cfg, uri, parent_run_id, results, rows, search_dir, best_config_out)
-    return {**summary, "search_dir": search_dir, "parent_run_id": parent_run_id,
-            "concurrency": concurrency, "seconds": round(seconds, 1), "resumed": resumed}
+    return {
+        **summary,
+        "search_dir": search_dir,
+        "parent_run_id": parent_run_id,
+        "concurrency": concurrency,
+        "seconds": round(seconds, 1),
+        "resumed": resumed,
+    }
