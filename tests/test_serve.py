@@ -2,7 +2,6 @@
 (one server for the module), plus the request parsing and start-up checks without Ray."""
 
 import concurrent.futures
-import io
 import json
 import os
 import time
@@ -10,14 +9,13 @@ import urllib.request
 import zipfile
 
 import pytest
+from output import own
+from serve_helpers import running_server, tiny_model
 
 from cg_ray.cli import main
 from cg_ray.errors import UserError
 from cg_ray.predict.http import RequestError, check_token, classify, extract_frames, sniff, uri_upload
 from cg_ray.taxonomy import LEVELS
-
-from output import own
-from serve_helpers import running_server, tiny_model
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -5,7 +5,6 @@ config schema; the application builder it names; jobs/serve.py."""
 from pathlib import Path
 
 import yaml
-
 from test_cluster_files import _check_cluster_spec, _docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,12 +58,11 @@ def test_serve_config_passes_ray_serve_schema_and_names_our_builder():
 
 
 def test_app_builder_builds_the_application_from_config_args(tmp_path, monkeypatch):
+    from predict_helpers import mp4_world, train_tiny_checkpoint
     from ray.serve import Application
     from ray.serve._private.build_app import build_app
 
     from cg_ray.predict.serve import app_builder
-
-    from predict_helpers import mp4_world, train_tiny_checkpoint
 
     rows = mp4_world(str(tmp_path / "mp4"), clips_per_city=1)
     train_tiny_checkpoint(str(tmp_path / "ckpt"), rows, steps=1)
