@@ -97,7 +97,8 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
                  width: int, height: int, cue_window: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """The T frames of one clip, one (H, W, 3) uint8 array at a time; `scenes` is the (T,) scene
     category per frame. Frame by frame, so a 100-frame 1280x720 clip needs megabytes, not GBs.
-    `cue_window` (first, end): the city patch shows only in frames first..end-1."""
+    `cue_window` (first, end): the city patch and the state block show only in frames
+    first..end-1."""
     city, state, country, continent = (look.ids[k][place[k]] for k in range(4))
     # Per-clip colour jitter, larger for finer levels: that, and smaller areas, is what makes
     # the city the hardest label to read and the continent the easiest.
@@ -111,6 +112,9 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
     phase = (ys, xs, ys + xs)[country % 3]
     band = (ys >= 0.25 * height) & (ys < 0.55 * height) & ((phase % period) < period // 2)
     base[band] = col[2]
+    # Without the state block and the city patch: what frames outside `cue_window` show (the
+    # state alone tells most cities apart, so both marks go).
+    without_city = base.copy()
     # State block; odd states get an ellipse so shape carries a little of the signal too.
     y0, y1, x0, x1 = 0.6 * height, 0.95 * height, 0.05 * width, 0.45 * width
     if state % 2:
@@ -119,7 +123,6 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
     else:
         block = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
     base[block] = col[1]
-    without_city = base.copy()
     # City patch: its colour checkered with a darker shade of itself (4 px squares).
     patch = (ys >= 0.6 * height) & (ys < 0.9 * height) & (xs >= 0.6 * width) & (xs < 0.85 * width)
     dark = ((ys // 4 + xs // 4) % 2).astype(bool)
@@ -179,10 +182,11 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
                val_fraction: float = 0.2, city_cue_fraction: float = 1.0) -> dict:
     """Write a synthetic dataset to `out` (local path or URI) and return a summary of counts.
 
-    city_cue_fraction < 1 makes frame choice matter: each clip shows its city patch only in a
-    run of round(fraction * frames) consecutive frames at a random start (the other levels'
-    marks stay in every frame); 1.0, the default, shows it in every frame and draws nothing
-    more, so the default world is unchanged.
+    city_cue_fraction < 1 makes frame choice matter: each clip shows its city patch and its
+    state block (which alone tells most cities apart) only in a run of round(fraction * frames)
+    consecutive frames at a random start (the country and continent marks stay in every frame);
+    1.0, the default, shows them in every frame and draws nothing more, so the default world is
+    unchanged.
 
     fmt="frames": the CityGuessr68k release layout (labels_list.csv, {train,val}/<City>/<id>/<n>.jpg);
     fmt="mp4": videos/<City>/<id>.mp4 and labels.csv (path,city,state,country,continent,split).
