@@ -33,23 +33,33 @@ def main() -> None:
     rows = []
     checkpoint = None
     for workers in (1, 2):
-        cfg = load_config(str(ROOT / "configs" / "demo.yaml"), [
-            f"data.path={data}", f"train.num_workers={workers}", f"train.epochs={args.epochs}",
-            f"run.storage_path={args.out}/runs", f"run.name=bench-{workers}w-{int(time.time())}",
-            f"run.tracking_uri=sqlite:///{args.out}/mlflow.db"])
+        cfg = load_config(
+            str(ROOT / "configs" / "demo.yaml"),
+            [
+                f"data.path={data}",
+                f"train.num_workers={workers}",
+                f"train.epochs={args.epochs}",
+                f"run.storage_path={args.out}/runs",
+                f"run.name=bench-{workers}w-{int(time.time())}",
+                f"run.tracking_uri=sqlite:///{args.out}/mlflow.db",
+            ],
+        )
         start = time.perf_counter()
         result = train(cfg)
-        rows.append((workers, result["train_clips_per_s"], time.perf_counter() - start,
-                     result["city_top1"]))
+        rows.append((workers, result["train_clips_per_s"], time.perf_counter() - start, result["city_top1"]))
         checkpoint = result["checkpoint"]
     metrics = evaluate(checkpoint, data, "val", modes=("codependent",))["codependent"]
-    print(f"\ncores: {os.cpu_count()}  clips: {WORLD['cities'] * WORLD['clips_per_city']}  "
-          f"epochs: {args.epochs}  config: configs/demo.yaml")
+    print(
+        f"\ncores: {os.cpu_count()}  clips: {WORLD['cities'] * WORLD['clips_per_city']}  "
+        f"epochs: {args.epochs}  config: configs/demo.yaml"
+    )
     print(f"{'workers':>8} {'train clips/s (last epoch)':>28} {'fit wall s':>11} {'city top-1':>11}")
     for workers, rate, wall, top1 in rows:
         print(f"{workers:>8} {rate:>28.1f} {wall:>11.1f} {top1:>11.1f}")
-    print(f"evaluation: {metrics['num_clips']} clips at {metrics['clips_per_s']:.1f} clips/s "
-          f"(decode + forward, driver process)")
+    print(
+        f"evaluation: {metrics['num_clips']} clips at {metrics['clips_per_s']:.1f} clips/s "
+        f"(decode + forward, driver process)"
+    )
 
 
 if __name__ == "__main__":

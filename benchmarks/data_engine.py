@@ -33,8 +33,7 @@ from cg_ray.data.bench import MemorySampler, bench_data, tree_cpu_seconds  # noq
 from cg_ray.data.decode import decode_jpeg_at, list_frames, sample_indices  # noqa: E402
 from cg_ray.data.layouts import prepare  # noqa: E402
 from cg_ray.data.pack import PackOptions, pack  # noqa: E402
-from cg_ray.data.shards import (REPORT, decode_jpeg_into, manifest_stamp, pack_dir,  # noqa: E402
-                                packed_files)
+from cg_ray.data.shards import REPORT, decode_jpeg_into, manifest_stamp, pack_dir, packed_files  # noqa: E402
 from cg_ray.data.synthetic import make_world  # noqa: E402
 
 T, S = 16, 224
@@ -134,17 +133,24 @@ def main() -> None:
     world, data = os.path.join(args.work, "world"), os.path.join(args.work, "data")
     if not os.path.exists(os.path.join(world, "scene_labels.csv")):
         print(f"writing {args.cities * args.clips_per_city} clips of 100 1280x720 JPEG frames ...")
-        print(make_world(world, cities=args.cities, clips_per_city=args.clips_per_city,
-                         frames=100, size=(1280, 720), seed=0))
+        print(
+            make_world(
+                world,
+                cities=args.cities,
+                clips_per_city=args.clips_per_city,
+                frames=100,
+                size=(1280, 720),
+                seed=0,
+            )
+        )
     prepare("cityguessr", world, data)
     import pyarrow.parquet as pq
 
     sources = pq.read_table(os.path.join(data, "manifest.parquet")).column("source").to_pylist()
-    figures = {"cpus": os.cpu_count(), "clips": len(sources),
-               "load_average_1min": os.getloadavg()[0]}
+    figures = {"cpus": os.cpu_count(), "clips": len(sources), "load_average_1min": os.getloadavg()[0]}
 
     paper_loader(sources[:1])  # imports (cv2, torch, torchvision) and caches warm, unmeasured
-    n, wall, cpu = measured(lambda: paper_loader(sources[1: 1 + args.paper_clips]))
+    n, wall, cpu = measured(lambda: paper_loader(sources[1 : 1 + args.paper_clips]))
     figures["paper"] = {"clips": n, "clips_per_s": n / wall, "clips_per_cpu_s": n / cpu}
 
     n, wall, cpu = measured(lambda: pack_floor(sources))
@@ -165,10 +171,15 @@ def main() -> None:
     with MemorySampler() as memory:
         report, wall, cpu = measured(lambda: pack(data, opts, log=lambda line: None))
     cpu -= memory.own_cpu_s
-    figures["pack"] = {"clips": report["clips"], "clips_per_s": report["clips"] / wall,
-                       "clips_per_cpu_s": report["clips"] / cpu, "peak_rss_mb": memory.peak_tree_mb}
-    figures["pack"]["ratio_to_floor"] = (figures["pack"]["clips_per_cpu_s"]
-                                         / figures["pack_floor"]["clips_per_cpu_s"])
+    figures["pack"] = {
+        "clips": report["clips"],
+        "clips_per_s": report["clips"] / wall,
+        "clips_per_cpu_s": report["clips"] / cpu,
+        "peak_rss_mb": memory.peak_tree_mb,
+    }
+    figures["pack"]["ratio_to_floor"] = (
+        figures["pack"]["clips_per_cpu_s"] / figures["pack_floor"]["clips_per_cpu_s"]
+    )
 
     files = packed_files(data, "train", T, S)
     n, wall, cpu = measured(lambda: decode_floor(files, 300))

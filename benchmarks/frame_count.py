@@ -59,8 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     y, x = np.mgrid[0:height, 0:width]
-    frames = np.stack([np.stack([(x + 4 * t) % 256, (y + 2 * t) % 256, (x + y + t) % 256], -1)
-                       for t in range(args.frames)]).astype(np.uint8)
+    frames = np.stack(
+        [np.stack([(x + 4 * t) % 256, (y + 2 * t) % 256, (x + y + t) % 256], -1) for t in range(args.frames)]
+    ).astype(np.uint8)
     result = {}
     with tempfile.TemporaryDirectory() as folder:
         full, clipped = os.path.join(folder, "full.mp4"), os.path.join(folder, "cut.mp4")

@@ -34,8 +34,10 @@ def big_manifest(data: str, rows: int) -> None:
     path = os.path.join(data, "manifest.parquet")
     with pq.ParquetWriter(path + ".tmp", MANIFEST_SCHEMA) as writer:
         for start in range(0, rows, 65536):
-            chunk = [dict(small[i % len(small)], clip_id=f"c{i:07d}")
-                     for i in range(start, min(rows, start + 65536))]
+            chunk = [
+                dict(small[i % len(small)], clip_id=f"c{i:07d}")
+                for i in range(start, min(rows, start + 65536))
+            ]
             writer.write_table(pa.Table.from_pylist(chunk, schema=MANIFEST_SCHEMA))
     os.replace(path + ".tmp", path)
 
@@ -45,8 +47,12 @@ def timed(name: str, fn, figures: dict) -> None:
         start = time.perf_counter()
         value = fn()
         seconds = time.perf_counter() - start
-    figures[name] = {"seconds": round(seconds, 2), "peak_rss_mb": round(memory.peak_tree_mb, 1),
-                     "driver_peak_rss_mb": round(memory.peak_self_mb, 1), "result": value}
+    figures[name] = {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(memory.peak_tree_mb, 1),
+        "driver_peak_rss_mb": round(memory.peak_self_mb, 1),
+        "result": value,
+    }
 
 
 def main() -> None:

@@ -27,20 +27,26 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cg_ray.train.checkpoint import load_model, save_checkpoint  # noqa: E402
 from cg_ray.config import load_config  # noqa: E402
 from cg_ray.data.decode import decode_clip  # noqa: E402
 from cg_ray.data.synthetic import _mp4  # noqa: E402
 from cg_ray.model.net import build_model  # noqa: E402
 from cg_ray.predict.predictor import Predictor, predict_inputs  # noqa: E402
 from cg_ray.taxonomy import Taxonomy  # noqa: E402
+from cg_ray.train.checkpoint import load_model, save_checkpoint  # noqa: E402
 
 SIZES = (166, 157, 91, 6)  # CityGuessr68k cities, states, countries, continents
 MODELS = {
     "paper ViT-S 16x224": [],
-    "demo 8x32": ["data.num_frames=8", "data.image_size=32", "model.backbone.hidden_size=64",
-                  "model.backbone.num_layers=2", "model.backbone.num_heads=4",
-                  "model.backbone.intermediate_size=128", "model.backbone.patch_size=8"],
+    "demo 8x32": [
+        "data.num_frames=8",
+        "data.image_size=32",
+        "model.backbone.hidden_size=64",
+        "model.backbone.num_layers=2",
+        "model.backbone.num_heads=4",
+        "model.backbone.intermediate_size=128",
+        "model.backbone.patch_size=8",
+    ],
 }
 
 
@@ -50,8 +56,14 @@ def taxonomy() -> Taxonomy:
     for c in range(SIZES[0]):
         s = min(c, SIZES[1] - 1)
         k = min(s, SIZES[2] - 1)
-        rows.append({"city": f"city{c:03d}", "state": f"state{s:03d}", "country": f"country{k:02d}",
-                     "continent": f"continent{k % SIZES[3]}"})
+        rows.append(
+            {
+                "city": f"city{c:03d}",
+                "state": f"state{s:03d}",
+                "country": f"country{k:02d}",
+                "continent": f"continent{k % SIZES[3]}",
+            }
+        )
     return Taxonomy.from_rows(rows)
 
 
@@ -59,8 +71,9 @@ def checkpoint(folder: str, overrides: list[str]) -> str:
     cfg = load_config(None, overrides)
     tax = taxonomy()
     model = build_model(cfg, tax.sizes, text_dim=512)
-    save_checkpoint(folder, model=model, optimizer=None, epoch=0, metrics={}, config=cfg,
-                    taxonomy=tax, text_dim=512)
+    save_checkpoint(
+        folder, model=model, optimizer=None, epoch=0, metrics={}, config=cfg, taxonomy=tax, text_dim=512
+    )
     return folder
 
 
@@ -98,24 +111,29 @@ def single_clip(out: str, ckpts: dict[str, str]) -> None:
     os.makedirs(folder, exist_ok=True)
     for t, frame in enumerate(pixels, start=1):
         Image.fromarray(frame).save(os.path.join(folder, f"{t}.jpg"), quality=90)
-    print("\n1. single clip, CPU (CityGuessr-like clip: 100 frames 1280x720), warm, median of 5;"
-          "\n   wall ms, and in brackets CPU ms of all threads (steadier when the machine is busy)")
-    print(f"{'model':<20}{'input':<13}{'decode ms':>16}{'forward ms':>16}{'predict ms':>16}"
-          f"{'cold CLI s':>11}")
+    print(
+        "\n1. single clip, CPU (CityGuessr-like clip: 100 frames 1280x720), warm, median of 5;"
+        "\n   wall ms, and in brackets CPU ms of all threads (steadier when the machine is busy)"
+    )
+    print(
+        f"{'model':<20}{'input':<13}{'decode ms':>16}{'forward ms':>16}{'predict ms':>16}{'cold CLI s':>11}"
+    )
     for name, path in ckpts.items():
         predictor = Predictor(load_model(path), "codependent", 5)
         t, s = predictor.num_frames, predictor.image_size
         clip = decode_clip(mp4, t, s)[None]
-        forward = timed(lambda: predictor.probs(clip))
+        forward = timed(lambda: predictor.probs(clip))  # noqa: B023 (timed calls it here)
         for label, source in (("mp4 h264", mp4), ("jpeg folder", folder)):
-            decode = timed(lambda: decode_clip(source, t, s))
-            whole = timed(lambda: predict_inputs(predictor, [source]))
+            decode = timed(lambda: decode_clip(source, t, s))  # noqa: B023
+            whole = timed(lambda: predict_inputs(predictor, [source]))  # noqa: B023
             start = time.perf_counter()
-            subprocess.run([str(ROOT / ".venv" / "bin" / "cg-ray"), "predict", "--checkpoint", path,
-                            source], check=True, capture_output=True)
+            subprocess.run(
+                [str(ROOT / ".venv" / "bin" / "cg-ray"), "predict", "--checkpoint", path, source],
+                check=True,
+                capture_output=True,
+            )
             cold = time.perf_counter() - start
-            cells = "".join(f"{f'{1000 * w:.0f} ({1000 * c:.0f})':>16}"
-                            for w, c in (decode, forward, whole))
+            cells = "".join(f"{f'{1000 * w:.0f} ({1000 * c:.0f})':>16}" for w, c in (decode, forward, whole))
             print(f"{name:<20}{label:<13}{cells}{cold:>11.2f}")
 
 
@@ -133,18 +151,20 @@ def batch(out: str, ckpts: dict[str, str], clips: int) -> None:
             f.write(_mp4(frames(48, 640, 360, seed=i), fps=10))
     init_ray()
     cores = int(ray.cluster_resources().get("CPU", 1))
-    print(f"\n2. batch prediction with Ray Data: {clips} mp4 clips (640x360, 48 frames), "
-          f"{cores} CPUs in Ray")
-    print(f"{'model':<20}{'actors':>7}{'wall s':>8}{'first rows s':>13}{'clips/s':>9}"
-          f"{'clips/s/core':>13}{'warm clips/s/core':>18}")
+    print(f"\n2. batch prediction with Ray Data: {clips} mp4 clips (640x360, 48 frames), {cores} CPUs in Ray")
+    print(
+        f"{'model':<20}{'actors':>7}{'wall s':>8}{'first rows s':>13}{'clips/s':>9}"
+        f"{'clips/s/core':>13}{'warm clips/s/core':>18}"
+    )
     for name, path in ckpts.items():
-        s = batch_predict(path, folder, os.path.join(out, "preds.parquet"), batch_size=4,
-                          progress_every=1e9)
+        s = batch_predict(path, folder, os.path.join(out, "preds.parquet"), batch_size=4, progress_every=1e9)
         # After the first rows are back the actors are up: the rate from there on is the warm one.
         rest = s["seconds"] - s["first_rows_s"]
         warm = f"{(s['clips'] - s['first_rows']) / rest / cores:.2f}" if rest > 1 else "n/a"
-        print(f"{name:<20}{s['actors']:>7}{s['seconds']:>8.1f}{s['first_rows_s']:>13.1f}"
-              f"{s['clips_per_s']:>9.2f}{s['clips_per_s'] / cores:>13.2f}{warm:>18}")
+        print(
+            f"{name:<20}{s['actors']:>7}{s['seconds']:>8.1f}{s['first_rows_s']:>13.1f}"
+            f"{s['clips_per_s']:>9.2f}{s['clips_per_s'] / cores:>13.2f}{warm:>18}"
+        )
 
 
 def main() -> None:
@@ -154,12 +174,16 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("CG_RAY_PROGRESS", "0")
     shutil.rmtree(os.path.join(args.out, "ckpt"), ignore_errors=True)
-    ckpts = {name: checkpoint(os.path.join(args.out, "ckpt", str(i)), o)
-             for i, (name, o) in enumerate(MODELS.items())}
+    ckpts = {
+        name: checkpoint(os.path.join(args.out, "ckpt", str(i)), o)
+        for i, (name, o) in enumerate(MODELS.items())
+    }
     import torch
 
-    print(f"cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}  "
-          f"load average: {os.getloadavg()[0]:.1f} (other work on the machine slows every figure)")
+    print(
+        f"cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}  "
+        f"load average: {os.getloadavg()[0]:.1f} (other work on the machine slows every figure)"
+    )
     single_clip(args.out, ckpts)
     batch(args.out, ckpts, args.batch_clips)
 

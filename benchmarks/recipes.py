@@ -37,8 +37,13 @@ from cg_ray.train.optim import build_optimizer, build_schedule  # noqa: E402
 from cg_ray.train.worker import TrainState, forward_backward, optimizer_step  # noqa: E402
 
 WORLD = dict(cities=12, clips_per_city=30, frames=100, size=(32, 32), city_cue_fraction=0.15, seed=0)
-BASE = ["data.num_frames=16", "train.batch_size=8", "train.num_workers=1", "train.seed=0",
-        "train.cpus_per_worker=1"]
+BASE = [
+    "data.num_frames=16",
+    "train.batch_size=8",
+    "train.num_workers=1",
+    "train.seed=0",
+    "train.cpus_per_worker=1",
+]
 RUNS = {  # run name -> overrides on top of configs/demo.yaml + BASE
     "uniform": [],
     "official": ["data.sampling=official"],
@@ -57,9 +62,15 @@ COSTS = {  # switch -> overrides, timed against "baseline"
     "drop path 0.1": ["model.backbone.drop_path=0.1"],
     "label smoothing 0.1": ["loss.label_smoothing=0.1"],
 }
-PAPER = ["data.num_frames=16", "data.image_size=224", "model.backbone.hidden_size=384",
-         "model.backbone.num_layers=12", "model.backbone.num_heads=6",
-         "model.backbone.intermediate_size=1536", "model.backbone.patch_size=16"]
+PAPER = [
+    "data.num_frames=16",
+    "data.image_size=224",
+    "model.backbone.hidden_size=384",
+    "model.backbone.num_layers=12",
+    "model.backbone.num_heads=6",
+    "model.backbone.intermediate_size=1536",
+    "model.backbone.patch_size=16",
+]
 
 
 def train_runs(data: str, out: str, epochs: int, names: list[str]) -> str:
@@ -69,18 +80,29 @@ def train_runs(data: str, out: str, epochs: int, names: list[str]) -> str:
     for name, overrides in RUNS.items():
         if name not in names:
             continue
-        cfg = load_config(str(ROOT / "configs" / "demo.yaml"), BASE + overrides + [
-            f"data.path={data}", f"train.epochs={epochs}", f"run.storage_path={out}/runs",
-            f"run.name={name}", f"run.experiment={experiment}",
-            f"run.tracking_uri=sqlite:///{out}/mlflow.db"])
+        cfg = load_config(
+            str(ROOT / "configs" / "demo.yaml"),
+            BASE
+            + overrides
+            + [
+                f"data.path={data}",
+                f"train.epochs={epochs}",
+                f"run.storage_path={out}/runs",
+                f"run.name={name}",
+                f"run.experiment={experiment}",
+                f"run.tracking_uri=sqlite:///{out}/mlflow.db",
+            ],
+        )
         start = time.perf_counter()
         try:
             result = train(cfg)
         except Exception as exc:  # a switch that cannot run yet is reported, not fatal
             print(f"[recipes] {name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
             continue
-        print(f"[recipes] {name}: city top-1 {result['city_top1']:.1f} in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"[recipes] {name}: city top-1 {result['city_top1']:.1f} in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     return experiment
 
 
@@ -90,8 +112,11 @@ def _batch(cfg, sizes, n: int) -> dict:
     s = cfg.data.image_size
     video = torch.randint(0, 256, (n, *leading, cfg.data.num_frames, s, s, 3), generator=g, dtype=torch.uint8)
     scenes = torch.rand(n, 16, generator=g)
-    out = {"video": video, "valid": torch.ones(n, dtype=torch.bool),
-           "scene": scenes / scenes.sum(1, keepdim=True)}
+    out = {
+        "video": video,
+        "valid": torch.ones(n, dtype=torch.bool),
+        "scene": scenes / scenes.sum(1, keepdim=True),
+    }
     for level, k in zip(LEVELS, sizes):
         out[level] = torch.randint(0, k, (n,), generator=g)
     return out
@@ -102,15 +127,24 @@ def step_costs(paper: bool, steps: int, batch: int) -> list[tuple[str, float]]:
 
     from cg_ray.taxonomy import Taxonomy
 
-    maps = json.loads((Path("/work/shared/data/official_hierarchy_mappings.json")).read_text()) \
-        if paper and Path("/work/shared/data/official_hierarchy_mappings.json").exists() else None
+    maps = (
+        json.loads((Path("/work/shared/data/official_hierarchy_mappings.json")).read_text())
+        if paper and Path("/work/shared/data/official_hierarchy_mappings.json").exists()
+        else None
+    )
     if maps:
         parents = {level: [m[str(i)] for i in range(len(m))] for level, m in zip(LEVELS, maps)}
-        sizes = [len(parents["city"]), len(parents["state"]), len(parents["country"]),
-                 max(parents["country"]) + 1]
+        sizes = [
+            len(parents["city"]),
+            len(parents["state"]),
+            len(parents["country"]),
+            max(parents["country"]) + 1,
+        ]
     else:
-        rows = [{"city": c, "state": s, "country": k, "continent": t}
-                for c, s, k, t in __import__("cg_ray.data.synthetic", fromlist=["places"]).places(12)]
+        rows = [
+            {"city": c, "state": s, "country": k, "continent": t}
+            for c, s, k, t in __import__("cg_ray.data.synthetic", fromlist=["places"]).places(12)
+        ]
         tax = Taxonomy.from_rows(rows)
         parents, sizes = tax.parents, tax.sizes
     states = {}
@@ -120,8 +154,15 @@ def step_costs(paper: bool, steps: int, batch: int) -> list[tuple[str, float]]:
         model = build_model(cfg, sizes, text_dim=512, parents=parents).train()
         optimizer = build_optimizer(model, cfg.optim)
         tables = {level: torch.randn(n, 512) for level, n in zip(LEVELS, sizes)}
-        state = TrainState(model, optimizer, build_schedule(optimizer, cfg.optim, 100), cfg,
-                           torch.device("cpu"), tables, bf16=False)
+        state = TrainState(
+            model,
+            optimizer,
+            build_schedule(optimizer, cfg.optim, 100),
+            cfg,
+            torch.device("cpu"),
+            tables,
+            bf16=False,
+        )
         state.ema = build_ema(model, cfg.train.ema)
         state.parents = {k: torch.tensor(v) for k, v in parents.items()}
         states[name] = state
@@ -149,13 +190,20 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/cg_recipes")
     parser.add_argument("--skip-train", action="store_true", help="only the per-step costs")
     parser.add_argument("--skip-costs", action="store_true", help="only the training runs")
-    parser.add_argument("--runs", default=",".join(RUNS),
-                        help=f"comma-separated runs to train (default all: {','.join(RUNS)})")
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help=f"comma-separated runs to train (default all: {','.join(RUNS)})",
+    )
     parser.add_argument("--paper", action="store_true", help="time the paper-size model (slow on CPU)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="clips per timed step")
-    parser.add_argument("--cue-fraction", type=float, default=WORLD["city_cue_fraction"],
-                        help="fraction of each clip's frames that show its city (default 0.15)")
+    parser.add_argument(
+        "--cue-fraction",
+        type=float,
+        default=WORLD["city_cue_fraction"],
+        help="fraction of each clip's frames that show its city (default 0.15)",
+    )
     args = parser.parse_args()
     os.environ["CG_RAY_PROGRESS"] = "0"
     torch.set_num_threads(1)
@@ -167,15 +215,29 @@ def main() -> None:
         data = synthetic_dataset(args.out, **world)
         init_ray(min_cpus=2)
         experiment = train_runs(data, args.out, args.epochs, args.runs.split(","))
-        print(f"\nworld: {world}\nconfig: configs/demo.yaml + {' '.join(BASE)}; {args.epochs} epochs, "
-              f"one seed\n$ cg-ray compare {experiment} --tracking-uri sqlite:///{args.out}/mlflow.db")
-        subprocess.run([sys.executable, "-m", "cg_ray", "compare", experiment, "--tracking-uri",
-                        f"sqlite:///{args.out}/mlflow.db"], check=False)
+        print(
+            f"\nworld: {world}\nconfig: configs/demo.yaml + {' '.join(BASE)}; {args.epochs} epochs, "
+            f"one seed\n$ cg-ray compare {experiment} --tracking-uri sqlite:///{args.out}/mlflow.db"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cg_ray",
+                "compare",
+                experiment,
+                "--tracking-uri",
+                f"sqlite:///{args.out}/mlflow.db",
+            ],
+            check=False,
+        )
     if args.skip_costs:
         return
     size = "paper model (VideoMAE ViT-S 16x224, 166/157/91/6)" if args.paper else "demo model (16x32x32)"
-    print(f"\ncost per training step (forward, backward, optimizer step; CPU-ms of one thread), {size}, "
-          f"batch {args.batch}, median of {args.steps}:")
+    print(
+        f"\ncost per training step (forward, backward, optimizer step; CPU-ms of one thread), {size}, "
+        f"batch {args.batch}, median of {args.steps}:"
+    )
     costs = step_costs(args.paper, args.steps, args.batch)
     base = dict(costs).get("baseline")
     for name, ms in costs:

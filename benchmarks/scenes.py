@@ -27,15 +27,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scene_helpers import places_resnet, save_csail, write_sheet  # noqa: E402
 
 from cg_ray.labels.hierarchy import read_categories, read_hierarchy  # noqa: E402
 from cg_ray.labels.labeler import SceneLabeler  # noqa: E402
 from cg_ray.taxonomy import Taxonomy  # noqa: E402
-from scene_helpers import places_resnet, save_csail, write_sheet  # noqa: E402
 
 
-def labeller_alone(weights: np.ndarray, size: int, frames: int,
-                   repeats: int = 4) -> tuple[float, float]:
+def labeller_alone(weights: np.ndarray, size: int, frames: int, repeats: int = 4) -> tuple[float, float]:
     """Frames/s of SceneLabeler.clip_labels, one thread, after a warm-up batch: per second of
     wall time, and per second of CPU time (what one core gives when nothing else runs)."""
     buffer = io.BytesIO()
@@ -57,14 +56,27 @@ def end_to_end(out: Path, clips: int, frames: int, size: int) -> dict:
 
     data = out / "data"
     if not (data / "manifest.parquet").exists():
-        make_world(str(out / "world"), cities=4, clips_per_city=max(1, clips // 4), frames=frames,
-                   size=(1280, 720), seed=0)
+        make_world(
+            str(out / "world"),
+            cities=4,
+            clips_per_city=max(1, clips // 4),
+            frames=frames,
+            size=(1280, 720),
+            seed=0,
+        )
         prepare("cityguessr", str(out / "world"), str(data))
     save_csail(places_resnet(), out / "resnet18_places365.pth.tar")
     write_sheet(out / "sheet.csv")
-    report = label_scenes(str(data), SceneOptions(
-        str(out / "resnet18_places365.pth.tar"), str(out / "sheet.csv"), num_frames=frames,
-        image_size=size, flush_every=10_000))
+    report = label_scenes(
+        str(data),
+        SceneOptions(
+            str(out / "resnet18_places365.pth.tar"),
+            str(out / "sheet.csv"),
+            num_frames=frames,
+            image_size=size,
+            flush_every=10_000,
+        ),
+    )
     return report
 
 
@@ -73,9 +85,15 @@ def cityguessr_sized_taxonomy() -> Taxonomy:
     with open(ROOT / "cg_ray" / "geodata" / "cityguessr_city_centres.csv") as f:
         cities = [row["city"] for row in csv.DictReader(f)]
     continents = ["Africa", "Asia", "Europe", "North_America", "Oceania", "South_America"]
-    rows = [{"city": city, "state": f"State_of_{i % 157:03d}",
-             "country": f"Country_{(i % 157) % 91:02d}",
-             "continent": continents[((i % 157) % 91) % 6]} for i, city in enumerate(cities)]
+    rows = [
+        {
+            "city": city,
+            "state": f"State_of_{i % 157:03d}",
+            "country": f"Country_{(i % 157) % 91:02d}",
+            "continent": continents[((i % 157) % 91) % 6],
+        }
+        for i, city in enumerate(cities)
+    ]
     return Taxonomy.from_rows(rows)
 
 
@@ -115,16 +133,22 @@ def main() -> None:
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count()))
     load = os.getloadavg()[0]
     print(f"\nmachine: {os.cpu_count()} cores, load average {load:.1f} while measuring")
-    print(f"scene labeller alone (resnet18 at {args.size}, 1 thread): {alone[0]:.1f} frames/s "
-          f"per core of wall time, {alone[1]:.1f} frames/s per CPU-second")
+    print(
+        f"scene labeller alone (resnet18 at {args.size}, 1 thread): {alone[0]:.1f} frames/s "
+        f"per core of wall time, {alone[1]:.1f} frames/s per CPU-second"
+    )
     rate = report["frames_per_s"]
-    print(f"cg-ray scenes end to end: {report['labelled']} clips x {args.frames} frames from "
-          f"1280x720 JPEG (decode + resnet18 at {args.size}), {report['actors']} actors on {cpus} "
-          f"CPUs: {rate:.1f} frames/s = {rate / cpus:.1f} frames/s per core "
-          f"({report['seconds']:.1f} s: actors starting and loading the CNN included, Ray start-up not)")
-    print(f"text features ({args.text_model}, {'+'.join(map(str, sizes))} = {sum(sizes)} labels): "
-          f"model build {build:.2f} s, encoding {encode:.2f} s "
-          f"({sum(sizes) / max(encode, 1e-9):.0f} labels/s)")
+    print(
+        f"cg-ray scenes end to end: {report['labelled']} clips x {args.frames} frames from "
+        f"1280x720 JPEG (decode + resnet18 at {args.size}), {report['actors']} actors on {cpus} "
+        f"CPUs: {rate:.1f} frames/s = {rate / cpus:.1f} frames/s per core "
+        f"({report['seconds']:.1f} s: actors starting and loading the CNN included, Ray start-up not)"
+    )
+    print(
+        f"text features ({args.text_model}, {'+'.join(map(str, sizes))} = {sum(sizes)} labels): "
+        f"model build {build:.2f} s, encoding {encode:.2f} s "
+        f"({sum(sizes) / max(encode, 1e-9):.0f} labels/s)"
+    )
 
 
 if __name__ == "__main__":

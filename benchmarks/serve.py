@@ -35,8 +35,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(checkpoint: str, clip: bytes, max_batch: int, args) -> dict:
-    with running_server(checkpoint, "--max-batch", str(max_batch), "--batch-wait-ms",
-                        str(args.batch_wait_ms)) as server:
+    with running_server(
+        checkpoint, "--max-batch", str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms)
+    ) as server:
+
         def ask(_):
             start = time.perf_counter()
             answer = server.request("/predict", clip, {"Content-Type": "video/mp4"})
@@ -54,14 +56,17 @@ def measure(checkpoint: str, clip: bytes, max_batch: int, args) -> dict:
         after = server.request("/info").body["batch_sizes"]
     sizes = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
     client = [c for c, _ in single]
-    return {"max_batch": max_batch,
-            "single_p50_ms": statistics.median(client), "single_p95_ms": percentile(client, 95),
-            "server_p50_ms": statistics.median(s for _, s in single),
-            "burst_clips_per_s": args.requests / seconds,
-            "burst_p50_ms": statistics.median(c for c, _ in burst),
-            "burst_p95_ms": percentile([c for c, _ in burst], 95),
-            "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values())),
-            "batch_sizes": dict(sorted(sizes.items()))}
+    return {
+        "max_batch": max_batch,
+        "single_p50_ms": statistics.median(client),
+        "single_p95_ms": percentile(client, 95),
+        "server_p50_ms": statistics.median(s for _, s in single),
+        "burst_clips_per_s": args.requests / seconds,
+        "burst_p50_ms": statistics.median(c for c, _ in burst),
+        "burst_p95_ms": percentile([c for c, _ in burst], 95),
+        "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values())),
+        "batch_sizes": dict(sorted(sizes.items())),
+    }
 
 
 def main() -> None:
@@ -80,16 +85,22 @@ def main() -> None:
         checkpoint = checkpoint or model["ckpt"]
         clip_path = clip_path or model["rows"][0]["path"]
     clip = Path(clip_path).read_bytes()
-    print(f"cg-ray serve on {os.cpu_count()} CPUs; checkpoint {checkpoint}; clip {clip_path} "
-          f"({len(clip) / 1024:.0f} KiB); burst {args.requests} requests, {args.concurrency} at a time")
+    print(
+        f"cg-ray serve on {os.cpu_count()} CPUs; checkpoint {checkpoint}; clip {clip_path} "
+        f"({len(clip) / 1024:.0f} KiB); burst {args.requests} requests, {args.concurrency} at a time"
+    )
     rows = [measure(checkpoint, clip, max_batch, args) for max_batch in (8, 1)]
-    print(f"{'batching':<16}{'1 clip p50':>12}{'p95':>8}{'server p50':>12}{'burst clips/s':>15}"
-          f"{'burst p50':>11}{'p95':>8}{'mean batch':>12}")
+    print(
+        f"{'batching':<16}{'1 clip p50':>12}{'p95':>8}{'server p50':>12}{'burst clips/s':>15}"
+        f"{'burst p50':>11}{'p95':>8}{'mean batch':>12}"
+    )
     for row in rows:
         name = f"on (max {row['max_batch']})" if row["max_batch"] > 1 else "off (max 1)"
-        print(f"{name:<16}{row['single_p50_ms']:>10.1f}ms{row['single_p95_ms']:>6.1f}ms"
-              f"{row['server_p50_ms']:>10.1f}ms{row['burst_clips_per_s']:>15.1f}"
-              f"{row['burst_p50_ms']:>9.1f}ms{row['burst_p95_ms']:>6.1f}ms{row['mean_batch']:>12.2f}")
+        print(
+            f"{name:<16}{row['single_p50_ms']:>10.1f}ms{row['single_p95_ms']:>6.1f}ms"
+            f"{row['server_p50_ms']:>10.1f}ms{row['burst_clips_per_s']:>15.1f}"
+            f"{row['burst_p50_ms']:>9.1f}ms{row['burst_p95_ms']:>6.1f}ms{row['mean_batch']:>12.2f}"
+        )
         print(f"{'':<16}batch sizes in the burst: {row['batch_sizes']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cg_ray.config import config_from_dict  # noqa: E402
 from cg_ray.model.net import build_model  # noqa: E402
-from cg_ray.train.optim import build_optimizer, build_schedule  # noqa: E402
 from cg_ray.taxonomy import LEVELS  # noqa: E402
+from cg_ray.train.optim import build_optimizer, build_schedule  # noqa: E402
 from cg_ray.train.worker import TrainState, forward_backward, optimizer_step  # noqa: E402
 
 SIZES = [166, 157, 91, 6]  # CityGuessr68k
@@ -39,9 +39,11 @@ def make_batch(batch: int, frames: int, size: int, device: torch.device) -> dict
     if device.type == "cuda":
         video = video.pin_memory()
     scenes = torch.rand(batch, 16)
-    out = {"video": video.to(device, non_blocking=True),
-           "valid": torch.ones(batch, dtype=torch.bool, device=device),
-           "scene": (scenes / scenes.sum(1, keepdim=True)).to(device)}
+    out = {
+        "video": video.to(device, non_blocking=True),
+        "valid": torch.ones(batch, dtype=torch.bool, device=device),
+        "scene": (scenes / scenes.sum(1, keepdim=True)).to(device),
+    }
     for level, n in zip(LEVELS, SIZES):
         out[level] = torch.randint(0, n, (batch,), device=device)
     return out
@@ -69,10 +71,13 @@ def main() -> None:
     if args.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg.optim)
-    tables = {l: torch.nn.functional.normalize(torch.randn(n, 512, device=device), dim=-1)
-              for l, n in zip(LEVELS, SIZES)}
-    state = TrainState(model, optimizer, build_schedule(optimizer, cfg.optim, 10**6), cfg, device,
-                       tables, bf16)
+    tables = {
+        lvl: torch.nn.functional.normalize(torch.randn(n, 512, device=device), dim=-1)
+        for lvl, n in zip(LEVELS, SIZES)
+    }
+    state = TrainState(
+        model, optimizer, build_schedule(optimizer, cfg.optim, 10**6), cfg, device, tables, bf16
+    )
     batch = make_batch(args.batch, cfg.data.num_frames, cfg.data.image_size, device)
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -100,22 +105,32 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    )
     achieved = flops_per_step / seconds
     print(f"device: {name}   precision: {'bf16' if bf16 else 'fp32'}   compile: {args.compile}")
-    print(f"config: VideoMAE ViT-S, {cfg.data.num_frames}x{cfg.data.image_size}x{cfg.data.image_size}, "
-          f"batch {args.batch}, SCA + TLA, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params")
+    print(
+        f"config: VideoMAE ViT-S, {cfg.data.num_frames}x{cfg.data.image_size}x{cfg.data.image_size}, "
+        f"batch {args.batch}, SCA + TLA, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params"
+    )
     print(f"step time: {seconds * 1000:.1f} ms   throughput: {args.batch / seconds:.1f} clips/s")
-    print(f"model FLOPs per step (fwd+bwd): {flops_per_step / 1e12:.3f} TFLOP   "
-          f"achieved: {achieved / 1e12:.2f} TFLOP/s")
+    print(
+        f"model FLOPs per step (fwd+bwd): {flops_per_step / 1e12:.3f} TFLOP   "
+        f"achieved: {achieved / 1e12:.2f} TFLOP/s"
+    )
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
         peak = peak_flops(name)
-        print(f"MFU: {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s dense bf16"
-              if peak else "MFU: unknown GPU peak")
+        print(
+            f"MFU: {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s dense bf16"
+            if peak
+            else "MFU: unknown GPU peak"
+        )
     else:
-        print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB   "
-              f"MFU: n/a on CPU")
+        print(
+            f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB   MFU: n/a on CPU"
+        )
 
 
 if __name__ == "__main__":

@@ -48,10 +48,19 @@ def main() -> None:
     stamp = int(time.time())
 
     def config(name: str, *extra: str):
-        return load_config(str(ROOT / "configs" / "demo.yaml"), [
-            f"data.path={data}", f"train.epochs={args.epochs}", "train.num_workers=1",
-            "train.batch_size=8", f"run.storage_path={args.out}/runs", f"run.name={name}-{stamp}",
-            f"run.tracking_uri=sqlite:///{args.out}/mlflow.db", *extra])
+        return load_config(
+            str(ROOT / "configs" / "demo.yaml"),
+            [
+                f"data.path={data}",
+                f"train.epochs={args.epochs}",
+                "train.num_workers=1",
+                "train.batch_size=8",
+                f"run.storage_path={args.out}/runs",
+                f"run.name={name}-{stamp}",
+                f"run.tracking_uri=sqlite:///{args.out}/mlflow.db",
+                *extra,
+            ],
+        )
 
     init_ray(min_cpus=4)
     train(config("warmup", "train.epochs=1"))
@@ -60,14 +69,20 @@ def main() -> None:
     one = json.dumps({"optim.lr": {"choice": [0.001]}})
     one_s, _ = _timed(search, config("one", "tune.num_samples=1", f"tune.space={one}"))
     three_s, three = _timed(search, config("three", "tune.num_samples=3"))
-    print(f"\ncores: {os.cpu_count()}  clips: 60 (48 train, 12 val)  epochs: {args.epochs}  "
-          f"config: configs/demo.yaml, 1 worker of 1 CPU")
+    print(
+        f"\ncores: {os.cpu_count()}  clips: 60 (48 train, 12 val)  epochs: {args.epochs}  "
+        f"config: configs/demo.yaml, 1 worker of 1 CPU"
+    )
     print(f"bare train:                 {bare_s:7.1f} s  (city top-1 {bare['city_top1']:.1f})")
-    print(f"1-trial search, same config: {one_s:6.1f} s  -> Tune overhead per trial "
-          f"{one_s - bare_s:+.1f} s ({100 * (one_s - bare_s) / bare_s:+.0f}%)")
-    print(f"3-trial search (demo space): {three_s:6.1f} s  ({three['concurrency']} at once; "
-          f"{three['completed']} completed, {three['stopped_early']} stopped by ASHA, "
-          f"{three['failed']} failed; Tuner.fit {three['seconds']:.1f} s)")
+    print(
+        f"1-trial search, same config: {one_s:6.1f} s  -> Tune overhead per trial "
+        f"{one_s - bare_s:+.1f} s ({100 * (one_s - bare_s) / bare_s:+.0f}%)"
+    )
+    print(
+        f"3-trial search (demo space): {three_s:6.1f} s  ({three['concurrency']} at once; "
+        f"{three['completed']} completed, {three['stopped_early']} stopped by ASHA, "
+        f"{three['failed']} failed; Tuner.fit {three['seconds']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -76,7 +76,7 @@ class DataConfig:
 class BackboneConfig:
     name: str = "videomae"
     """Backbone from the registry in cg_ray.model.backbones: videomae, vit, mae, timesformer."""
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     """Hub id (MCG-NJU/videomae-small-finetuned-kinetics) or local directory; None builds from scratch."""
     hidden_size: int = 384
     """Width of the transformer (ViT-S: 384)."""
@@ -215,7 +215,7 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     batch_size: int = 12
     """Clips per worker per step."""
-    use_gpu: Optional[bool] = None
+    use_gpu: bool | None = None
     """true, false, or auto (null): GPUs when a live node or a node type the autoscaler can
     launch has one (the run logs which it chose and why)."""
     cpus_per_worker: float = 1.0
@@ -261,9 +261,9 @@ class RunConfig:
     """Where checkpoints go (a local folder, made absolute, or a URI)."""
     experiment: str = "cg_ray"
     """MLflow experiment."""
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     """MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite in the working directory."""
-    register_as: Optional[str] = None
+    register_as: str | None = None
     """Register the best checkpoint in the MLflow model registry under this name."""
 
 
@@ -287,7 +287,7 @@ class TuneConfig:
     """ASHA: epochs every trial runs before it can be stopped."""
     reduction_factor: float = 2.0
     """ASHA: 1/reduction_factor of the trials at a rung go on to the next one."""
-    seed: Optional[int] = 0
+    seed: int | None = 0
     """Seed of the sampler (random or optuna); None: a different search every time."""
     data_cpus: float = 1.0
     """Whole CPUs a trial keeps free for its Ray Data decode tasks, besides its training workers
@@ -321,7 +321,7 @@ class Config:
     """`cg-ray tune`: the search space and how trials are scheduled."""
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         """A validated config from plain data (the YAML tree)."""
         return config_from_dict(data)
 
@@ -331,7 +331,7 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         choices = {
             "eval.mode": (self.eval.mode, ("flat", "independent", "codependent", "official")),
             "data.sampling": (self.data.sampling, ("uniform", "official", "random", "bidirectional")),
@@ -348,53 +348,78 @@ class Config:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise UserError(f"config {key}={value!r}: must be one of {', '.join(allowed)}")
-        positive = {"train.epochs": self.train.epochs, "train.num_workers": self.train.num_workers,
-                    "train.batch_size": self.train.batch_size, "data.num_frames": self.data.num_frames,
-                    "data.image_size": self.data.image_size, "optim.lr": self.optim.lr,
-                    "train.grad_accum_steps": self.train.grad_accum_steps,
-                    "train.keep_best": self.train.keep_best, "eval.views": self.eval.views}
-        for key, value in positive.items():
-            if value <= 0:
-                raise UserError(f"config {key}={value}: must be > 0")
+        positive = {
+            "train.epochs": self.train.epochs,
+            "train.num_workers": self.train.num_workers,
+            "train.batch_size": self.train.batch_size,
+            "data.num_frames": self.data.num_frames,
+            "data.image_size": self.data.image_size,
+            "optim.lr": self.optim.lr,
+            "train.grad_accum_steps": self.train.grad_accum_steps,
+            "train.keep_best": self.train.keep_best,
+            "eval.views": self.eval.views,
+        }
+        for key, number in positive.items():
+            if number <= 0:
+                raise UserError(f"config {key}={number}: must be > 0")
         self._check_recipe()
         if self.data.sampling == "official" and self.eval.views > 1:
-            raise UserError(f"config eval.views={self.eval.views}: the official sampling takes "
-                            f"one view (the authors' evaluation); set eval.views=1")
+            raise UserError(
+                f"config eval.views={self.eval.views}: the official sampling takes "
+                f"one view (the authors' evaluation); set eval.views=1"
+            )
         if self.model.sca.embed_dim % self.model.sca.heads:
-            raise UserError(f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
-                            f"divisible by model.sca.heads={self.model.sca.heads}")
+            raise UserError(
+                f"config model.sca.embed_dim={self.model.sca.embed_dim} must be "
+                f"divisible by model.sca.heads={self.model.sca.heads}"
+            )
         from cg_ray.tune.space import check_tune_section  # the tune section: its own module
 
         check_tune_section(self)
         return self
 
-
     def _check_recipe(self) -> None:
         """Ranges of the recipe switches (augmentation, optimizer, EMA, head, loss)."""
         aug = self.data.augment
-        ranges = {"optim.layer_decay": (self.optim.layer_decay, 0.0, 1.0, False),
-                  "train.ema.decay": (self.train.ema.decay, 0.0, 1.0, True),
-                  "model.backbone.drop_path": (self.model.backbone.drop_path, 0.0, 1.0, True),
-                  "loss.label_smoothing": (self.loss.label_smoothing, 0.0, 1.0, True)}
+        ranges = {
+            "optim.layer_decay": (self.optim.layer_decay, 0.0, 1.0, False),
+            "train.ema.decay": (self.train.ema.decay, 0.0, 1.0, True),
+            "model.backbone.drop_path": (self.model.backbone.drop_path, 0.0, 1.0, True),
+            "loss.label_smoothing": (self.loss.label_smoothing, 0.0, 1.0, True),
+        }
         for key, (value, low, high, open_high) in ranges.items():
             if not (low <= value < high if open_high else low < value <= high):
-                raise UserError(f"config {key}={value}: must be in {'[' if open_high else '('}{low}, "
-                                f"{high}{')' if open_high else ']'}")
-        for key, pair in (("data.augment.crop_scale", aug.crop_scale), ("data.augment.crop_ratio", aug.crop_ratio)):
+                raise UserError(
+                    f"config {key}={value}: must be in {'[' if open_high else '('}{low}, "
+                    f"{high}{')' if open_high else ']'}"
+                )
+        for key, pair in (
+            ("data.augment.crop_scale", aug.crop_scale),
+            ("data.augment.crop_ratio", aug.crop_ratio),
+        ):
             if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
                 raise UserError(f"config {key}={pair}: must be [low, high] with 0 < low <= high")
         if aug.crop_scale[1] > 1:
-            raise UserError(f"config data.augment.crop_scale={aug.crop_scale}: a crop cannot exceed the frame (high <= 1)")
-        nonneg = {"data.augment.color_jitter": aug.color_jitter, "data.augment.randaug_n": aug.randaug_n,
-                  "data.augment.randaug_m": aug.randaug_m, "data.augment.randaug_mstd": aug.randaug_mstd,
-                  "optim.weight_decay": self.optim.weight_decay, "loss.consistency": self.loss.consistency}
+            raise UserError(
+                f"config data.augment.crop_scale={aug.crop_scale}: a crop cannot exceed the frame (high <= 1)"
+            )
+        nonneg = {
+            "data.augment.color_jitter": aug.color_jitter,
+            "data.augment.randaug_n": aug.randaug_n,
+            "data.augment.randaug_m": aug.randaug_m,
+            "data.augment.randaug_mstd": aug.randaug_mstd,
+            "optim.weight_decay": self.optim.weight_decay,
+            "loss.consistency": self.loss.consistency,
+        }
         for key, value in nonneg.items():
             if value < 0:
                 raise UserError(f"config {key}={value}: must be >= 0")
         graph = self.model.graph
         if graph.dim <= 0 or graph.layers < 0 or graph.heads <= 0 or graph.dim % graph.heads:
-            raise UserError(f"config model.graph: dim={graph.dim} must be > 0 and divisible by "
-                            f"heads={graph.heads}, layers={graph.layers} >= 0")
+            raise UserError(
+                f"config model.graph: dim={graph.dim} must be > 0 and divisible by "
+                f"heads={graph.heads}, layers={graph.layers} >= 0"
+            )
 
 
 # -- building dataclasses from plain data, with type checks ---------------------------------------
@@ -413,7 +438,7 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise UserError(f"config {key}: expected a section (mapping), got {value!r}")
-        return _build(hint, value, key + ".")
+        return _build(typing.cast(type, hint), value, key + ".")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config {key}: expected a list, got {value!r}")
@@ -438,8 +463,9 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}' "
-                        f"(known in this section: {', '.join(sorted(names))})")
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}' (known in this section: {', '.join(sorted(names))})"
+        )
     kwargs = {name: _check(value, hints[name], prefix + name) for name, value in data.items()}
     return cls(**kwargs)
 
@@ -493,13 +519,19 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """A config dataclass's fields -> the first line of the string literal written under each."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    """A config dataclass's fields -> the string literal written under each, on one line."""
+    cls_node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(cls_node, ast.ClassDef)
+    body = cls_node.body
     docs = {}
     for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 

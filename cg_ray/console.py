@@ -11,7 +11,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from cg_ray.taxonomy import LEVELS
 
@@ -24,8 +25,9 @@ def format_table(rows: dict[str, dict]) -> str:
     head = f"{'':<14}" + "".join(f"{lvl + ' @1':>14}{'@5':>8}" for lvl in LEVELS)
     lines = [head]
     for name, m in rows.items():
-        lines.append(f"{name:<14}" + "".join(
-            f"{m[f'{lvl}_top1']:>14.1f}{m[f'{lvl}_top5']:>8.1f}" for lvl in LEVELS))
+        lines.append(
+            f"{name:<14}" + "".join(f"{m[f'{lvl}_top1']:>14.1f}{m[f'{lvl}_top5']:>8.1f}" for lvl in LEVELS)
+        )
     return "\n".join(lines)
 
 
@@ -76,10 +78,17 @@ class Progress:
     also shows the whole run's ETA.
     """
 
-    def __init__(self, label: str, total: int | None, unit: str = "clips",
-                 every: float | None = None, stream: TextIO | None = None,
-                 enabled: bool | None = None, passes_after: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str = "clips",
+        every: float | None = None,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        passes_after: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.enabled = (not quiet()) if enabled is None else enabled
@@ -99,13 +108,11 @@ class Progress:
         if self.total:
             width = 20
             filled = min(width, int(width * self.done / self.total))
-            parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{self.unit}")
+            parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {self.unit}")
         else:
             parts.append(f"{self.done} {self.unit}")
         parts.append(f"{rate:.1f} {self.unit}/s")
-        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                  for k, v in self.extras.items()]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.extras.items()]
         if self.total and rate > 0:
             left = max(self.total - self.done, 0) / rate
             parts.append(f"ETA {_duration(left)}")

@@ -52,9 +52,13 @@ def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
     data = synthetic_dataset(out, log=lambda line: print(line, flush=True), **WORLD)
     taxonomy = load_taxonomy(data)
 
-    overrides = [f"data.path={data}", f"train.num_workers={workers}",
-                 f"run.storage_path={out}/runs", f"run.name=demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                 f"run.tracking_uri=sqlite:///{out}/mlflow.db"]
+    overrides = [
+        f"data.path={data}",
+        f"train.num_workers={workers}",
+        f"run.storage_path={out}/runs",
+        f"run.name=demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"run.tracking_uri=sqlite:///{out}/mlflow.db",
+    ]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     cfg = load_config(str(DEMO_CONFIG), overrides)
@@ -65,9 +69,16 @@ def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
     chance = 100.0 / len(taxonomy.labels["city"])
     print()
     print(format_table(metrics))
-    print(f"\ncity top-1 chance level: {chance:.1f}%   MLflow: sqlite:///{out}/mlflow.db "
-          f"(run {result['run_id']})   wall time {time.perf_counter() - start:.0f}s")
-    summary = {**metrics["codependent"], "mode": "codependent", "checkpoint": result["checkpoint"],
-               "run_id": result["run_id"], "wall_s": time.perf_counter() - start}
+    print(
+        f"\ncity top-1 chance level: {chance:.1f}%   MLflow: sqlite:///{out}/mlflow.db "
+        f"(run {result['run_id']})   wall time {time.perf_counter() - start:.0f}s"
+    )
+    summary = {
+        **metrics["codependent"],
+        "mode": "codependent",
+        "checkpoint": result["checkpoint"],
+        "run_id": result["run_id"],
+        "wall_s": time.perf_counter() - start,
+    }
     storage.write_text(os.path.join(out, "metrics.json"), json.dumps(summary, indent=1) + "\n")
     return summary

@@ -43,7 +43,9 @@ def _rank_with_first(scores: torch.Tensor, first: torch.Tensor, k: int) -> torch
     return torch.cat([first[:, None], rest], dim=1)
 
 
-def rank(probs: dict[str, torch.Tensor], taxonomy: Taxonomy, mode: str, k: int = 5) -> dict[str, torch.Tensor]:
+def rank(
+    probs: dict[str, torch.Tensor], taxonomy: Taxonomy, mode: str, k: int = 5
+) -> dict[str, torch.Tensor]:
     """Top-k label ids per level (B, min(k, n_level)), best first, for one evaluation mode."""
     if mode not in MODES:
         raise ValueError(f"unknown evaluation mode '{mode}' (known: {', '.join(MODES)})")
@@ -121,5 +123,8 @@ class Accuracy:
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """`city_top1`, `state_top1`, ..., `continent_top5` in percent."""
         total = max(self.total, 1)
-        return {f"{prefix}{level}_top{k}": 100.0 * float(self.counts[i, j]) / total
-                for i, level in enumerate(LEVELS) for j, k in enumerate(TOPK)}
+        return {
+            f"{prefix}{level}_top{k}": 100.0 * float(self.counts[i, j]) / total
+            for i, level in enumerate(LEVELS)
+            for j, k in enumerate(TOPK)
+        }

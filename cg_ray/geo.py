@@ -51,15 +51,17 @@ def read_coordinates_csv(text: str, where: str) -> dict[str, tuple[float, float]
     """`city,lat,lon` rows -> {city: (lat, lon)}; a bad row is a UserError naming it."""
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
     if not {"city", "lat", "lon"} <= set(reader.fieldnames or []):
-        raise UserError(f"coordinates file '{where}' needs the header city,lat,lon "
-                        f"(it has {reader.fieldnames})")
+        raise UserError(
+            f"coordinates file '{where}' needs the header city,lat,lon (it has {reader.fieldnames})"
+        )
     out = {}
     for n, row in enumerate(reader, start=2):
         try:
             lat, lon = float(row["lat"]), float(row["lon"])
         except (TypeError, ValueError):
-            raise UserError(f"coordinates file '{where}' line {n}: lat/lon "
-                            f"'{row['lat']}', '{row['lon']}' are not numbers") from None
+            raise UserError(
+                f"coordinates file '{where}' line {n}: lat/lon '{row['lat']}', '{row['lon']}' are not numbers"
+            ) from None
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
             raise UserError(f"coordinates file '{where}' line {n}: ({lat}, {lon}) is off the globe")
         out[row["city"].strip()] = (lat, lon)
@@ -80,7 +82,7 @@ class CityCoordinates:
             self._loose[key] = None if far else latlon
 
     @classmethod
-    def load(cls, override: str | None = None) -> "CityCoordinates":
+    def load(cls, override: str | None = None) -> CityCoordinates:
         """The shipped coordinates, updated by the `city,lat,lon` CSV at `override` if given."""
         table: dict[str, tuple[float, float]] = {}
         for name in SHIPPED:
@@ -99,8 +101,9 @@ class CityCoordinates:
         """(n, 2) float lat/lon (NaN where unknown) and the (n,) bool mask of known cities."""
         found = [self.get(c) for c in cities]
         known = np.array([f is not None for f in found], dtype=bool)
-        latlon = np.array([f if f is not None else (np.nan, np.nan) for f in found],
-                          dtype=np.float64).reshape(-1, 2)
+        latlon = np.array(
+            [f if f is not None else (np.nan, np.nan) for f in found], dtype=np.float64
+        ).reshape(-1, 2)
         return latlon, known
 
 

@@ -41,8 +41,16 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     if ray.is_initialized():
         return
     env_vars = {k: os.environ[k] for k in QUIET_ENV if k in os.environ}
-    for key in ("CG_RAY_QUIET", "CG_RAY_PROGRESS_EVERY", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"):
+    for key in (
+        "CG_RAY_QUIET",
+        "CG_RAY_PROGRESS_EVERY",
+        "MLFLOW_TRACKING_URI",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_EC2_METADATA_DISABLED",
+    ):
         if key in os.environ:
             env_vars[key] = os.environ[key]
     runtime_env = {"env_vars": env_vars}
@@ -62,9 +70,14 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by a local ray.init only
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=True,
-                 **({"_metrics_export_port": metrics_port} if metrics_port else {}))
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            **({"_metrics_export_port": metrics_port} if metrics_port else {}),
+        )
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     from ray.data import DataContext

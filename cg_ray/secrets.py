@@ -15,7 +15,9 @@ MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&](?:token|access_token|password|passwd|secret|signature|x-amz-signature|"
-    r"x-amz-credential|x-amz-security-token|api_key|apikey|key)=)[^&\s]+", re.IGNORECASE)
+    r"x-amz-credential|x-amz-security-token|api_key|apikey|key)=)[^&\s]+",
+    re.IGNORECASE,
+)
 _SECRET_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL)", re.IGNORECASE)
 
 

@@ -42,16 +42,19 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         keys = None
         if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-            keys = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
-                    os.environ.get("AWS_SESSION_TOKEN"))
-        return _s3(endpoint, region, keys), path[len("s3://"):].rstrip("/")
+            keys = (
+                os.environ["AWS_ACCESS_KEY_ID"],
+                os.environ["AWS_SECRET_ACCESS_KEY"],
+                os.environ.get("AWS_SESSION_TOKEN"),
+            )
+        return _s3(endpoint, region, keys), path[len("s3://") :].rstrip("/")
     if is_uri(path) and not path.startswith("file://"):
         try:
             return pafs.FileSystem.from_uri(path)
         except Exception as exc:  # pyarrow raises several types for unknown schemes
             raise UserError(f"cannot open '{path}': {exc}") from None
     if path.startswith("file://"):
-        path = path[len("file://"):]
+        path = path[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
@@ -126,8 +129,7 @@ def download(uri: str, local_dir: str) -> str:
     target = os.path.join(local_dir, posixpath.basename(inner.rstrip("/")) or "download")
     if info.type == pafs.FileType.Directory:
         os.makedirs(target, exist_ok=True)
-        pafs.copy_files(inner, target, source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(inner, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     else:
         with fs.open_input_stream(inner) as src, open(target, "wb") as dst:
             dst.write(src.read())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from cg_ray.errors import UserError
 
@@ -49,8 +49,12 @@ class Taxonomy:
         return ids
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, str]], where: str = "row",
-                  order: Mapping[str, list[str]] | None = None) -> "Taxonomy":
+    def from_rows(
+        cls,
+        rows: Iterable[Mapping[str, str]],
+        where: str = "row",
+        order: Mapping[str, list[str]] | None = None,
+    ) -> Taxonomy:
         """Build the tree from labelled rows (one per clip or per city).
 
         Labels get ids in sorted name order, so the same set of rows always gives the same ids;
@@ -96,7 +100,7 @@ class Taxonomy:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "Taxonomy":
+    def from_dict(cls, data: Mapping) -> Taxonomy:
         try:
             levels = list(data["levels"])
             labels = {level: [str(x) for x in data["labels"][level]] for level in LEVELS}
@@ -114,13 +118,13 @@ class Taxonomy:
         return cls(labels=labels, parents=parents)
 
     @classmethod
-    def from_json(cls, text: str) -> "Taxonomy":
+    def from_json(cls, text: str) -> Taxonomy:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise UserError(f"taxonomy is not valid JSON: {exc}") from None
 
-    def differences(self, other: "Taxonomy") -> list[str]:
+    def differences(self, other: Taxonomy) -> list[str]:
         """Human-readable differences between two taxonomies (empty when equal)."""
         out = []
         for level in LEVELS:
@@ -128,10 +132,9 @@ class Taxonomy:
             if a != b:
                 only_a = sorted(set(a) - set(b))[:5]
                 only_b = sorted(set(b) - set(a))[:5]
-                out.append(f"{level}: {len(a)} vs {len(b)} labels; only in first {only_a}, "
-                           f"only in second {only_b}")
+                out.append(
+                    f"{level}: {len(a)} vs {len(b)} labels; only in first {only_a}, only in second {only_b}"
+                )
         if not out and self.parents != other.parents:
             out.append("same labels but different parents")
         return out
-
-

@@ -30,7 +30,7 @@ def _artifact_root(uri: str) -> str | None:
     # A sqlite store would put artifacts in ./mlruns of whatever directory the process runs in;
     # keep them beside the database instead.
     if uri.startswith("sqlite:///"):
-        return "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]) or ".", "mlartifacts")
+        return "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///") :]) or ".", "mlartifacts")
     return None
 
 
@@ -47,16 +47,16 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail at start, not after an epoch of work, when the tracking store cannot be used."""
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
         import base64
+        import urllib.error
         import urllib.parse
+        import urllib.request
 
         parts = urllib.parse.urlsplit(uri)
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
-        request = urllib.request.Request(urllib.parse.urlunsplit(
-            (parts.scheme, host, parts.path.rstrip("/") + "/health", "", "")))
+        request = urllib.request.Request(
+            urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/health", "", ""))
+        )
         if parts.username:  # credentials in the URI go in a header, as MLflow's client does
             token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
@@ -65,10 +65,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 response.read()
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}): start "
-                            f"it, or point MLFLOW_TRACKING_URI / run.tracking_uri elsewhere") from None
+            raise UserError(
+                f"MLflow tracking server {redact(uri)} is unreachable ({reason}): start "
+                f"it, or point MLFLOW_TRACKING_URI / run.tracking_uri elsewhere"
+            ) from None
     elif uri.startswith("sqlite:///"):
-        folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
+        folder = os.path.dirname(uri[len("sqlite:///") :]) or "."
         if not os.path.isdir(folder):
             raise UserError(f"MLflow store {uri}: folder '{folder}' does not exist")
 
@@ -79,8 +81,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     client = _client(uri)
     try:
         found = client.get_experiment_by_name(experiment)
-        experiment_id = (found.experiment_id if found is not None else
-                         client.create_experiment(experiment, artifact_location=_artifact_root(uri)))
+        experiment_id = (
+            found.experiment_id
+            if found is not None
+            else client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+        )
         run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
     except Exception as exc:  # MLflow raises many types for an unreachable or bad store
         raise UserError(f"cannot use MLflow tracking store '{uri}': {str(exc).splitlines()[0]}") from None
@@ -88,17 +93,17 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
 
     items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
     import time
 
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float))]
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
     _client(uri).log_batch(run_id, metrics=batch)
 
 
@@ -109,8 +114,7 @@ def log_artifacts(uri: str, run_id: str, local_dir: str, artifact_path: str | No
 def metric_history(uri: str, run_id: str, names) -> dict[str, list[tuple[int, float]]]:
     """Metric name -> [(step, value)] of a run, for the names it has."""
     client = _client(uri)
-    history = {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
-               for name in names}
+    history = {name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)] for name in names}
     return {name: points for name, points in history.items() if points}
 
 
@@ -133,8 +137,9 @@ def reopen_run(uri: str, run_id: str) -> None:
     try:
         _client(uri).update_run(run_id, status="RUNNING")
     except Exception as exc:
-        raise UserError(f"cannot reopen MLflow run {run_id} in {redact(uri)} to resume it: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot reopen MLflow run {run_id} in {redact(uri)} to resume it: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def log_epoch(uri: str, run_id: str, metrics: dict[str, float], epoch: int) -> bool:
@@ -152,8 +157,7 @@ def system_metrics(uri: str, run_id: str, interval: float = 5.0):
     """Start logging CPU, memory (and GPU, where there is one) to the run; call .finish()."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
-                                   tracking_uri=uri)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri)
     monitor.start()
     return monitor
 

@@ -32,11 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--step", type=float, default=0.5, help="cell size in degrees")
     args = parser.parse_args()
-    import global_land_mask.globe as globe  # noqa: the source data; not needed at run time
+    import global_land_mask.globe as globe  # the source data; not needed at run time
 
     land = coarse_land(globe._mask, args.step)
-    np.savez_compressed(OUT, bits=np.packbits(land, axis=None), shape=np.array(land.shape),
-                        step=np.array(args.step))
+    np.savez_compressed(
+        OUT, bits=np.packbits(land, axis=None), shape=np.array(land.shape), step=np.array(args.step)
+    )
     print(f"wrote {os.path.abspath(OUT)}: {land.shape} cells, {land.mean():.1%} land")
 
 

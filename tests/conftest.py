@@ -33,9 +33,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-import pytest
+import pytest  # noqa: E402 (after the environment above, which Ray's processes inherit)
 
-from cg_ray.taxonomy import Taxonomy
+from cg_ray.taxonomy import Taxonomy  # noqa: E402
 
 
 @pytest.fixture
@@ -81,11 +81,10 @@ def s3():
     """A real S3-compatible server (moto) on 127.0.0.1 at $AWS_ENDPOINT_URL; yields a function
     that creates a fresh bucket and returns its s3:// URI."""
     import itertools
+    import logging
 
     import boto3
     from moto.server import ThreadedMotoServer
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)

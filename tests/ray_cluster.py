@@ -27,8 +27,14 @@ def free_port() -> int:
 
 
 def _ports() -> list[str]:
-    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    )
     return [f"--{name}={free_port()}" for name in names]
 
 
@@ -40,9 +46,13 @@ class LocalCluster:
         token_path = os.path.join(self.root, "auth_token")
         with open(token_path, "w") as f:
             f.write(secrets.token_hex(32))
-        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path,
-                        PATH=BIN + os.pathsep + os.environ.get("PATH", ""),
-                        RAY_USAGE_STATS_ENABLED="0")
+        self.env = dict(
+            os.environ,
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=token_path,
+            PATH=BIN + os.pathsep + os.environ.get("PATH", ""),
+            RAY_USAGE_STATS_ENABLED="0",
+        )
         for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_GCS_SERVER_PORT"):
             self.env.pop(key, None)
         self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
@@ -54,36 +64,65 @@ class LocalCluster:
         os.makedirs(tmpdir, exist_ok=True)
         log = open(os.path.join(self.root, f"{name}.log"), "w")
         env = dict(self.env, RAY_TMPDIR=tmpdir)
-        self.procs.append(subprocess.Popen(
-            # Each node its own --temp-dir: a joining node otherwise takes the head's, and the
-            # two runtime-env agents unpack the job's working_dir into the same folder at once
-            # (a driver then fails to import a module that is being re-extracted under it).
-            [os.path.join(BIN, "ray"), "start", "--block", *_ports(), f"--temp-dir={tmpdir}",
-             *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                # Each node its own --temp-dir: a joining node otherwise takes the head's, and the
+                # two runtime-env agents unpack the job's working_dir into the same folder at once
+                # (a driver then fails to import a module that is being re-extracted under it).
+                [os.path.join(BIN, "ray"), "start", "--block", *_ports(), f"--temp-dir={tmpdir}", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         port = self.gcs.rsplit(":", 1)[1]
         dash_port = self.dashboard.rsplit(":", 1)[1]
-        self._start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
-                     f"--num-cpus={self.head_cpus}", "--resources", json.dumps({"head": 1})],
-                    "head", os.path.join(self.root, "head"))
+        self._start(
+            [
+                "--head",
+                f"--port={port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash_port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--num-cpus={self.head_cpus}",
+                "--resources",
+                json.dumps({"head": 1}),
+            ],
+            "head",
+            os.path.join(self.root, "head"),
+        )
         self.wait_nodes(1)
-        self._start([f"--address={self.gcs}", f"--num-cpus={self.worker_cpus}",
-                     "--resources", json.dumps({"second": 1})],
-                    "worker", os.path.join(self.root, "worker"))
+        self._start(
+            [
+                f"--address={self.gcs}",
+                f"--num-cpus={self.worker_cpus}",
+                "--resources",
+                json.dumps({"second": 1}),
+            ],
+            "worker",
+            os.path.join(self.root, "worker"),
+        )
         self.wait_nodes(2)
         return self
 
     def ray(self, *args: str, timeout: float = 120, cwd: str | None = None) -> subprocess.CompletedProcess:
         """A `ray` CLI call against this cluster (its token, its address)."""
-        return subprocess.run([os.path.join(BIN, "ray"), *args], env=self.env, text=True,
-                              capture_output=True, timeout=timeout, cwd=cwd)
+        return subprocess.run(
+            [os.path.join(BIN, "ray"), *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            cwd=cwd,
+        )
 
     def alive_nodes(self) -> list[dict]:
-        out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json",
-                       "--filter", "state=ALIVE")
+        out = self.ray(
+            "list", "nodes", "--address", self.dashboard, "--format", "json", "--filter", "state=ALIVE"
+        )
         try:  # before the first node registers, Ray prints "No resource in the cluster"
             return json.loads(out.stdout) if out.returncode == 0 else []
         except json.JSONDecodeError:

@@ -26,16 +26,18 @@ def sheet_flags(categories: list[str]) -> np.ndarray:
     return flags
 
 
-def write_sheet(path, categories: list[str] | None = None, flags: np.ndarray | None = None,
-                extra_rows: list[str] = ()) -> np.ndarray:
+def write_sheet(
+    path, categories: list[str] | None = None, flags: np.ndarray | None = None, extra_rows: list[str] = ()
+) -> np.ndarray:
     """The official layout: two header rows, then 'name', 3 level-1 flags, 16 level-2 flags."""
     categories = categories if categories is not None else read_categories()
     flags = flags if flags is not None else sheet_flags(read_categories())
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["", "level1", "", "", "level2"] + [""] * 15)
-    writer.writerow(["category", "indoor", "outdoor, natural", "outdoor, man-made"]
-                    + [f"category {c}" for c in range(16)])
+    writer.writerow(
+        ["category", "indoor", "outdoor, natural", "outdoor, man-made"] + [f"category {c}" for c in range(16)]
+    )
     every = read_categories()
     for name in categories:
         row = flags[every.index(name)]
@@ -68,8 +70,12 @@ def save_python2_style(model: torch.nn.Module, path) -> None:
     by old PyTorch under Python 2 do: it only loads with encoding='latin1'."""
     buffer = io.BytesIO()
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"epoch": 90, "arch": "resnet18", "note": "caf\u00e9", "state_dict": state},
-               buffer, _use_new_zipfile_serialization=False, pickle_protocol=2)
+    torch.save(
+        {"epoch": 90, "arch": "resnet18", "note": "caf\u00e9", "state_dict": state},
+        buffer,
+        _use_new_zipfile_serialization=False,
+        pickle_protocol=2,
+    )
     unicode_op = b"X\x05\x00\x00\x00caf\xc3\xa9"  # BINUNICODE 'café'
     data = buffer.getvalue()
     assert data.count(unicode_op) == 1

@@ -40,9 +40,15 @@ class Server:
     log_path: str
     metrics_url: str | None = None
 
-    def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
-                token: str | None = "default", method: str | None = None,
-                timeout: float = 120) -> Answer:
+    def request(
+        self,
+        path: str,
+        data: bytes | None = None,
+        headers: dict | None = None,
+        token: str | None = "default",
+        method: str | None = None,
+        timeout: float = 120,
+    ) -> Answer:
         """One HTTP request; the server's token unless `token` says otherwise (None: none)."""
         headers = dict(headers or {})
         token = self.token if token == "default" else token
@@ -60,17 +66,22 @@ class Server:
             body = {"text": raw.decode("utf-8", "replace")}
         return Answer(status, body)
 
-    def upload(self, path: str, field: str = "video", content_type: str = "video/mp4",
-               **kwargs) -> Answer:
+    def upload(self, path: str, field: str = "video", content_type: str = "video/mp4", **kwargs) -> Answer:
         """A multipart/form-data POST /predict with the file in `field`."""
         boundary = "cgray" + os.urandom(8).hex()
         with open(path, "rb") as f:
             content = f.read()
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-                f"filename=\"{os.path.basename(path)}\"\r\nContent-Type: {content_type}\r\n\r\n"
-                ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
-        return self.request("/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-                            **kwargs)
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+                f'filename="{os.path.basename(path)}"\r\nContent-Type: {content_type}\r\n\r\n'
+            ).encode()
+            + content
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        return self.request(
+            "/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}, **kwargs
+        )
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -83,8 +94,7 @@ def tiny_model(root: str) -> dict:
 
     rows = mp4_world(os.path.join(root, "mp4"), clips_per_city=2)
     train_tiny_checkpoint(os.path.join(root, "ckpt"), rows, steps=8)
-    make_world(os.path.join(root, "frames"), cities=CITIES, clips_per_city=1, frames=8,
-               size=(32, 32), seed=5)
+    make_world(os.path.join(root, "frames"), cities=CITIES, clips_per_city=1, frames=8, size=(32, 32), seed=5)
     return {"rows": rows, "ckpt": os.path.join(root, "ckpt"), "root": root}
 
 
@@ -97,18 +107,30 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-serve-", dir="/tmp")
     env["PYTHONUNBUFFERED"] = "1"
     log_path = os.path.join(env["RAY_TMPDIR"], "serve.log")
-    command = [sys.executable, "-m", "cg_ray", "serve", "--checkpoint", ckpt, "--port", str(port),
-               *args, *(["--token", token] if token else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "cg_ray",
+        "serve",
+        "--checkpoint",
+        ckpt,
+        "--port",
+        str(port),
+        *args,
+        *(["--token", token] if token else []),
+    ]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     server = Server(f"http://127.0.0.1:{port}", token, log_path)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"cg-ray serve exited with {process.returncode}:\n"
-                                     f"{server.log()[-3000:]}")
+                raise AssertionError(
+                    f"cg-ray serve exited with {process.returncode}:\n{server.log()[-3000:]}"
+                )
             try:
                 if server.request("/healthz", timeout=5).status == 200 and "ready" in server.log():
                     break
@@ -128,7 +150,8 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise AssertionError(f"cg-ray serve did not stop on SIGINT:\n"
-                                     f"{server.log()[-3000:]}") from None
+                raise AssertionError(
+                    f"cg-ray serve did not stop on SIGINT:\n{server.log()[-3000:]}"
+                ) from None
     assert process.returncode == 0, server.log()[-3000:]
     assert "cg-ray serve: stopped" in server.log()

@@ -6,8 +6,7 @@ from cg_ray.errors import UserError
 from cg_ray.model.backbones import BACKBONES, FrameEncoder, build_backbone
 from cg_ray.model.net import build_model
 
-TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=8,
-            tubelet_size=2)
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=8, tubelet_size=2)
 
 
 def tiny(name: str, **extra) -> BackboneConfig:
@@ -47,11 +46,15 @@ def test_every_backbone_trains_and_reloads_through_the_pretrained_path(name, tmp
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_the_full_network(name):
-    cfg = config_from_dict({}, ["data.num_frames=4", "data.image_size=32"] +
-                           [f"model.backbone.{k}={v}" for k, v in TINY.items()] +
-                           [f"model.backbone.name={name}"])
+    cfg = config_from_dict(
+        {},
+        ["data.num_frames=4", "data.image_size=32"]
+        + [f"model.backbone.{k}={v}" for k, v in TINY.items()]
+        + [f"model.backbone.name={name}"],
+    )
     out = build_model(cfg, [5, 4, 3, 2], text_dim=8)(
-        torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8))
+        torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8)
+    )
     assert out.logits["city"].shape == (2, 5) and out.scene_logits.shape == (2, 16)
 
 
@@ -66,7 +69,7 @@ def test_frame_selection_sees_the_chosen_frame():
             outputs[frame] = encoder(video)
             # The frame it names, and only that frame, decides the feature.
             index = {"first": 0, "middle": 2, "last": 4, "random": 2}[frame]
-            alone = video[:, index:index + 1].expand(-1, 5, -1, -1, -1)
+            alone = video[:, index : index + 1].expand(-1, 5, -1, -1, -1)
             torch.testing.assert_close(encoder(alone), outputs[frame])
     assert not torch.allclose(outputs["first"], outputs["last"])
     picker = FrameEncoder(build_backbone(tiny("vit"), 5, 32).encoder, "random").train()
@@ -87,8 +90,9 @@ def test_pretrained_timesformer_is_fitted_to_the_data_frames_and_size(tmp_path):
     fitted = build_backbone(BackboneConfig(name="timesformer", pretrained=str(tmp_path / "ts")), 8, 48)
     emb = fitted.encoder.embeddings
     assert emb.time_embeddings.shape == (1, 8, 32) and emb.position_embeddings.shape == (1, 37, 32)
-    torch.testing.assert_close(emb.time_embeddings[0, [0, -1]],
-                               source.encoder.embeddings.time_embeddings[0, [0, -1]])
+    torch.testing.assert_close(
+        emb.time_embeddings[0, [0, -1]], source.encoder.embeddings.time_embeddings[0, [0, -1]]
+    )
     video = torch.randn(1, 8, 3, 48, 48)
     rebuilt = build_backbone(BackboneConfig(name="timesformer"), 8, 48, arch=fitted.arch())
     rebuilt.load_state_dict(fitted.state_dict())

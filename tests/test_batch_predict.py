@@ -7,13 +7,12 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-
-from cg_ray.predict.batch import OUTPUT_SCHEMA
-from cg_ray.cli import main
-from cg_ray.taxonomy import LEVELS
-
 from output import own
 from predict_helpers import mp4_world, train_tiny_checkpoint
+
+from cg_ray.cli import main
+from cg_ray.predict.batch import OUTPUT_SCHEMA
+from cg_ray.taxonomy import LEVELS
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +30,27 @@ def setup(tmp_path_factory, ray_session):
     uri = f"sqlite:///{root}/mlflow.db"
     run_id = tracking.start_run(uri, "batch", "train", {})
     ckpt = str(root / "ckpt")
-    train_tiny_checkpoint(ckpt, rows, steps=8, extra={"mlflow_run_id": run_id},
-                          overrides=[f"run.tracking_uri={uri}"])
+    train_tiny_checkpoint(
+        ckpt, rows, steps=8, extra={"mlflow_run_id": run_id}, overrides=[f"run.tracking_uri={uri}"]
+    )
     return {"root": root, "world": world, "rows": rows, "ckpt": ckpt, "uri": uri, "run_id": run_id}
 
 
 def test_batch_prediction_over_a_folder_skips_the_corrupt_video(setup, capsys):
     out = setup["root"] / "out" / "preds.parquet"
-    code = main(["predict", "--checkpoint", setup["ckpt"], "--input-list", str(setup["world"]),
-                 "--out", str(out), "--top-k", "3"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            setup["ckpt"],
+            "--input-list",
+            str(setup["world"]),
+            "--out",
+            str(out),
+            "--top-k",
+            "3",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     summary = json.loads(own(captured.out).splitlines()[-1])
@@ -53,7 +64,7 @@ def test_batch_prediction_over_a_folder_skips_the_corrupt_video(setup, capsys):
     assert set(by_input) == {r["path"] for r in setup["rows"]}
     for row in setup["rows"]:
         got = by_input[row["path"]]
-        assert [got[f"pred_{l}"] for l in LEVELS] == [row[l] for l in LEVELS]
+        assert [got[f"pred_{lvl}"] for lvl in LEVELS] == [row[lvl] for lvl in LEVELS]
         assert got["top_city"][0] == row["city"] and len(got["top_city"]) == 3
         assert got["prob_city"] == pytest.approx(got["top_city_prob"][0])
     with open(summary["errors_out"]) as f:
@@ -64,9 +75,21 @@ def test_batch_prediction_over_a_folder_skips_the_corrupt_video(setup, capsys):
 
 def test_batch_prediction_from_a_csv_list(setup, capsys):
     out = setup["root"] / "csv.parquet"
-    code = main(["predict", "--checkpoint", setup["ckpt"], "--input-list",
-                 str(setup["world"] / "labels.csv"), "--out", str(out), "--actors", "1",
-                 "--mode", "flat"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            setup["ckpt"],
+            "--input-list",
+            str(setup["world"] / "labels.csv"),
+            "--out",
+            str(out),
+            "--actors",
+            "1",
+            "--mode",
+            "flat",
+        ]
+    )
     assert code == 0
     table = pq.read_table(out)
     assert table.num_rows == 18 and not os.path.exists(setup["root"] / "csv.errors.csv")
@@ -81,8 +104,21 @@ def test_evaluate_report_end_to_end(setup, tmp_path, capsys):
     data = str(tmp_path / "data")
     prepare("videos", str(setup["world"] / "labels.csv"), data)
     report = tmp_path / "report"
-    code = main(["evaluate", "--checkpoint", setup["ckpt"], "--data", data, "--split", "train",
-                 "--report", str(report), "--metrics-out", str(tmp_path / "m.json")])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            setup["ckpt"],
+            "--data",
+            data,
+            "--split",
+            "train",
+            "--report",
+            str(report),
+            "--metrics-out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert f"logged to MLflow run {setup['run_id']}" in out
@@ -90,9 +126,16 @@ def test_evaluate_report_end_to_end(setup, tmp_path, capsys):
     # The model was trained on these very clips: every one is right, so every error is 0 km.
     assert metrics["city_top1"] == 100.0 and metrics["geo_median_km"] == 0.0
     assert metrics["geo_within_25km"] == 100.0 and metrics["geo_missing"] == 0
-    for name in ["index.html", "world_map.png", "per_city.csv", "per_country.csv",
-                 "confusion/Europe.png", "metrics.json"]:
+    for name in [
+        "index.html",
+        "world_map.png",
+        "per_city.csv",
+        "per_country.csv",
+        "confusion/Europe.png",
+        "metrics.json",
+    ]:
         assert (report / name).exists(), name
-    listed = {a.path for a in MlflowClient(setup["uri"]).list_artifacts(setup["run_id"],
-                                                                        "report_train_codependent")}
+    listed = {
+        a.path for a in MlflowClient(setup["uri"]).list_artifacts(setup["run_id"], "report_train_codependent")
+    }
     assert "report_train_codependent/world_map.png" in listed

@@ -33,10 +33,13 @@ def test_every_command_has_a_description_and_examples():
 
 
 def test_every_option_has_help_text():
-    missing = [f"cg-ray {' '.join(path)} {action.dest}"
-               for path, sub in _commands(build_parser()) for action in sub._actions
-               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
-               and not (action.help and action.help.strip())]
+    missing = [
+        f"cg-ray {' '.join(path)} {action.dest}"
+        for path, sub in _commands(build_parser())
+        for action in sub._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+        and not (action.help and action.help.strip())
+    ]
     assert not missing, "options without help: " + ", ".join(missing)
 
 
@@ -48,28 +51,40 @@ def test_help_shows_defaults(capsys):
 
 
 def test_set_takes_several_pairs_and_repeats(tmp_path):
-    args = build_parser().parse_args(["train", "--config", "c.yaml", "--set", "train.epochs=3",
-                                      "model.sca.heads=3", "--set", "train.seed=7"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            "c.yaml",
+            "--set",
+            "train.epochs=3",
+            "model.sca.heads=3",
+            "--set",
+            "train.seed=7",
+        ]
+    )
     assert args.set == ["train.epochs=3", "model.sca.heads=3", "train.seed=7"]
     cfg = load_config("configs/demo.yaml", args.set)
     assert (cfg.train.epochs, cfg.model.sca.heads, cfg.train.seed) == (3, 3, 7)
 
 
 def test_version():
-    out = subprocess.run([sys.executable, "-m", "cg_ray", "--version"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cg_ray", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == f"cg-ray {__version__}"
 
 
 def test_config_show_prints_docs_and_loads_back(capsys, tmp_path):
-    assert main(["config", "show", "--config", "configs/demo.yaml", "--set", "train.epochs=3",
-                 "optim.lr=0.01"]) == 0
+    assert (
+        main(["config", "show", "--config", "configs/demo.yaml", "--set", "train.epochs=3", "optim.lr=0.01"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "epochs: 3  # Passes over the training split." in out
     shown = tmp_path / "shown.yaml"
     shown.write_text(out)
-    assert load_config(str(shown)) == load_config("configs/demo.yaml",
-                                                  ["train.epochs=3", "optim.lr=0.01"])
+    assert load_config(str(shown)) == load_config("configs/demo.yaml", ["train.epochs=3", "optim.lr=0.01"])
 
 
 def test_every_config_field_has_a_doc():
@@ -79,6 +94,7 @@ def test_every_config_field_has_a_doc():
             yield prefix + f.name, docs.get(f.name)
             if isinstance(f.type, str) and f.type.endswith("Config"):
                 import cg_ray.config as config
+
                 yield from walk(getattr(config, f.type), prefix + f.name + ".")
 
     missing = [key for key, doc in walk(Config) if not doc]

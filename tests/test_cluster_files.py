@@ -397,26 +397,27 @@ def test_the_config_file_travels_with_the_job(tmp_path):
         assert submit.with_config(env, untouched) == (env, untouched)
 
 
-def test_submit_finds_the_token_as_rays_cli_does(tmp_path, monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+def test_submit_finds_the_token_as_rays_cli_does(tmp_path):
+    """In a process of its own: Ray reads the auth mode and token once per process, and this
+    session's own Ray must keep the ones it started with."""
+    import os
+    import subprocess
+
     token = tmp_path / "token"
     token.write_text("a" * 32)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    from ray._raylet import AuthenticationTokenLoader
-
-    AuthenticationTokenLoader.instance().reset_cache()
-    try:
-        submit.use_auth_token()
-        import os
-
-        assert os.environ["RAY_AUTH_MODE"] == "token"
-    finally:
-        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-        from ray._raylet import Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), HOME=str(tmp_path))
+    code = "import os, submit; submit.use_auth_token(); print(os.environ.get('RAY_AUTH_MODE'))"
+    jobs = str(Path(__file__).resolve().parents[1] / "jobs")
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=jobs, env=env, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "token"
+    env.pop("RAY_AUTH_TOKEN_PATH")  # nothing anywhere: token mode stays off
+    none = subprocess.run(
+        [sys.executable, "-c", code], cwd=jobs, env=env, capture_output=True, text=True, check=True
+    )
+    assert none.stdout.strip() == "None"
 
 
 def test_submit_keeps_its_own_options_apart_from_the_commands():

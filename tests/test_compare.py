@@ -2,12 +2,12 @@ import csv
 import io
 
 import pytest
+from output import own
 
 from cg_ray import tracking
 from cg_ray.cli import main
-from cg_ray.report.compare import compare_runs
 from cg_ray.config import config_from_dict
-from output import own
+from cg_ray.report.compare import compare_runs
 
 
 def _log(uri, experiment, name, overrides, epochs, finish=True):
@@ -15,8 +15,12 @@ def _log(uri, experiment, name, overrides, epochs, finish=True):
     cfg = config_from_dict({}, overrides)
     run_id = tracking.start_run(uri, experiment, name, cfg.to_dict())
     for epoch, values in enumerate(epochs):
-        tracking.log_metrics(uri, run_id, dict(zip(
-            ("city_top1", "state_top1", "country_top1", "continent_top1"), values)), step=epoch)
+        tracking.log_metrics(
+            uri,
+            run_id,
+            dict(zip(("city_top1", "state_top1", "country_top1", "continent_top1"), values)),
+            step=epoch,
+        )
     if finish:
         tracking.end_run(uri, run_id)
     return run_id
@@ -26,16 +30,29 @@ def _log(uri, experiment, name, overrides, epochs, finish=True):
 def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     ids = {
-        "baseline": _log(uri, "paper", "table3-videomae",
-                         ["model.sca.enabled=false", "model.tla.enabled=false"],
-                         [(50.0, 51.0, 52.0, 60.0), (64.5, 64.5, 65.9, 74.4)]),
-        "full": _log(uri, "paper", "table3-tla-all", [],
-                     [(60.0, 60.0, 70.0, 80.0), (69.6, 70.2, 74.8, 83.8)]),
+        "baseline": _log(
+            uri,
+            "paper",
+            "table3-videomae",
+            ["model.sca.enabled=false", "model.tla.enabled=false"],
+            [(50.0, 51.0, 52.0, 60.0), (64.5, 64.5, 65.9, 74.4)],
+        ),
+        "full": _log(
+            uri, "paper", "table3-tla-all", [], [(60.0, 60.0, 70.0, 80.0), (69.6, 70.2, 74.8, 83.8)]
+        ),
         "running": _log(uri, "paper", "still-training", [], [(1.0, 2.0, 3.0, 4.0)], finish=False),
-        "mae": _log(uri, "other", "table2-mae-random",
-                    ["model.backbone.name=mae", "model.backbone.frame=random",
-                     "model.sca.enabled=false", "model.tla.enabled=false"],
-                    [(55.8, 56.3, 60.8, 74.1)]),
+        "mae": _log(
+            uri,
+            "other",
+            "table2-mae-random",
+            [
+                "model.backbone.name=mae",
+                "model.backbone.frame=random",
+                "model.sca.enabled=false",
+                "model.tla.enabled=false",
+            ],
+            [(55.8, 56.3, 60.8, 74.1)],
+        ),
     }
     return uri, ids
 
@@ -44,12 +61,21 @@ def test_text_table_has_final_values_of_finished_runs_and_named_runs(store, caps
     uri, ids = store
     assert main(["compare", "paper", ids["mae"], "--tracking-uri", uri]) == 0
     lines = own(capsys.readouterr().out).splitlines()
-    assert lines[0].split() == ["Run", "Backbone", "Scenes", "TLA", "City", "State", "Country",
-                                "Continent"]
+    assert lines[0].split() == ["Run", "Backbone", "Scenes", "TLA", "City", "State", "Country", "Continent"]
     assert lines[1].split() == ["table3-videomae", "videomae", "-", "-", "64.5", "64.5", "65.9", "74.4"]
     assert lines[2].split() == ["table3-tla-all", "videomae", "soft", "all", "69.6", "70.2", "74.8", "83.8"]
-    assert lines[3].split() == ["table2-mae-random", "mae", "(random", "frame)", "-", "-",
-                                "55.8", "56.3", "60.8", "74.1"]
+    assert lines[3].split() == [
+        "table2-mae-random",
+        "mae",
+        "(random",
+        "frame)",
+        "-",
+        "-",
+        "55.8",
+        "56.3",
+        "60.8",
+        "74.1",
+    ]
     assert len(lines) == 4  # the unfinished run is left out
 
 
@@ -80,23 +106,59 @@ def test_recipe_switches_get_columns_only_when_a_run_sets_them():
     from cg_ray.report.compare import describe, format_rows
 
     def row(name, **params):
-        base = {"model.backbone.name": "videomae", "model.sca.enabled": "True",
-                "data.scene_labels": "soft", "model.tla.enabled": "True", "model.tla.levels": "all"}
-        return {"run": name, "run_id": name, **describe({**base, **params}), "city_top1": 50.0,
-                "state_top1": 60.0, "country_top1": 70.0, "continent_top1": 80.0}
+        base = {
+            "model.backbone.name": "videomae",
+            "model.sca.enabled": "True",
+            "data.scene_labels": "soft",
+            "model.tla.enabled": "True",
+            "model.tla.levels": "all",
+        }
+        return {
+            "run": name,
+            "run_id": name,
+            **describe({**base, **params}),
+            "city_top1": 50.0,
+            "state_top1": 60.0,
+            "country_top1": 70.0,
+            "continent_top1": 80.0,
+        }
 
     paper = [row("paper"), row("old")]
-    assert format_rows(paper).splitlines()[0].split() == \
-        ["Run", "Backbone", "Scenes", "TLA", "City", "State", "Country", "Continent"]
-    runs = paper + [row("authors", **{"data.sampling": "official", "loss.tla_reduction": "sum"}),
-                    row("views", **{"eval.views": "5"})]
+    assert format_rows(paper).splitlines()[0].split() == [
+        "Run",
+        "Backbone",
+        "Scenes",
+        "TLA",
+        "City",
+        "State",
+        "Country",
+        "Continent",
+    ]
+    runs = paper + [
+        row("authors", **{"data.sampling": "official", "loss.tla_reduction": "sum"}),
+        row("views", **{"eval.views": "5"}),
+    ]
     lines = format_rows(runs).splitlines()
     header = [h.strip() for h in lines[0].split("  ") if h.strip()]
-    assert header == ["Run", "Backbone", "Scenes", "TLA", "Sampling", "Views", "TLA over batch",
-                      "City", "State", "Country", "Continent"]
+    assert header == [
+        "Run",
+        "Backbone",
+        "Scenes",
+        "TLA",
+        "Sampling",
+        "Views",
+        "TLA over batch",
+        "City",
+        "State",
+        "Country",
+        "Continent",
+    ]
     assert lines[3].split()[:7] == ["authors", "videomae", "soft", "all", "official", "1", "sum"]
-    assert format_rows(runs, "csv").splitlines()[0] == \
-        "run,backbone,scenes,tla,sampling,views,tla_reduction,city_top1,state_top1,country_top1," \
+    assert (
+        format_rows(runs, "csv").splitlines()[0]
+        == "run,backbone,scenes,tla,sampling,views,tla_reduction,city_top1,state_top1,country_top1,"
         "continent_top1,run_id"
-    assert format_rows(runs, "markdown").splitlines()[1] == \
-        "|---|---|---|---|---|---|---|---:|---:|---:|---:|"
+    )
+    assert (
+        format_rows(runs, "markdown").splitlines()[1] == "|---|---|---|---|---|---|---|---:|---:|---:|---:|"
+    )

@@ -18,22 +18,33 @@ def test_defaults_are_the_paper():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = config_from_dict({}, ["train.epochs=3", "optim.lr=5e-4", "model.sca.heads=3",
-                                "model.backbone.pretrained=/models/videomae", "train.use_gpu=false"])
+    cfg = config_from_dict(
+        {},
+        [
+            "train.epochs=3",
+            "optim.lr=5e-4",
+            "model.sca.heads=3",
+            "model.backbone.pretrained=/models/videomae",
+            "train.use_gpu=false",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.optim.lr == 5e-4 and cfg.model.sca.heads == 3
     assert cfg.model.backbone.pretrained == "/models/videomae" and cfg.train.use_gpu is False
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.epochz=3", "unknown config key 'train.epochz'"),
-    ("nope.x=1", "unknown config key 'nope'"),
-    ("train.epochs=three", "config train.epochs: expected int"),
-    ("train.num_workers=1.5", "config train.num_workers: expected int"),
-    ("eval.mode=best", "eval.mode='best': must be one of"),
-    ("optim.lr=0", "optim.lr=0.0: must be > 0"),
-    ("model.sca.heads=4", "divisible"),
-    ("train.epochs", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochz=3", "unknown config key 'train.epochz'"),
+        ("nope.x=1", "unknown config key 'nope'"),
+        ("train.epochs=three", "config train.epochs: expected int"),
+        ("train.num_workers=1.5", "config train.num_workers: expected int"),
+        ("eval.mode=best", "eval.mode='best': must be one of"),
+        ("optim.lr=0", "optim.lr=0.0: must be > 0"),
+        ("model.sca.heads=4", "divisible"),
+        ("train.epochs", "key=value"),
+    ],
+)
 def test_bad_values_get_one_line_errors(override, message):
     with pytest.raises(UserError) as err:
         config_from_dict({}, [override])

@@ -28,16 +28,21 @@ def test_lines_at_the_configured_interval_in_logs():
     _run(progress, clock, steps=60, seconds_per_step=1.0)  # 60 s: lines at 30 s, 60 s, close
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and "\r" not in out.getvalue()
-    assert lines[0] == ("epoch 1/3 [##########..........] 300/600 clips 10.0 clips/s "
-                        "loss 0.03333 ETA 0:30 (all 2:30)")
+    assert lines[0] == (
+        "epoch 1/3 [##########..........] 300/600 clips 10.0 clips/s loss 0.03333 ETA 0:30 (all 2:30)"
+    )
     assert lines[-1].startswith("epoch 1/3 [####################] 600/600 clips 10.0 clips/s")
     assert "ETA 0:00" in lines[-1] and "(all" not in lines[-1]
 
 
 def test_never_a_flood():
     out, clock = io.StringIO(), Clock()
-    _run(Progress("pack", total=100000, stream=out, every=30, clock=clock), clock,
-         steps=10000, seconds_per_step=0.01)  # 100 s of tiny steps
+    _run(
+        Progress("pack", total=100000, stream=out, every=30, clock=clock),
+        clock,
+        steps=10000,
+        seconds_per_step=0.01,
+    )  # 100 s of tiny steps
     assert len(out.getvalue().splitlines()) == 4  # 30, 60, 90 s and the end
 
 
@@ -77,8 +82,12 @@ def test_learning_curves_png_draws_every_logged_curve():
 
     from cg_ray.report.curves import learning_curves_png
 
-    history = {"train_loss": [(0, 9.0), (1, 6.0), (2, 4.5)], "train_city": [(0, 2.5), (1, 2.0)],
-               "city_top1": [(0, 20.0), (1, 45.0), (2, 61.0)], "continent_top1": [(0, 50.0)]}
+    history = {
+        "train_loss": [(0, 9.0), (1, 6.0), (2, 4.5)],
+        "train_city": [(0, 2.5), (1, 2.0)],
+        "city_top1": [(0, 20.0), (1, 45.0), (2, 61.0)],
+        "continent_top1": [(0, 50.0)],
+    }
     png = learning_curves_png(history, "run")
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert image.shape == (450, 1200, 3)

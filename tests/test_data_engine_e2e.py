@@ -15,8 +15,13 @@ from cg_ray.data.synthetic import make_world
 
 pytestmark = pytest.mark.slow
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
-TINY = ["data.num_frames=4", "data.image_size=32", "train.batch_size=4", "train.epochs=1",
-        "model.tla.enabled=false"]
+TINY = [
+    "data.num_frames=4",
+    "data.image_size=32",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "model.tla.enabled=false",
+]
 
 
 def test_s3_prepare_pack_train_evaluate(ray_session, s3, tmp_path, capsys):
@@ -49,11 +54,31 @@ def test_s3_prepare_pack_train_evaluate(ray_session, s3, tmp_path, capsys):
     # Training and evaluation must now read the shards: the raw videos are all gone.
     fs.delete_dir_contents(storage.filesystem(f"{world}/videos")[1])
     metrics_out = tmp_path / "train.json"
-    assert main(["train", "--config", DEMO, "--metrics-out", str(metrics_out), "--set",
-                 f"data.path={data}", "--set", f"run.storage_path={bucket}/runs", "--set",
-                 "run.name=s3run", "--set", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                 "--set", "train.num_workers=1", "--set", "data.max_bad_fraction=0.2",
-                 *[arg for kv in TINY for arg in ("--set", kv)]]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                DEMO,
+                "--metrics-out",
+                str(metrics_out),
+                "--set",
+                f"data.path={data}",
+                "--set",
+                f"run.storage_path={bucket}/runs",
+                "--set",
+                "run.name=s3run",
+                "--set",
+                f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                "--set",
+                "train.num_workers=1",
+                "--set",
+                "data.max_bad_fraction=0.2",
+                *[arg for kv in TINY for arg in ("--set", kv)],
+            ]
+        )
+        == 0
+    )
     result = json.loads(metrics_out.read_text())
     assert result["bad_clips"] == 2 and result["train_clips"] == 13 and result["val_clips"] == 4
     checkpoint = result["checkpoint"]
@@ -62,8 +87,7 @@ def test_s3_prepare_pack_train_evaluate(ray_session, s3, tmp_path, capsys):
 
     eval_out = tmp_path / "eval.json"
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", checkpoint, "--data", data,
-                 "--metrics-out", str(eval_out)]) == 0
+    assert main(["evaluate", "--checkpoint", checkpoint, "--data", data, "--metrics-out", str(eval_out)]) == 0
     assert "evaluate val [####################] 4/4 clips" in capsys.readouterr().err
     evaluated = json.loads(eval_out.read_text())
     assert evaluated["num_clips"] == 4 and evaluated["bad_clips"] == 0
@@ -90,10 +114,26 @@ def test_too_many_bad_clips_stop_the_run_with_one_line(ray_session, tiny_dataset
     assert sorted(s["clip_id"] for s in report["skipped"]) == sorted(rows[i]["clip_id"] for i in gone)
 
     capsys.readouterr()
-    code = main(["train", "--config", DEMO, "--set", f"data.path={data}", "--set", "train.epochs=2",
-                 "--set", "train.batch_size=8", "--set", f"run.storage_path={tmp_path}/runs",
-                 "--set", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    code = main(
+        [
+            "train",
+            "--config",
+            DEMO,
+            "--set",
+            f"data.path={data}",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            f"run.storage_path={tmp_path}/runs",
+            "--set",
+            f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        ]
+    )
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "cg-ray train" in line]
-    assert errors == ["cg-ray train: error: 2 of 48 training clips could not be decoded (more than "
-                      "data.max_bad_fraction=0.01); see the worker log for which"]
+    assert errors == [
+        "cg-ray train: error: 2 of 48 training clips could not be decoded (more than "
+        "data.max_bad_fraction=0.01); see the worker log for which"
+    ]

@@ -14,8 +14,7 @@ from cg_ray.data.synthetic import _mp4
 def write_grey_frames(folder, values, fmt="JPEG", suffix=".jpg"):
     folder.mkdir(parents=True, exist_ok=True)
     for n, value in enumerate(values, start=1):
-        Image.new("RGB", (40, 30), (value, value, value)).save(folder / f"{n}{suffix}", fmt,
-                                                                 quality=95)
+        Image.new("RGB", (40, 30), (value, value, value)).save(folder / f"{n}{suffix}", fmt, quality=95)
 
 
 def test_sample_indices_spreads_evenly_and_repeats_short_clips():

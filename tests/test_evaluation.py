@@ -5,13 +5,14 @@ from cg_ray.evaluation import Accuracy, hierarchical_product, rank
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 # cities: A, B under state S1; C under S2. S1 -> country K1, S2 -> K2. K1 -> X, K2 -> Y.
-TAX = Taxonomy(labels={"city": ["A", "B", "C"], "state": ["S1", "S2"], "country": ["K1", "K2"],
-                       "continent": ["X", "Y"]},
-               parents={"city": [0, 0, 1], "state": [0, 1], "country": [0, 1]})
+TAX = Taxonomy(
+    labels={"city": ["A", "B", "C"], "state": ["S1", "S2"], "country": ["K1", "K2"], "continent": ["X", "Y"]},
+    parents={"city": [0, 0, 1], "state": [0, 1], "country": [0, 1]},
+)
 
 
 def probs(city, state, country, continent):
-    return {l: torch.tensor([v]) for l, v in zip(LEVELS, (city, state, country, continent))}
+    return {lvl: torch.tensor([v]) for lvl, v in zip(LEVELS, (city, state, country, continent))}
 
 
 def test_product_by_hand():
@@ -43,28 +44,32 @@ def test_independent_and_codependent_differ():
 
 
 def test_accuracy_top1_top5_in_percent():
-    big = Taxonomy(labels={"city": [f"c{i}" for i in range(7)], "state": ["s"], "country": ["k"],
-                           "continent": ["x"]},
-                   parents={"city": [0] * 7, "state": [0], "country": [0]})
+    big = Taxonomy(
+        labels={"city": [f"c{i}" for i in range(7)], "state": ["s"], "country": ["k"], "continent": ["x"]},
+        parents={"city": [0] * 7, "state": [0], "country": [0]},
+    )
     city = torch.tensor([[0.30, 0.20, 0.15, 0.12, 0.10, 0.08, 0.05]] * 4)
-    p = {"city": city, "state": torch.ones(4, 1), "country": torch.ones(4, 1),
-         "continent": torch.ones(4, 1)}
-    labels = {"city": torch.tensor([0, 4, 5, 6]), "state": torch.zeros(4, dtype=torch.long),
-              "country": torch.zeros(4, dtype=torch.long), "continent": torch.zeros(4, dtype=torch.long)}
+    p = {"city": city, "state": torch.ones(4, 1), "country": torch.ones(4, 1), "continent": torch.ones(4, 1)}
+    labels = {
+        "city": torch.tensor([0, 4, 5, 6]),
+        "state": torch.zeros(4, dtype=torch.long),
+        "country": torch.zeros(4, dtype=torch.long),
+        "continent": torch.zeros(4, dtype=torch.long),
+    }
     for mode in ("flat", "independent", "codependent"):
         acc = Accuracy(big, mode)
         acc.update(p, labels)
         m = acc.metrics()
         assert m["city_top1"] == 25.0 and m["city_top5"] == 50.0
         assert m["continent_top1"] == 100.0 and m["continent_top5"] == 100.0
-        assert set(m) == {f"{l}_top{k}" for l in LEVELS for k in (1, 5)}
+        assert set(m) == {f"{lvl}_top{k}" for lvl in LEVELS for k in (1, 5)}
 
 
 def test_state_merge_sums_counts():
     a, b = Accuracy(TAX, "flat"), Accuracy(TAX, "flat")
     p = probs([0.2, 0.3, 0.5], [0.6, 0.4], [0.7, 0.3], [0.9, 0.1])
-    a.update(p, {l: torch.tensor([0]) for l in LEVELS})
-    b.update(p, {l: torch.tensor([2, 1, 1, 1][i:i + 1]) for i, l in enumerate(LEVELS)})
+    a.update(p, {lvl: torch.tensor([0]) for lvl in LEVELS})
+    b.update(p, {lvl: torch.tensor([2, 1, 1, 1][i : i + 1]) for i, lvl in enumerate(LEVELS)})
     merged = Accuracy(TAX, "flat")
     merged.load_state(a.state() + b.state())
     assert merged.total == 2

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from cg_ray.errors import UserError
-from cg_ray.geo import (EARTH_RADIUS_KM, CityCoordinates, geodesic_metrics, haversine_km,
-                        load_land_mask)
+from cg_ray.geo import EARTH_RADIUS_KM, CityCoordinates, geodesic_metrics, haversine_km, load_land_mask
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -17,8 +16,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def cosine_law_km(lat1, lon1, lat2, lon2):
     """An independent formula (spherical law of cosines), computed by hand in degrees."""
     p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
-    return EARTH_RADIUS_KM * math.acos(math.sin(p1) * math.sin(p2) +
-                                       math.cos(p1) * math.cos(p2) * math.cos(dl))
+    return EARTH_RADIUS_KM * math.acos(
+        math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)
+    )
 
 
 def test_haversine_on_exact_arcs():
@@ -27,14 +27,18 @@ def test_haversine_on_exact_arcs():
     assert haversine_km(0, 0, 90, 0) == pytest.approx(quarter)
     assert haversine_km(90, 0, -90, 0) == pytest.approx(2 * quarter)
     assert haversine_km(10, 179.5, 10, -179.5) == pytest.approx(
-        cosine_law_km(10, 179.5, 10, -179.5))  # across the date line: ~109.5 km, not 39,000
+        cosine_law_km(10, 179.5, 10, -179.5)
+    )  # across the date line: ~109.5 km, not 39,000
     assert haversine_km(48.0, 2.0, 48.0, 2.0) == 0.0
 
 
-@pytest.mark.parametrize("a, b, published_km", [
-    (("Lyon", 45.7578137, 4.8320114), ("Marseille", 43.2963986, 5.3777888), 277),
-    (("Tokyo", 35.6768601, 139.7638947), ("Osaka", 34.6937569, 135.5014539), 403),
-])
+@pytest.mark.parametrize(
+    "a, b, published_km",
+    [
+        (("Lyon", 45.7578137, 4.8320114), ("Marseille", 43.2963986, 5.3777888), 277),
+        (("Tokyo", 35.6768601, 139.7638947), ("Osaka", 34.6937569, 135.5014539), 403),
+    ],
+)
 def test_two_known_city_pairs(a, b, published_km):
     coords = CityCoordinates.load()
     assert coords.get(a[0]) == (a[1], a[2]) and coords.get(b[0]) == (b[1], b[2])
@@ -49,14 +53,16 @@ def test_geodesic_metrics_by_hand():
     assert m["geo_median_km"] == pytest.approx(300.0)  # (100 + 500) / 2
     assert m["geo_mean_km"] == pytest.approx(4610.0 / 6)
     assert [m[f"geo_within_{k}km"] for k in (25, 200, 750, 2500)] == pytest.approx(
-        [200 / 6, 300 / 6, 400 / 6, 500 / 6])
+        [200 / 6, 300 / 6, 400 / 6, 500 / 6]
+    )
     assert geodesic_metrics(np.array([])) == {"geo_clips": 0, "geo_missing": 0}
 
 
 def test_shipped_coordinates_cover_cityguessr_and_msls():
     coords = CityCoordinates.load()
-    with open(Path(__file__).resolve().parents[1] / "cg_ray" / "geodata" /
-              "cityguessr_city_centres.csv") as f:
+    with open(
+        Path(__file__).resolve().parents[1] / "cg_ray" / "geodata" / "cityguessr_city_centres.csv"
+    ) as f:
         assert len(list(csv.DictReader(f))) == 166
     msls = ["trondheim", "saopaulo", "cph", "sf", "goa", "kampala", "buenosaires"]
     if (SHARED / "msls_hierarchy.csv").exists():
@@ -81,9 +87,11 @@ def test_coordinates_override_and_bad_files(tmp_path):
     coords = CityCoordinates.load(str(override))
     assert coords.get("Lyon") == (1.5, 2.5) and coords.get("Atlantis") == (10.0, -20.0)
     assert coords.get("Marseille") is not None  # the shipped ones stay
-    for text, message in [("name,lat,lon\nX,1,2\n", "header city,lat,lon"),
-                          ("city,lat,lon\nX,north,2\n", "line 2"),
-                          ("city,lat,lon\nX,95,2\n", "off the globe")]:
+    for text, message in [
+        ("name,lat,lon\nX,1,2\n", "header city,lat,lon"),
+        ("city,lat,lon\nX,north,2\n", "line 2"),
+        ("city,lat,lon\nX,95,2\n", "off the globe"),
+    ]:
         override.write_text(text)
         with pytest.raises(UserError, match=message):
             CityCoordinates.load(str(override))

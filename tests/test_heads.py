@@ -16,9 +16,15 @@ from cg_ray.model.net import build_model
 from cg_ray.taxonomy import LEVELS
 
 MAPPINGS = Path("/work/shared/data/official_hierarchy_mappings.json")
-TINY = ["data.num_frames=4", "data.image_size=32", "model.backbone.hidden_size=32",
-        "model.backbone.num_layers=1", "model.backbone.num_heads=2",
-        "model.backbone.intermediate_size=64", "model.backbone.patch_size=8"]
+TINY = [
+    "data.num_frames=4",
+    "data.image_size=32",
+    "model.backbone.hidden_size=32",
+    "model.backbone.num_layers=1",
+    "model.backbone.num_heads=2",
+    "model.backbone.intermediate_size=64",
+    "model.backbone.patch_size=8",
+]
 SMALL_PARENTS = {"city": [0, 0, 1, 2, 3], "state": [0, 1, 2, 2], "country": [0, 0, 1]}
 SMALL_SIZES = [5, 4, 3, 2]
 
@@ -30,11 +36,17 @@ def cityguessr_tree():
         maps = json.loads(MAPPINGS.read_text())
         parents = {level: [m[str(i)] for i in range(len(m))] for level, m in zip(LEVELS, maps)}
     else:  # same sizes, a deterministic tree
-        parents = {"city": [i * 157 // 166 for i in range(166)],
-                   "state": [i * 91 // 157 for i in range(157)],
-                   "country": [i * 6 // 91 for i in range(91)]}
-    sizes = [len(parents["city"]), len(parents["state"]), len(parents["country"]),
-             max(parents["country"]) + 1]
+        parents = {
+            "city": [i * 157 // 166 for i in range(166)],
+            "state": [i * 91 // 157 for i in range(157)],
+            "country": [i * 6 // 91 for i in range(91)],
+        }
+    sizes = [
+        len(parents["city"]),
+        len(parents["state"]),
+        len(parents["country"]),
+        max(parents["country"]) + 1,
+    ]
     return sizes, parents
 
 
@@ -56,7 +68,7 @@ def test_gatv2_layer_matches_a_per_node_loop():
     agg = torch.zeros(2, 7, 2, 4)
     for i in range(7):
         js = edges[0][edges[1] == i]
-        score = (F.leaky_relu(xd[:, i:i + 1] + xs[:, js], 0.2) * layer.att).sum(-1)
+        score = (F.leaky_relu(xd[:, i : i + 1] + xs[:, js], 0.2) * layer.att).sum(-1)
         agg[:, i] = (score.softmax(dim=1).unsqueeze(-1) * xs[:, js]).sum(1)
     expected = layer.norm(h + F.elu(layer.out(agg.reshape(2, 7, 8))))
     torch.testing.assert_close(layer(h, edges), expected)
@@ -73,8 +85,14 @@ def test_graph_head_forward_backward_on_cityguessr68k_sizes():
     assert [out.logits[level].shape for level in LEVELS] == [(2, n) for n in sizes]
     labels = {level: torch.tensor([0, n - 1]) for level, n in zip(LEVELS, sizes)}
     scenes = torch.full((2, 16), 1 / 16)
-    losses = compute_losses(out, labels, cfg.loss, scenes, torch.randn(2, 8),
-                            parents={k: torch.tensor(v) for k, v in parents.items()})
+    losses = compute_losses(
+        out,
+        labels,
+        cfg.loss,
+        scenes,
+        torch.randn(2, 8),
+        parents={k: torch.tensor(v) for k, v in parents.items()},
+    )
     losses["loss"].backward()
     for name, p in model.heads.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -105,8 +123,7 @@ def test_graph_head_starts_from_text_features_when_given():
     c = GraphHead(16, SMALL_SIZES, SMALL_PARENTS, dim=8, heads=2, text=same)
     torch.testing.assert_close(c.node[0], c.node[1])
     with pytest.raises(UserError, match="cg-ray text"):
-        GraphHead(16, SMALL_SIZES, SMALL_PARENTS, dim=8, heads=2,
-                  text=dict(text, city=torch.randn(4, 12)))
+        GraphHead(16, SMALL_SIZES, SMALL_PARENTS, dim=8, heads=2, text=dict(text, city=torch.randn(4, 12)))
 
 
 def test_graph_head_needs_the_tree_and_an_unknown_head_is_named():
@@ -148,8 +165,9 @@ def test_consistency_loss_is_zero_on_a_consistent_distribution_and_positive_othe
 
 
 def test_consistency_term_enters_the_loss_with_its_weight():
-    cfg = config_from_dict({}, TINY + ["model.sca.enabled=false", "model.tla.enabled=false",
-                                       "loss.consistency=2.0"])
+    cfg = config_from_dict(
+        {}, TINY + ["model.sca.enabled=false", "model.tla.enabled=false", "loss.consistency=2.0"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg, SMALL_SIZES, text_dim=8)
     out = model(torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8))
@@ -162,8 +180,9 @@ def test_consistency_term_enters_the_loss_with_its_weight():
 
 
 def test_label_smoothing_changes_the_cross_entropy_as_torch_defines_it():
-    cfg = config_from_dict({}, TINY + ["model.sca.enabled=false", "model.tla.enabled=false",
-                                       "loss.label_smoothing=0.1"])
+    cfg = config_from_dict(
+        {}, TINY + ["model.sca.enabled=false", "model.tla.enabled=false", "loss.label_smoothing=0.1"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg, SMALL_SIZES, text_dim=8)
     out = model(torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8))

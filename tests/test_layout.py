@@ -33,8 +33,7 @@ def _imports(path: pathlib.Path) -> set[str]:
     return found
 
 
-GRAPH = {name: {m for m in _imports(path) if m in MODULES and m != name}
-         for name, path in MODULES.items()}
+GRAPH = {name: {m for m in _imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
 
 
 def _cycle() -> list[str] | None:
@@ -46,7 +45,7 @@ def _cycle() -> list[str] | None:
         stack.append(node)
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -70,23 +69,43 @@ def test_no_import_cycles():
 
 
 def _below(package: str) -> dict[str, set[str]]:
-    return {name: _imports(MODULES[name]) for name in MODULES
-            if name == package or name.startswith(package + ".")}
+    return {
+        name: _imports(MODULES[name]) for name in MODULES if name == package or name.startswith(package + ".")
+    }
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    # the model is plain nn.Modules: no Ray, no files, no MLflow
-    ("cg_ray.model", ("ray", "mlflow", "pyarrow", "cg_ray.storage", "cg_ray.tracking",
-                      "cg_ray.data", "cg_ray.train", "cg_ray.tune", "cg_ray.predict")),
-    # reading data knows nothing of training, searching or predicting
-    ("cg_ray.data", ("cg_ray.train", "cg_ray.tune", "cg_ray.predict", "cg_ray.model", "mlflow")),
-    # the hierarchical evaluation and the label tree are pure
-    ("cg_ray.evaluation", ("ray", "mlflow", "pyarrow", "cg_ray.storage")),
-    ("cg_ray.taxonomy", ("ray", "mlflow", "pyarrow", "cg_ray.storage")),
-])
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        # the model is plain nn.Modules: no Ray, no files, no MLflow
+        (
+            "cg_ray.model",
+            (
+                "ray",
+                "mlflow",
+                "pyarrow",
+                "cg_ray.storage",
+                "cg_ray.tracking",
+                "cg_ray.data",
+                "cg_ray.train",
+                "cg_ray.tune",
+                "cg_ray.predict",
+            ),
+        ),
+        # reading data knows nothing of training, searching or predicting
+        ("cg_ray.data", ("cg_ray.train", "cg_ray.tune", "cg_ray.predict", "cg_ray.model", "mlflow")),
+        # the hierarchical evaluation and the label tree are pure
+        ("cg_ray.evaluation", ("ray", "mlflow", "pyarrow", "cg_ray.storage")),
+        ("cg_ray.taxonomy", ("ray", "mlflow", "pyarrow", "cg_ray.storage")),
+    ],
+)
 def test_data_flows_down(package, forbidden):
-    bad = sorted(f"{name} imports {m}" for name, found in _below(package).items() for m in found
-                 if any(m == f or m.startswith(f + ".") for f in forbidden))
+    bad = sorted(
+        f"{name} imports {m}"
+        for name, found in _below(package).items()
+        for m in found
+        if any(m == f or m.startswith(f + ".") for f in forbidden)
+    )
     assert not bad, "; ".join(bad)
 
 

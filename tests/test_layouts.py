@@ -42,8 +42,9 @@ def test_cityguessr_round_trip(world, tmp_path):
         hierarchy = {r["City"]: r for r in csv.DictReader(f)}
     for row in rows:
         expected = hierarchy[row["city"]]
-        assert [row[level] for level in LEVELS] == [expected[k] for k in
-                                                    ["City", "State", "Country", "Continent"]]
+        assert [row[level] for level in LEVELS] == [
+            expected[k] for k in ["City", "State", "Country", "Continent"]
+        ]
         assert row["source"] == str(world / row["split"] / row["city"] / row["clip_id"])
         assert row["num_frames"] == 10
         assert len(row["scene_soft"]) == 16 and sum(row["scene_soft"]) == pytest.approx(1, 1e-5)
@@ -51,8 +52,9 @@ def test_cityguessr_round_trip(world, tmp_path):
     assert taxonomy.labels["city"] == sorted(hierarchy)
     for city_id, city in enumerate(taxonomy.labels["city"]):
         ids = taxonomy.ancestors(city_id)
-        assert [taxonomy.labels[lv][i] for lv, i in zip(LEVELS, ids)] == \
-            [hierarchy[city][k] for k in ["City", "State", "Country", "Continent"]]
+        assert [taxonomy.labels[lv][i] for lv, i in zip(LEVELS, ids)] == [
+            hierarchy[city][k] for k in ["City", "State", "Country", "Continent"]
+        ]
     saved = json.loads((dest / "prepare_report.json").read_text())
     assert saved["skipped"] == [] and sum(saved["clips_per_label"]["city"].values()) == 24
     assert decode_clip(rows[0]["source"], 16, 16).shape == (16, 16, 16, 3)
@@ -98,8 +100,11 @@ def test_videos_without_split_are_split_by_city_and_bad_videos_skipped(tmp_path)
         rows = [r for r in csv.DictReader(f)]
     # Absolute paths, no split column, and the CSV passed directly as SOURCE.
     csv_path = tmp_path / "elsewhere.csv"
-    write_csv(csv_path, ["path", *LEVELS],
-              [[str(tmp_path / "w" / r["path"]), *(r[lv] for lv in LEVELS)] for r in rows])
+    write_csv(
+        csv_path,
+        ["path", *LEVELS],
+        [[str(tmp_path / "w" / r["path"]), *(r[lv] for lv in LEVELS)] for r in rows],
+    )
     broken = tmp_path / "w" / rows[0]["path"]
     broken.write_bytes(b"not a video at all")
     report = prepare("videos", str(csv_path), str(tmp_path / "out"), seed=1)
@@ -128,8 +133,11 @@ def test_missing_source_and_unknown_layout(tmp_path):
 
 
 def test_empty_dataset(tmp_path):
-    write_csv(tmp_path / "labels_list.csv", ["City", "State", "Country", "Continent"],
-              [["Paris", "Ile_de_France", "France", "Europe"]])
+    write_csv(
+        tmp_path / "labels_list.csv",
+        ["City", "State", "Country", "Continent"],
+        [["Paris", "Ile_de_France", "France", "Europe"]],
+    )
     with pytest.raises(UserError, match="no clips found"):
         prepare("cityguessr", str(tmp_path), str(tmp_path / "out"))
     (tmp_path / "plain").mkdir()
@@ -161,35 +169,53 @@ def test_inconsistent_labels_list_is_refused(world, tmp_path):
     write_csv(world / "labels_list.csv", rows[0], rows[1:])
     first, second = sorted([lyon, melbourne])  # data row numbers: the header is row 0 here
     expected = {lyon: "France", melbourne: "Australia"}
-    with pytest.raises(UserError, match=(
+    with pytest.raises(
+        UserError,
+        match=(
             f"state 'Victoria' is under country '{expected[second]}' in labels_list.csv row "
-            f"{second} but under '{expected[first]}' in labels_list.csv row {first}")):
+            f"{second} but under '{expected[first]}' in labels_list.csv row {first}"
+        ),
+    ):
         prepare("cityguessr", str(world), str(tmp_path / "out"))
 
 
 def test_inconsistent_videos_csv_is_refused(tmp_path):
-    write_csv(tmp_path / "labels.csv", ["path", "city", "state", "country", "continent"],
-              [["a.mp4", "Lyon", "Rhone", "France", "Europe"],
-               ["b.mp4", "Lyon", "Auvergne", "France", "Europe"]])
-    with pytest.raises(UserError, match=r"city 'Lyon' is under state 'Auvergne' in labels.csv "
-                                        r"row 2 but under 'Rhone' in labels.csv row 1"):
+    write_csv(
+        tmp_path / "labels.csv",
+        ["path", "city", "state", "country", "continent"],
+        [["a.mp4", "Lyon", "Rhone", "France", "Europe"], ["b.mp4", "Lyon", "Auvergne", "France", "Europe"]],
+    )
+    with pytest.raises(
+        UserError,
+        match=r"city 'Lyon' is under state 'Auvergne' in labels.csv "
+        r"row 2 but under 'Rhone' in labels.csv row 1",
+    ):
         prepare("videos", str(tmp_path), str(tmp_path / "out"))
 
 
 def test_videos_csv_problems(tmp_path):
     with pytest.raises(UserError, match="has no labels.csv"):
         prepare("videos", str(tmp_path), str(tmp_path / "out"))
-    write_csv(tmp_path / "labels.csv", ["path", "city", "country", "continent"],
-              [["a.mp4", "Lyon", "France", "Europe"]])
+    write_csv(
+        tmp_path / "labels.csv",
+        ["path", "city", "country", "continent"],
+        [["a.mp4", "Lyon", "France", "Europe"]],
+    )
     with pytest.raises(UserError, match=r"labels.csv' is missing columns \['state'\]"):
         prepare("videos", str(tmp_path), str(tmp_path / "out"))
-    write_csv(tmp_path / "labels.csv", ["path", *LEVELS, "split"],
-              [["a.mp4", "Lyon", "Rhone", "France", "Europe", "train"],
-               ["b.mp4", "Lyon", "Rhone", "France", "Europe", ""]])
+    write_csv(
+        tmp_path / "labels.csv",
+        ["path", *LEVELS, "split"],
+        [
+            ["a.mp4", "Lyon", "Rhone", "France", "Europe", "train"],
+            ["b.mp4", "Lyon", "Rhone", "France", "Europe", ""],
+        ],
+    )
     with pytest.raises(UserError, match="row 2 has no split"):
         prepare("videos", str(tmp_path), str(tmp_path / "out"))
-    write_csv(tmp_path / "labels.csv", ["path", *LEVELS],
-              [["missing.mp4", "Lyon", "Rhone", "France", "Europe"]])
+    write_csv(
+        tmp_path / "labels.csv", ["path", *LEVELS], [["missing.mp4", "Lyon", "Rhone", "France", "Europe"]]
+    )
     with pytest.raises(UserError, match=r"no clips found .*1 skipped"):
         prepare("videos", str(tmp_path), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "manifest.parquet").exists()

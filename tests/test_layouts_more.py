@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from output import own
 from PIL import Image
 
 from cg_ray.cli import main
@@ -16,7 +17,6 @@ from cg_ray.data.msls import read_hierarchy
 from cg_ray.data.synthetic import make_world
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS
-from output import own
 
 SMALL = dict(cities=6, clips_per_city=4, frames=10, size=(32, 32))
 
@@ -59,8 +59,12 @@ def official(tmp_path):
             row = by_city[clip.parent.name]
             numbers = [ids[key][row[key]] for key in ("City", "State", "Country", "Continent")]
             scene = np.eye(16)[len(lines) % 16]
-            values = [f"/home/authors/CityGuessr68k/{split}/{clip.parent.name}/{clip.name}",
-                      *map(str, numbers), *["0.01"] * 512, *[f"{v:g}" for v in scene]]
+            values = [
+                f"/home/authors/CityGuessr68k/{split}/{clip.parent.name}/{clip.name}",
+                *map(str, numbers),
+                *["0.01"] * 512,
+                *[f"{v:g}" for v in scene],
+            ]
             lines.append(",".join(values))
         (world / f"{split}_labels_final.txt").write_text("\n".join(lines) + "\n")
     return world, hierarchy
@@ -74,8 +78,9 @@ def test_official_label_files_with_names(official, tmp_path):
     by_city = {row["City"]: row for row in hierarchy}
     for row in rows:
         expected = by_city[row["city"]]
-        assert [row[level] for level in LEVELS] == [expected[k] for k in
-                                                    ("City", "State", "Country", "Continent")]
+        assert [row[level] for level in LEVELS] == [
+            expected[k] for k in ("City", "State", "Country", "Continent")
+        ]
         assert row["source"] == str(world / row["split"] / row["city"] / row["clip_id"])
         assert row["num_frames"] == 10 and sum(row["scene_soft"]) == 1.0
     assert decode_clip(rows[0]["source"], 4, 8).shape == (4, 8, 8, 3)
@@ -87,14 +92,16 @@ def test_official_label_files_without_names_and_bad_ids(official, tmp_path):
     prepare("cityguessr", str(world), str(tmp_path / "out"))
     rows = rows_of(tmp_path / "out")
     assert {r["city"] for r in rows} == {f"city_{i}" for i in range(6)}
-    assert all(r["state"].startswith("state_") and r["continent"].startswith("continent_")
-               for r in rows)
+    assert all(r["state"].startswith("state_") and r["continent"].startswith("continent_") for r in rows)
     text = (world / "val_labels_final.txt").read_text().splitlines()
     fields = text[1].split(",")
     fields[2] = str(int(fields[2]) + 1)  # a state id the id maps do not give this city
     (world / "val_labels_final.txt").write_text("\n".join([text[0], ",".join(fields)] + text[2:]))
-    with pytest.raises(UserError, match=r"val_labels_final.txt line 2: city \d+ is under state "
-                                        r"\d+ in hierarchy.json, but the line says \d+"):
+    with pytest.raises(
+        UserError,
+        match=r"val_labels_final.txt line 2: city \d+ is under state "
+        r"\d+ in hierarchy.json, but the line says \d+",
+    ):
         prepare("cityguessr", str(world), str(tmp_path / "again"))
     (world / "hierarchy.json").unlink()
     with pytest.raises(UserError, match="no JSON file of id maps"):
@@ -117,12 +124,18 @@ def write_msls_subset(folder, sequences, panoramas=(), with_raw=True, missing=()
                 grey = np.full((16, 24, 3), 10 * frame, dtype=np.uint8)
                 Image.fromarray(grey).save(folder / "images" / f"{key}.jpg")
     order = rng.permutation(len(rows))
-    write_csv(folder / "seq_info.csv", ["", "key", "sequence_key", "frame_number"],
-              [[i, *rows[j]] for i, j in enumerate(order)])
+    write_csv(
+        folder / "seq_info.csv",
+        ["", "key", "sequence_key", "frame_number"],
+        [[i, *rows[j]] for i, j in enumerate(order)],
+    )
     write_csv(folder / "subtask_index.csv", ["", "key", "all"], [[0, rows[0][0], True]])
     if with_raw:
-        write_csv(folder / "raw.csv", ["", "key", "lon", "lat", "ca", "captured_at", "pano"],
-                  [[i, r[0], 1.0, 2.0, 0.0, 0, r[0] in panoramas] for i, r in enumerate(rows)])
+        write_csv(
+            folder / "raw.csv",
+            ["", "key", "lon", "lat", "ca", "captured_at", "pano"],
+            [[i, r[0], 1.0, 2.0, 0.0, 0, r[0] in panoramas] for i, r in enumerate(rows)],
+        )
 
 
 @pytest.fixture
@@ -134,10 +147,12 @@ def msls(tmp_path):
             sequences[f"{city[:2]}{subset[0]}short"] = 14  # below the default --min-frames 15
             # In train_val queries, panoramas take q0 from 16 frames to 15 (kept) and q1 from
             # 17 to 14 (dropped).
-            panoramas = ({f"{city[:2]}q0k3"} | {f"{city[:2]}q1k{k}" for k in (0, 1, 2)}
-                         if subset == "query" and part == "train_val" else set())
-            write_msls_subset(root / part / city / subset, sequences, panoramas,
-                              with_raw=part == "train_val")
+            panoramas = (
+                {f"{city[:2]}q0k3"} | {f"{city[:2]}q1k{k}" for k in (0, 1, 2)}
+                if subset == "query" and part == "train_val"
+                else set()
+            )
+            write_msls_subset(root / part / city / subset, sequences, panoramas, with_raw=part == "train_val")
     return root
 
 
@@ -174,19 +189,36 @@ def test_msls_sequences_filter_and_split(msls, tmp_path):
 
 
 def test_msls_cli_min_frames_hierarchy_and_bad_city(msls, tmp_path, capsys):
-    assert main(["prepare", str(msls), "--layout", "msls", "--out", str(tmp_path / "a"),
-                 "--min-frames", "18", "--val-fraction", "0.4"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(msls),
+                "--layout",
+                "msls",
+                "--out",
+                str(tmp_path / "a"),
+                "--min-frames",
+                "18",
+                "--val-fraction",
+                "0.4",
+            ]
+        )
+        == 0
+    )
     rows = rows_of(tmp_path / "a")
     assert rows and min(r["num_frames"] for r in rows) >= 18
     custom = tmp_path / "h.csv"
-    write_csv(custom, list(LEVELS), [["london", "LDN", "UK", "Europe"],
-                                     ["tokyo", "Kanto", "Japan", "Asia"]])
-    code = main(["prepare", str(msls), "--layout", "msls", "--out", str(tmp_path / "b"),
-                 "--hierarchy", str(custom)])
+    write_csv(custom, list(LEVELS), [["london", "LDN", "UK", "Europe"], ["tokyo", "Kanto", "Japan", "Asia"]])
+    code = main(
+        ["prepare", str(msls), "--layout", "msls", "--out", str(tmp_path / "b"), "--hierarchy", str(custom)]
+    )
     assert code == 2
     err = own(capsys.readouterr().err).splitlines()
-    assert err == ["cg-ray prepare: error: MSLS city 'miami' (test/miami) is not in the hierarchy; "
-                   "add a row for it to a CSV and pass it with --hierarchy"]
+    assert err == [
+        "cg-ray prepare: error: MSLS city 'miami' (test/miami) is not in the hierarchy; "
+        "add a row for it to a CSV and pass it with --hierarchy"
+    ]
 
 
 def test_msls_missing_image_is_skipped(msls, tmp_path):
@@ -203,6 +235,7 @@ def test_min_frames_applies_to_every_layout(tmp_path):
         (clip / f"{n}.jpg").unlink()
     report = prepare("cityguessr", str(tmp_path / "w"), str(tmp_path / "out"), min_frames=8)
     assert report["clips"] == 23 and report["min_frames"] == 8
-    assert report["skipped"] == [{"clip_id": clip.name, "source": str(clip),
-                                  "reason": "5 frames, fewer than --min-frames 8"}]
+    assert report["skipped"] == [
+        {"clip_id": clip.name, "source": str(clip), "reason": "5 frames, fewer than --min-frames 8"}
+    ]
     assert prepare("cityguessr", str(tmp_path / "w"), str(tmp_path / "all"))["clips"] == 24

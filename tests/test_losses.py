@@ -22,24 +22,42 @@ def test_tla_is_negative_cosine_averaged_over_the_batch():
 
 
 def test_text_targets_city_and_all():
-    tables = {"city": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "state": torch.tensor([[3.0, 3.0]]),
-              "country": torch.tensor([[0.0, 4.0]]), "continent": torch.tensor([[4.0, 0.0]])}
-    labels = {"city": torch.tensor([1]), "state": torch.tensor([0]),
-              "country": torch.tensor([0]), "continent": torch.tensor([0])}
+    tables = {
+        "city": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        "state": torch.tensor([[3.0, 3.0]]),
+        "country": torch.tensor([[0.0, 4.0]]),
+        "continent": torch.tensor([[4.0, 0.0]]),
+    }
+    labels = {
+        "city": torch.tensor([1]),
+        "state": torch.tensor([0]),
+        "country": torch.tensor([0]),
+        "continent": torch.tensor([0]),
+    }
     torch.testing.assert_close(text_targets(tables, labels, "city"), torch.tensor([[0.0, 1.0]]))
     torch.testing.assert_close(text_targets(tables, labels, "all"), torch.tensor([[7 / 4, 8 / 4]]))
 
 
 def test_total_is_the_weighted_sum_by_hand():
-    logits = {"city": torch.tensor([[2.0, 0.0]]), "state": torch.tensor([[0.0, 0.0]]),
-              "country": torch.tensor([[0.0, 1.0]]), "continent": torch.tensor([[5.0]])}
-    labels = {"city": torch.tensor([0]), "state": torch.tensor([1]),
-              "country": torch.tensor([1]), "continent": torch.tensor([0])}
-    out = GeoOutput(logits, scene_logits=torch.tensor([[0.0, 0.0]]),
-                    text_embedding=torch.tensor([[1.0, 0.0]]))
+    logits = {
+        "city": torch.tensor([[2.0, 0.0]]),
+        "state": torch.tensor([[0.0, 0.0]]),
+        "country": torch.tensor([[0.0, 1.0]]),
+        "continent": torch.tensor([[5.0]]),
+    }
+    labels = {
+        "city": torch.tensor([0]),
+        "state": torch.tensor([1]),
+        "country": torch.tensor([1]),
+        "continent": torch.tensor([0]),
+    }
+    out = GeoOutput(
+        logits, scene_logits=torch.tensor([[0.0, 0.0]]), text_embedding=torch.tensor([[1.0, 0.0]])
+    )
     weights = LossConfig(city=2.0, scene=0.5, tla=3.0)
-    terms = compute_losses(out, labels, weights, scenes=torch.tensor([[1.0, 0.0]]),
-                           text_target=torch.tensor([[0.0, 1.0]]))
+    terms = compute_losses(
+        out, labels, weights, scenes=torch.tensor([[1.0, 0.0]]), text_target=torch.tensor([[0.0, 1.0]])
+    )
     ce_city = -math.log(math.exp(2) / (math.exp(2) + 1))
     ce_state = math.log(2)
     ce_country = -math.log(math.e / (1 + math.e))

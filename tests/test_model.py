@@ -7,9 +7,15 @@ from cg_ray.config import config_from_dict
 from cg_ray.model.net import build_model
 from cg_ray.model.sca import SelfCrossAttention, mlp
 
-TINY = ["data.num_frames=4", "data.image_size=32", "model.backbone.hidden_size=32",
-        "model.backbone.num_layers=1", "model.backbone.num_heads=2",
-        "model.backbone.intermediate_size=64", "model.backbone.patch_size=8"]
+TINY = [
+    "data.num_frames=4",
+    "data.image_size=32",
+    "model.backbone.hidden_size=32",
+    "model.backbone.num_layers=1",
+    "model.backbone.num_heads=2",
+    "model.backbone.intermediate_size=64",
+    "model.backbone.patch_size=8",
+]
 SIZES = [5, 4, 3, 2]
 
 
@@ -42,7 +48,7 @@ def test_sca_matches_a_hand_written_attention():
     q, k, v = sca.q(x), sca.k(x), sca.v(x)  # (5, 4)
     heads = []
     for h in range(2):
-        qs, ks, vs = (t[:, 2 * h:2 * h + 2] for t in (q, k, v))
+        qs, ks, vs = (t[:, 2 * h : 2 * h + 2] for t in (q, k, v))
         w = torch.softmax(qs @ ks.T / math.sqrt(2), dim=-1)
         heads.append(w @ vs)
     expected = sca.out(torch.cat(heads, dim=-1)).squeeze(-1)
@@ -53,18 +59,31 @@ def test_mlp_widths():
     net = mlp([420, 256, 128, 64, 32, 16, 16])
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
-        (420, 256), (256, 128), (128, 64), (64, 32), (32, 16), (16, 16)]
+        (420, 256),
+        (256, 128),
+        (128, 64),
+        (64, 32),
+        (32, 16),
+        (16, 16),
+    ]
     assert not isinstance(net[-1], torch.nn.ReLU)
 
 
 def test_full_model_outputs_and_gradients_reach_every_parameter():
     model = tiny_model()
     out = model(clips())
-    assert [out.logits[l].shape for l in ("city", "state", "country", "continent")] == [
-        (3, 5), (3, 4), (3, 3), (3, 2)]
+    assert [out.logits[lvl].shape for lvl in ("city", "state", "country", "continent")] == [
+        (3, 5),
+        (3, 4),
+        (3, 3),
+        (3, 2),
+    ]
     assert out.scene_logits.shape == (3, 16) and out.text_embedding.shape == (3, 16)
-    loss = sum(v.sum() for v in out.logits.values()) + out.scene_logits.pow(2).sum() \
+    loss = (
+        sum(v.sum() for v in out.logits.values())
+        + out.scene_logits.pow(2).sum()
         + out.text_embedding.pow(2).sum()
+    )
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
@@ -91,9 +110,16 @@ def test_normalization_happens_inside_the_model():
 def test_videomae_saved_locally_loads_through_the_pretrained_path(tmp_path):
     from transformers import VideoMAEConfig, VideoMAEModel
 
-    config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2,
-                            hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=64)
+    config = VideoMAEConfig(
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     torch.manual_seed(3)
     reference = VideoMAEModel(config)
     reference.save_pretrained(tmp_path / "videomae")
@@ -104,7 +130,11 @@ def test_videomae_saved_locally_loads_through_the_pretrained_path(tmp_path):
     from cg_ray.errors import UserError
 
     with pytest.raises(UserError, match="expects 4 frames at 32px"):
-        build_model(config_from_dict({}, TINY + ["data.num_frames=8",
-                    f"model.backbone.pretrained={tmp_path / 'videomae'}"]), SIZES)
+        build_model(
+            config_from_dict(
+                {}, TINY + ["data.num_frames=8", f"model.backbone.pretrained={tmp_path / 'videomae'}"]
+            ),
+            SIZES,
+        )
     with pytest.raises(UserError, match="cannot load VideoMAE weights"):
         tiny_model(f"model.backbone.pretrained={tmp_path / 'missing'}")

@@ -16,14 +16,19 @@ from cg_ray.model.net import GeoOutput
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 # Three cities: city 0 in state 0, cities 1 and 2 in state 1; one country, one continent.
-TAXONOMY = Taxonomy(labels={"city": ["A", "B", "C"], "state": ["S0", "S1"], "country": ["X"],
-                            "continent": ["K"]},
-                    parents={"city": [0, 1, 1], "state": [0, 0], "country": [0]})
+TAXONOMY = Taxonomy(
+    labels={"city": ["A", "B", "C"], "state": ["S0", "S1"], "country": ["X"], "continent": ["K"]},
+    parents={"city": [0, 1, 1], "state": [0, 0], "country": [0]},
+)
 
 
 def probs(city, state):
-    return {"city": torch.tensor([city]), "state": torch.tensor([state]),
-            "country": torch.tensor([[1.0]]), "continent": torch.tensor([[1.0]])}
+    return {
+        "city": torch.tensor([city]),
+        "state": torch.tensor([state]),
+        "country": torch.tensor([[1.0]]),
+        "continent": torch.tensor([[1.0]]),
+    }
 
 
 def test_official_mode_takes_the_plain_city_argmax_where_codependent_takes_the_product():
@@ -34,8 +39,12 @@ def test_official_mode_takes_the_plain_city_argmax_where_codependent_takes_the_p
     assert official["city"].tolist() == [0] and official["state"].tolist() == [0]  # mapped up
     # Top-k lists are each level's own softmax (state S1 first although the pick is S0).
     assert rank(p, TAXONOMY, "official", k=2)["state"].tolist() == [[1, 0]]
-    labels = {"city": torch.tensor([0]), "state": torch.tensor([1]), "country": torch.tensor([0]),
-              "continent": torch.tensor([0])}
+    labels = {
+        "city": torch.tensor([0]),
+        "state": torch.tensor([1]),
+        "country": torch.tensor([0]),
+        "continent": torch.tensor([0]),
+    }
     metrics = {}
     for mode in ("official", "codependent"):
         accuracy = Accuracy(TAXONOMY, mode)
@@ -49,9 +58,12 @@ def test_official_mode_takes_the_plain_city_argmax_where_codependent_takes_the_p
 
 def test_views_are_averaged_before_the_hierarchical_product():
     # Two views of one clip: each alone picks a different city; their mean picks C.
-    views = {"city": torch.tensor([[[0.6, 0.0, 0.4], [0.0, 0.6, 0.4]]]),
-             "state": torch.tensor([[[0.5, 0.5], [0.5, 0.5]]]),
-             "country": torch.ones(1, 2, 1), "continent": torch.ones(1, 2, 1)}
+    views = {
+        "city": torch.tensor([[[0.6, 0.0, 0.4], [0.0, 0.6, 0.4]]]),
+        "state": torch.tensor([[[0.5, 0.5], [0.5, 0.5]]]),
+        "country": torch.ones(1, 2, 1),
+        "continent": torch.ones(1, 2, 1),
+    }
     mean = average_views(views)
     assert torch.allclose(mean["city"], torch.tensor([[0.3, 0.3, 0.4]]))
     assert mean["state"].shape == (1, 2)
@@ -75,9 +87,11 @@ def test_tla_reduction_sum_is_the_batch_size_times_the_mean():
 def _official_files(root, cities=12, names=False):
     """Label files of the authors' code for `cities` cities (ids 0..n-1, two per state), one
     3-frame clip each, ids > 9 so that string order and numeric order differ."""
-    maps = {"city_to_state": {str(c): c // 2 for c in range(cities)},
-            "state_to_country": {str(s): s // 3 for s in range((cities + 1) // 2)},
-            "country_to_continent": {str(n): 0 for n in range(cities)}}
+    maps = {
+        "city_to_state": {str(c): c // 2 for c in range(cities)},
+        "state_to_country": {str(s): s // 3 for s in range((cities + 1) // 2)},
+        "country_to_continent": {str(n): 0 for n in range(cities)},
+    }
     (root / "hierarchy.json").write_text(json.dumps(maps))
     lines = {"train": [], "val": []}
     for c in range(cities):
@@ -118,10 +132,19 @@ def tiny_model(extra=()):
     from cg_ray.model.net import build_model
 
     torch.manual_seed(0)
-    cfg = config_from_dict({}, ["data.num_frames=4", "data.image_size=32", "model.tla.enabled=false",
-                                "model.backbone.num_layers=1", "model.backbone.hidden_size=32",
-                                "model.backbone.num_heads=2", "model.backbone.intermediate_size=32",
-                                *extra])
+    cfg = config_from_dict(
+        {},
+        [
+            "data.num_frames=4",
+            "data.image_size=32",
+            "model.tla.enabled=false",
+            "model.backbone.num_layers=1",
+            "model.backbone.hidden_size=32",
+            "model.backbone.num_heads=2",
+            "model.backbone.intermediate_size=32",
+            *extra,
+        ],
+    )
     return cfg, build_model(cfg, TAXONOMY.sizes).eval()
 
 
@@ -154,8 +177,16 @@ def test_predictor_takes_the_checkpoints_sampling_and_views(tmp_path):
     from cg_ray.train.checkpoint import save_checkpoint
 
     cfg, model = tiny_model(["data.sampling=bidirectional", "eval.views=2", "eval.mode=official"])
-    save_checkpoint(str(tmp_path / "ckpt"), model=model, optimizer=torch.optim.Adam(model.parameters()),
-                    epoch=0, metrics={}, config=cfg, taxonomy=TAXONOMY, text_dim=8)
+    save_checkpoint(
+        str(tmp_path / "ckpt"),
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters()),
+        epoch=0,
+        metrics={},
+        config=cfg,
+        taxonomy=TAXONOMY,
+        text_dim=8,
+    )
     loaded, _ = open_checkpoint(str(tmp_path / "ckpt"))
     predictor = Predictor(loaded, "official", top_k=2)
     assert predictor.sampling.leading == (2, 2)  # two views, each a forward + reversed pair
@@ -170,6 +201,7 @@ def test_predictor_takes_the_checkpoints_sampling_and_views(tmp_path):
     city = int(probs["city"][0].argmax())
     assert outcome.prediction["city"] == TAXONOMY.labels["city"][city]
     assert outcome.prediction["state"] == TAXONOMY.labels["state"][TAXONOMY.parents["city"][city]]
-    assert np.isclose(outcome.prediction["top_k"]["city"][0]["prob"], float(probs["city"][0].max()),
-                      atol=1e-5)
+    assert np.isclose(
+        outcome.prediction["top_k"]["city"][0]["prob"], float(probs["city"][0].max()), atol=1e-5
+    )
     assert Predictor(loaded, "official", views=1).sampling.leading == (2,)

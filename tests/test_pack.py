@@ -49,10 +49,15 @@ def packed(ray_session, tmp_path_factory):
 
 def all_rows(data):
     root = pack_dir(str(data), T, S)
-    names = [(split, name) for split in ("train", "val")
-             for name in sorted(os.listdir(os.path.join(root, split))) if name.endswith(".parquet")]
-    return [row for split, name in names
-            for row in pq.read_table(os.path.join(root, split, name)).to_pylist()]
+    names = [
+        (split, name)
+        for split in ("train", "val")
+        for name in sorted(os.listdir(os.path.join(root, split)))
+        if name.endswith(".parquet")
+    ]
+    return [
+        row for split, name in names for row in pq.read_table(os.path.join(root, split, name)).to_pylist()
+    ]
 
 
 def test_bad_clips_are_skipped_and_reported(packed):
@@ -77,8 +82,10 @@ def test_every_clip_is_in_exactly_one_shard(packed):
     for row in rows:
         assert (row["error"] is not None) == (row["clip_id"] in bad)
         assert len(row["frames"]) == (0 if row["clip_id"] in bad else T)
-    assert report["shards"] == {"train": [f"train/part-0000{i}.parquet" for i in range(4)],
-                                "val": ["val/part-00000.parquet"]}
+    assert report["shards"] == {
+        "train": [f"train/part-0000{i}.parquet" for i in range(4)],
+        "val": ["val/part-00000.parquet"],
+    }
     # Shards are filled in a shuffled order: the first one does not hold one city only.
     first = pq.read_table(data / "shards" / f"frames{T}_size{S}" / "train" / "part-00000.parquet")
     assert len(set(first.column("city").to_pylist())) > 1
@@ -87,14 +94,26 @@ def test_every_clip_is_in_exactly_one_shard(packed):
 def test_shards_stream_as_the_raw_columns(packed):
     data, _, bad = packed
     taxonomy = load_taxonomy(str(data))
-    batch = next(iter(clip_dataset(str(data), "train", taxonomy, T, S, keep_ids=True)
-                      .iter_batches(batch_size=100, batch_format="numpy")))
+    batch = next(
+        iter(
+            clip_dataset(str(data), "train", taxonomy, T, S, keep_ids=True).iter_batches(
+                batch_size=100, batch_format="numpy"
+            )
+        )
+    )
     manifest = {r["clip_id"]: r for r in pq.read_table(data / "manifest.parquet").to_pylist()}
     good = [cid for cid in batch["clip_id"] if cid not in bad][:2]
-    raw = decode_batch({k: np.array([manifest[c][k] for c in good], dtype=object)
-                        for k in ("clip_id", "source", *LEVELS, "scene_soft")},
-                       label_ids={lv: taxonomy.index(lv) for lv in LEVELS}, num_frames=T,
-                       image_size=S, scene_labels="soft", keep_ids=True)
+    raw = decode_batch(
+        {
+            k: np.array([manifest[c][k] for c in good], dtype=object)
+            for k in ("clip_id", "source", *LEVELS, "scene_soft")
+        },
+        label_ids={lv: taxonomy.index(lv) for lv in LEVELS},
+        num_frames=T,
+        image_size=S,
+        scene_labels="soft",
+        keep_ids=True,
+    )
     assert set(batch) == set(raw)
     for key in raw:
         assert batch[key].dtype.kind == raw[key].dtype.kind or key == "clip_id"
@@ -116,14 +135,12 @@ def test_shards_stream_as_the_raw_columns(packed):
 
 def test_seeded_shuffle_changes_every_epoch(packed):
     data, _, _ = packed
-    ds = clip_dataset(str(data), "train", load_taxonomy(str(data)), T, S, shuffle_seed=0,
-                      keep_ids=True)
+    ds = clip_dataset(str(data), "train", load_taxonomy(str(data)), T, S, shuffle_seed=0, keep_ids=True)
     ds.context.execution_options.preserve_order = True  # as training runs it: reproducible
     epochs = [[r["clip_id"] for r in ds.iter_rows()] for _ in range(3)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(epochs[2])
     assert epochs[0] != epochs[1] != epochs[2]
-    again = clip_dataset(str(data), "train", load_taxonomy(str(data)), T, S, shuffle_seed=0,
-                         keep_ids=True)
+    again = clip_dataset(str(data), "train", load_taxonomy(str(data)), T, S, shuffle_seed=0, keep_ids=True)
     again.context.execution_options.preserve_order = True
     assert [r["clip_id"] for r in again.iter_rows()] == epochs[0]
 
@@ -139,8 +156,9 @@ def test_gpu_decoding_streams_the_same_batches(packed):
     taxonomy = load_taxonomy(str(data))
     batches = {}
     for decode in ("cpu", "gpu"):
-        ds = clip_dataset(str(data), "train", taxonomy, T, S, keep_ids=True, decode_batch_size=5,
-                          decode=decode)
+        ds = clip_dataset(
+            str(data), "train", taxonomy, T, S, keep_ids=True, decode_batch_size=5, decode=decode
+        )
         ds.context.execution_options.preserve_order = True
         feed = DeviceFeed(ds, 5, torch.device("cpu"))
         batches[decode] = list(feed)
@@ -165,16 +183,19 @@ def test_workers_get_disjoint_parts_and_equal_steps(packed):
 
     data, _, _ = packed
     taxonomy = load_taxonomy(str(data))
-    datasets = {"train": clip_dataset(str(data), "train", taxonomy, T, S, shuffle_seed=1, keep_ids=True),
-                "val": clip_dataset(str(data), "val", taxonomy, T, S, keep_ids=True)}
-    shards = ValSplitDataConfig().configure(datasets, world_size=2, worker_handles=None,
-                                            worker_node_ids=None)
+    datasets = {
+        "train": clip_dataset(str(data), "train", taxonomy, T, S, shuffle_seed=1, keep_ids=True),
+        "val": clip_dataset(str(data), "val", taxonomy, T, S, keep_ids=True),
+    }
+    shards = ValSplitDataConfig().configure(datasets, world_size=2, worker_handles=None, worker_node_ids=None)
     seen = {0: [], 1: []}
 
     def worker(rank):
         for _ in range(2):
-            ids = [list(b["clip_id"]) for b in shards[rank]["train"].iter_batches(
-                batch_size=4, batch_format="numpy")]
+            ids = [
+                list(b["clip_id"])
+                for b in shards[rank]["train"].iter_batches(batch_size=4, batch_format="numpy")
+            ]
             seen[rank].append(ids)
 
     threads = [threading.Thread(target=worker, args=(r,)) for r in (0, 1)]
@@ -220,16 +241,24 @@ def test_new_labels_after_pack_are_refused_until_a_relabel(packed, tmp_path):
     majority = pa.array([i % 16 for i in range(table.num_rows)], pa.int32())
     pq.write_table(table.append_column("scene_majority", majority), copy / "manifest.parquet")
     taxonomy = load_taxonomy(str(copy))
-    with pytest.raises(UserError, match=r"manifest.parquet' changed after the shards .* run "
-                                        r"`cg-ray pack .* --frames 4 --size 16` again"):
+    with pytest.raises(
+        UserError,
+        match=r"manifest.parquet' changed after the shards .* run "
+        r"`cg-ray pack .* --frames 4 --size 16` again",
+    ):
         clip_dataset(str(copy), "val", taxonomy, T, S)
     lines = []
     again = pack(str(copy), OPTIONS, log=lines.append)
     assert "relabelling 5 shards" in lines[0] and again["packed_now"] == 0
     assert again["skipped"] == report["skipped"]
     expected = dict(zip(table.column("clip_id").to_pylist(), majority.to_pylist()))
-    rows = next(iter(clip_dataset(str(copy), "val", taxonomy, T, S, scene_labels="majority",
-                                  keep_ids=True).iter_batches(batch_size=10, batch_format="numpy")))
+    rows = next(
+        iter(
+            clip_dataset(
+                str(copy), "val", taxonomy, T, S, scene_labels="majority", keep_ids=True
+            ).iter_batches(batch_size=10, batch_format="numpy")
+        )
+    )
     for clip_id, scene in zip(rows["clip_id"], rows["scene"]):
         assert scene.argmax() == expected[clip_id] and scene.sum() == 1
 
@@ -237,8 +266,26 @@ def test_new_labels_after_pack_are_refused_until_a_relabel(packed, tmp_path):
 def test_bench_data_cli_writes_its_figures(packed, tmp_path):
     data, _, _ = packed
     out = tmp_path / "bench.json"
-    assert main(["bench", "data", str(data), "--clips", "24", "--frames", str(T), "--size", str(S),
-                 "--batch-size", "4", "--metrics-out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "data",
+                str(data),
+                "--clips",
+                "24",
+                "--frames",
+                str(T),
+                "--size",
+                str(S),
+                "--batch-size",
+                "4",
+                "--metrics-out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     figures = json.loads(out.read_text())
     assert figures["source"] == "shards" and figures["clips"] >= 24
     assert figures["clips_per_s"] > 0 and figures["peak_rss_mb"] > 0 and figures["clips_per_cpu_s"] > 0

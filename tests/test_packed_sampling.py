@@ -19,8 +19,9 @@ def grey_world(root, cities=("Lyon", "Osaka"), clips=3):
     decoded pixel names the frame it came from."""
     rows = {"Lyon": "Lyon,Rhone,France,Europe", "Osaka": "Osaka,Kansai,Japan,Asia"}
     (root / "labels_list.csv").parent.mkdir(parents=True, exist_ok=True)
-    (root / "labels_list.csv").write_text("City,State,Country,Continent\n" +
-                                          "\n".join(rows[c] for c in cities) + "\n")
+    (root / "labels_list.csv").write_text(
+        "City,State,Country,Continent\n" + "\n".join(rows[c] for c in cities) + "\n"
+    )
     for city in cities:
         for i in range(clips):
             split = "val" if i == 0 else "train"
@@ -37,12 +38,20 @@ def frame_ids(video):
 
 def test_select_frames_takes_the_sampled_jpegs_in_order():
     frames = [[bytes([k]) for k in range(8)], [], [bytes([k]) for k in range(8)]]
-    table = pa.table({"clip_id": ["a", "b", "c"], "error": [None, "broken", None],
-                      "frames": pa.array(frames, type=pa.list_(pa.binary()))})
+    table = pa.table(
+        {
+            "clip_id": ["a", "b", "c"],
+            "error": [None, "broken", None],
+            "frames": pa.array(frames, type=pa.list_(pa.binary())),
+        }
+    )
     chosen = select_frames(table.slice(0, 3), Sampling("bidirectional", 4), "uniform", 8)
     picks = Sampling("bidirectional", 4).indices(8).ravel().tolist()
-    assert chosen.column("frames").to_pylist() == [[bytes([k]) for k in picks], [],
-                                                   [bytes([k]) for k in picks]]
+    assert chosen.column("frames").to_pylist() == [
+        [bytes([k]) for k in picks],
+        [],
+        [bytes([k]) for k in picks],
+    ]
     official = select_frames(table, Sampling("official", 4), "official", 8)
     assert official.column("frames").to_pylist()[0] == [bytes([k]) for k in range(4)]
 
@@ -67,12 +76,24 @@ def test_samplings_from_raw_clips(data):
 
     def decode(rows, sampling, seed=None):
         batch = {k: rows[k].to_numpy() for k in rows.columns}
-        return decode_batch(batch, label_ids=label_ids, num_frames=4, image_size=S,
-                            scene_labels="soft", keep_ids=True, sampling=sampling, seed=seed)
+        return decode_batch(
+            batch,
+            label_ids=label_ids,
+            num_frames=4,
+            image_size=S,
+            scene_labels="soft",
+            keep_ids=True,
+            sampling=sampling,
+            seed=seed,
+        )
 
     val = manifest[manifest.split == "val"]
-    for sampling in (Sampling("official", 4), Sampling("bidirectional", 4),
-                     Sampling("uniform", 4, views=2), Sampling("random", 4)):
+    for sampling in (
+        Sampling("official", 4),
+        Sampling("bidirectional", 4),
+        Sampling("uniform", 4, views=2),
+        Sampling("random", 4),
+    ):
         batch = decode(val, sampling)
         assert batch["video"].shape == (2, *sampling.leading, 4, S, S, 3) and batch["valid"].all()
         assert (frame_ids(batch["video"]) == sampling.indices(N)).all(), sampling
@@ -87,8 +108,16 @@ def test_samplings_from_raw_clips(data):
 def batches(data, split, sampling, seed=None):
     from cg_ray.data.stream import clip_dataset, load_taxonomy
 
-    ds = clip_dataset(str(data), split, load_taxonomy(str(data)), sampling.num_frames, S,
-                      shuffle_seed=seed, keep_ids=True, sampling=sampling)
+    ds = clip_dataset(
+        str(data),
+        split,
+        load_taxonomy(str(data)),
+        sampling.num_frames,
+        S,
+        shuffle_seed=seed,
+        keep_ids=True,
+        sampling=sampling,
+    )
     return list(ds.iter_batches(batch_size=8, batch_format="numpy"))
 
 
@@ -101,16 +130,17 @@ def test_samplings_from_packs(ray_session, data):
     pack(str(data), PackOptions(num_frames=4, image_size=S, clips_per_shard=2), **quiet)
     (batch,) = batches(data, "val", Sampling("uniform", 4))  # the pack as it stands
     assert (frame_ids(batch["video"]) == pack_indices("uniform", N, 4)).all()
-    for sampling, command in [(Sampling("random", 4), f"--frames 8 --size {S}`"),
-                              (Sampling("official", 4), f"--frames 4 --size {S} --sampling official`"),
-                              (Sampling("uniform", 4, views=3), f"--frames 12 --size {S}`")]:
+    for sampling, command in [
+        (Sampling("random", 4), f"--frames 8 --size {S}`"),
+        (Sampling("official", 4), f"--frames 4 --size {S} --sampling official`"),
+        (Sampling("uniform", 4, views=3), f"--frames 12 --size {S}`"),
+    ]:
         with pytest.raises(UserError, match="cannot serve data.sampling") as err:
             batches(data, "val", sampling)
         assert str(err.value).endswith(f"run `cg-ray pack {data} {command}")
 
     pack(str(data), PackOptions(num_frames=8, image_size=S, clips_per_shard=2), **quiet)
-    pack(str(data), PackOptions(num_frames=4, image_size=S, clips_per_shard=2,
-                                sampling="official"), **quiet)
+    pack(str(data), PackOptions(num_frames=4, image_size=S, clips_per_shard=2, sampling="official"), **quiet)
     stored = pack_indices("uniform", N, 8)  # the frames a pack of 8 holds
     for sampling in (Sampling("bidirectional", 4), Sampling("random", 4)):
         (batch,) = batches(data, "val", sampling)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cg_ray.train.checkpoint import read_checkpoint
 from cg_ray.cli import main
 from cg_ray.config import load_config
 from cg_ray.taxonomy import LEVELS
+from cg_ray.train.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
@@ -22,9 +22,18 @@ def trained(tiny_dataset, ray_session, tmp_path_factory):
     from cg_ray.train.driver import train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config(DEMO, [f"data.path={tiny_dataset}", "train.epochs=2", "train.num_workers=2",
-                             "train.batch_size=4", f"run.storage_path={out}/runs", "run.name=t",
-                             f"run.tracking_uri=sqlite:///{out}/mlflow.db"])
+    cfg = load_config(
+        DEMO,
+        [
+            f"data.path={tiny_dataset}",
+            "train.epochs=2",
+            "train.num_workers=2",
+            "train.batch_size=4",
+            f"run.storage_path={out}/runs",
+            "run.name=t",
+            f"run.tracking_uri=sqlite:///{out}/mlflow.db",
+        ],
+    )
     return train(cfg), cfg, out
 
 
@@ -66,9 +75,21 @@ def test_training_is_tracked_in_mlflow(trained):
 def test_evaluate_cli_on_the_checkpoint(trained, tiny_dataset, tmp_path, capsys):
     result, _, _ = trained
     metrics_out, preds_out = tmp_path / "m.json", tmp_path / "p.parquet"
-    code = main(["evaluate", "--checkpoint", result["checkpoint"], "--data", tiny_dataset,
-                 "--mode", "codependent", "--metrics-out", str(metrics_out),
-                 "--predictions-out", str(preds_out)])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            result["checkpoint"],
+            "--data",
+            tiny_dataset,
+            "--mode",
+            "codependent",
+            "--metrics-out",
+            str(metrics_out),
+            "--predictions-out",
+            str(preds_out),
+        ]
+    )
     assert code == 0
     metrics = json.loads(metrics_out.read_text())
     # The training run evaluated the same split in the same mode with the same weights.
@@ -76,8 +97,12 @@ def test_evaluate_cli_on_the_checkpoint(trained, tiny_dataset, tmp_path, capsys)
     assert metrics["num_clips"] == 12
     table = pq.read_table(preds_out)
     assert table.num_rows == 12
-    expected = ["clip_id"] + [f"true_{l}" for l in LEVELS] + [f"pred_{l}" for l in LEVELS] + \
-        [f"prob_{l}" for l in LEVELS]
+    expected = (
+        ["clip_id"]
+        + [f"true_{lvl}" for lvl in LEVELS]
+        + [f"pred_{lvl}" for lvl in LEVELS]
+        + [f"prob_{lvl}" for lvl in LEVELS]
+    )
     assert table.schema.names == expected
     row = table.slice(0, 1).to_pylist()[0]
     assert len(row["prob_city"]) == 6 and sum(row["prob_city"]) == pytest.approx(1, abs=1e-4)
@@ -96,5 +121,17 @@ def test_demo_learns_far_above_chance(ray_session, tmp_path):
     assert (tmp_path / "demo" / "mlflow.db").exists()
     assert (tmp_path / "demo" / "data" / "manifest.parquet").exists()
     # The checkpoint is usable with --checkpoint and the data with --data.
-    assert main(["evaluate", "--checkpoint", saved["checkpoint"], "--data",
-                 str(tmp_path / "demo" / "data"), "--split", "val"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                saved["checkpoint"],
+                "--data",
+                str(tmp_path / "demo" / "data"),
+                "--split",
+                "val",
+            ]
+        )
+        == 0
+    )

@@ -6,17 +6,16 @@ import os
 
 import pytest
 import torch
+from output import own
+from predict_helpers import CITIES, mp4_world, train_tiny_checkpoint
 
-from cg_ray.ray_env import pool_plan
-from cg_ray.data.listing import list_inputs
 from cg_ray.cli import main
+from cg_ray.data.listing import list_inputs
 from cg_ray.data.synthetic import make_world
 from cg_ray.errors import UserError
 from cg_ray.predict.predictor import level_scores
+from cg_ray.ray_env import pool_plan
 from cg_ray.taxonomy import LEVELS
-
-from output import own
-from predict_helpers import CITIES, mp4_world, train_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +24,16 @@ def setup(tmp_path_factory):
     rows = mp4_world(str(root / "mp4"), clips_per_city=2)
     taxonomy = train_tiny_checkpoint(str(root / "ckpt"), rows, steps=8)
     # The same world as frame folders (CityGuessr layout): other clips, same look.
-    make_world(str(root / "frames"), cities=CITIES, clips_per_city=1, frames=8, size=(32, 32),
-               seed=5)
+    make_world(str(root / "frames"), cities=CITIES, clips_per_city=1, frames=8, size=(32, 32), seed=5)
     garbage = root / "garbage.mp4"
     garbage.write_bytes(os.urandom(4000))
-    return {"root": root, "rows": rows, "ckpt": str(root / "ckpt"), "taxonomy": taxonomy,
-            "garbage": str(garbage)}
+    return {
+        "root": root,
+        "rows": rows,
+        "ckpt": str(root / "ckpt"),
+        "taxonomy": taxonomy,
+        "garbage": str(garbage),
+    }
 
 
 def frame_folder(setup, city):
@@ -101,8 +104,9 @@ def test_json_shape(setup, capsys, mode):
             assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
     # Whatever the mode, the picks of this trained model form one branch of the tree.
     city_id = taxonomy.index("city")[result["city"]]
-    assert [taxonomy.labels[l][i] for l, i in zip(LEVELS, taxonomy.ancestors(city_id))] == \
-        [result[l] for l in LEVELS]
+    assert [taxonomy.labels[lvl][i] for lvl, i in zip(LEVELS, taxonomy.ancestors(city_id))] == [
+        result[lvl] for lvl in LEVELS
+    ]
 
 
 def test_top_k_larger_than_a_level_gives_the_whole_level(setup, capsys):
@@ -126,9 +130,13 @@ def test_predict_s3_uri(setup, capsys, monkeypatch):
     server.start()
     try:
         host, port = server.get_host_and_port()
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }.items():
             monkeypatch.setenv(key, value)
         import boto3
 
@@ -163,8 +171,12 @@ def test_level_scores_by_hand(small_taxonomy):
     from cg_ray.train.checkpoint import LoadedModel
 
     loaded = LoadedModel(None, None, small_taxonomy, 0)
-    probs = {"city": torch.tensor([[0.1, 0.2, 0.3, 0.4]]), "state": torch.tensor([[0.5, 0.3, 0.2]]),
-             "country": torch.tensor([[0.6, 0.4]]), "continent": torch.tensor([[0.3, 0.7]])}
+    probs = {
+        "city": torch.tensor([[0.1, 0.2, 0.3, 0.4]]),
+        "state": torch.tensor([[0.5, 0.3, 0.2]]),
+        "country": torch.tensor([[0.6, 0.4]]),
+        "continent": torch.tensor([[0.3, 0.7]]),
+    }
     flat = level_scores(probs, loaded, "flat")
     assert torch.allclose(flat["city"], probs["city"])
     product = level_scores(probs, loaded, "independent")
@@ -178,8 +190,9 @@ def test_list_inputs_from_folder_csv_and_text(tmp_path):
     for name in ["a/one.mp4", "a/two.MKV", "b/notes.txt", "c/clip7/1.jpg", "c/clip7/2.jpg", "x.webm"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert list_inputs(str(tmp_path)) == [str(tmp_path / p) for p in
-                                          ("a/one.mp4", "a/two.MKV", "x.webm", "c/clip7")]
+    assert list_inputs(str(tmp_path)) == [
+        str(tmp_path / p) for p in ("a/one.mp4", "a/two.MKV", "x.webm", "c/clip7")
+    ]
     (tmp_path / "list.csv").write_text("path,city\na/one.mp4,Lyon\n/abs/v.mp4,Lima\n")
     assert list_inputs(str(tmp_path / "list.csv")) == [str(tmp_path / "a/one.mp4"), "/abs/v.mp4"]
     (tmp_path / "list.txt").write_text("# clips\nx.webm\n\ns3://bucket/k.mp4\n")

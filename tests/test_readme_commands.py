@@ -28,8 +28,7 @@ def _examples(path: Path) -> list[str]:
     return commands
 
 
-EXAMPLES = [(name, cmd) for name in ("README.md", "cluster/README.md")
-            for cmd in _examples(ROOT / name)]
+EXAMPLES = [(name, cmd) for name in ("README.md", "cluster/README.md") for cmd in _examples(ROOT / name)]
 
 
 def test_the_readmes_have_examples():
@@ -42,8 +41,10 @@ def test_example_parses(source, command, capsys):
     try:
         build_parser().parse_args(words)
     except SystemExit as exc:
-        pytest.fail(f"{source}: `{command}` is refused by the CLI: "
-                    f"{capsys.readouterr().err.strip().splitlines()[-1]} (exit {exc.code})")
+        pytest.fail(
+            f"{source}: `{command}` is refused by the CLI: "
+            f"{capsys.readouterr().err.strip().splitlines()[-1]} (exit {exc.code})"
+        )
 
 
 def _synopsis() -> list[str]:

@@ -17,12 +17,22 @@ from cg_ray.train.optim import build_optimizer, build_schedule, layer_id
 from cg_ray.train.worker import TrainState, eval_module, forward_backward, optimizer_step
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
-TINY = ["data.num_frames=4", "data.image_size=32", "model.backbone.hidden_size=32",
-        "model.backbone.num_layers=2", "model.backbone.num_heads=2",
-        "model.backbone.intermediate_size=64", "model.backbone.patch_size=8"]
-ROWS = [("Lyon", "Rhone", "France", "Europe"), ("Paris", "IDF", "France", "Europe"),
-        ("Versailles", "IDF", "France", "Europe"), ("Austin", "Texas", "USA", "America"),
-        ("Dallas", "Texas", "USA", "America")]
+TINY = [
+    "data.num_frames=4",
+    "data.image_size=32",
+    "model.backbone.hidden_size=32",
+    "model.backbone.num_layers=2",
+    "model.backbone.num_heads=2",
+    "model.backbone.intermediate_size=64",
+    "model.backbone.patch_size=8",
+]
+ROWS = [
+    ("Lyon", "Rhone", "France", "Europe"),
+    ("Paris", "IDF", "France", "Europe"),
+    ("Versailles", "IDF", "France", "Europe"),
+    ("Austin", "Texas", "USA", "America"),
+    ("Dallas", "Texas", "USA", "America"),
+]
 TAXONOMY = Taxonomy.from_rows([dict(zip(LEVELS, row)) for row in ROWS])
 
 
@@ -31,10 +41,19 @@ def make_state(cfg, seed=0, total_steps=10):
     model = build_model(cfg, TAXONOMY.sizes, text_dim=8, parents=TAXONOMY.parents)
     optimizer = build_optimizer(model, cfg.optim)
     g = torch.Generator().manual_seed(1)
-    tables = {level: torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=-1)
-              for level, n in zip(LEVELS, TAXONOMY.sizes)}
-    state = TrainState(model, optimizer, build_schedule(optimizer, cfg.optim, total_steps), cfg,
-                       torch.device("cpu"), tables, bf16=False)
+    tables = {
+        level: torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=-1)
+        for level, n in zip(LEVELS, TAXONOMY.sizes)
+    }
+    state = TrainState(
+        model,
+        optimizer,
+        build_schedule(optimizer, cfg.optim, total_steps),
+        cfg,
+        torch.device("cpu"),
+        tables,
+        bf16=False,
+    )
     state.ema = build_ema(model, cfg.train.ema)
     state.parents = {k: torch.tensor(v) for k, v in TAXONOMY.parents.items()}
     return state
@@ -44,8 +63,11 @@ def batch(n=4, seed=1, frames=4, size=32, leading=()):
     g = torch.Generator().manual_seed(seed)
     scenes = torch.rand(n, 16, generator=g)
     shape = (n, *leading, frames, size, size, 3)  # leading: (2,) for bidirectional's two views
-    out = {"video": torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
-           "valid": torch.ones(n, dtype=torch.bool), "scene": scenes / scenes.sum(1, keepdim=True)}
+    out = {
+        "video": torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
+        "valid": torch.ones(n, dtype=torch.bool),
+        "scene": scenes / scenes.sum(1, keepdim=True),
+    }
     for level, k in zip(LEVELS, TAXONOMY.sizes):
         out[level] = torch.randint(0, k, (n,), generator=g)
     return out
@@ -55,8 +77,9 @@ def batch(n=4, seed=1, frames=4, size=32, leading=()):
 
 
 def test_adamw_groups_carry_layer_decayed_lrs_and_skip_decay_on_biases_norms_embeddings():
-    cfg = config_from_dict({}, TINY + ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05",
-                                       "optim.layer_decay=0.5"])
+    cfg = config_from_dict(
+        {}, TINY + ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05", "optim.layer_decay=0.5"]
+    )
     model = build_model(cfg, TAXONOMY.sizes, text_dim=8)
     optimizer = build_optimizer(model, cfg.optim)
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -138,8 +161,17 @@ def test_ema_weights_differ_from_live_and_are_what_is_evaluated_and_loaded(tmp_p
     name = "heads.city.weight"
     assert not torch.allclose(live[name], avg[name])
     assert eval_module(state) is state.ema.module
-    save_checkpoint(str(tmp_path), model=state.model, optimizer=state.optimizer, epoch=0, metrics={},
-                    config=cfg, taxonomy=TAXONOMY, text_dim=8, extra={"ema": state.ema.state_dict()})
+    save_checkpoint(
+        str(tmp_path),
+        model=state.model,
+        optimizer=state.optimizer,
+        epoch=0,
+        metrics={},
+        config=cfg,
+        taxonomy=TAXONOMY,
+        text_dim=8,
+        extra={"ema": state.ema.state_dict()},
+    )
     loaded = load_model(str(tmp_path)).model
     torch.testing.assert_close(loaded.state_dict()[name], avg[name])
     # Without EMA the live weights are evaluated and loaded.
@@ -148,22 +180,39 @@ def test_ema_weights_differ_from_live_and_are_what_is_evaluated_and_loaded(tmp_p
 
 
 def test_resume_restores_ema_param_groups_and_schedule_exactly(tmp_path):
-    recipe = TINY + ["optim.name=adamw", "optim.weight_decay=0.05", "optim.layer_decay=0.75",
-                     "optim.schedule=cosine", "optim.warmup_steps=2", "train.ema.enabled=true",
-                     "train.ema.decay=0.99", "loss.label_smoothing=0.1", "model.backbone.drop_path=0.1",
-                     "model.head=graph", "loss.consistency=1.0"]
+    recipe = TINY + [
+        "optim.name=adamw",
+        "optim.weight_decay=0.05",
+        "optim.layer_decay=0.75",
+        "optim.schedule=cosine",
+        "optim.warmup_steps=2",
+        "train.ema.enabled=true",
+        "train.ema.decay=0.99",
+        "loss.label_smoothing=0.1",
+        "model.backbone.drop_path=0.1",
+        "model.head=graph",
+        "loss.consistency=1.0",
+    ]
     cfg = config_from_dict({}, recipe)
     first = make_state(cfg)
     for seed in range(2):
         forward_backward(first, batch(seed=seed))
         optimizer_step(first)
-    save_checkpoint(str(tmp_path), model=first.model, optimizer=first.optimizer, epoch=0, metrics={},
-                    config=cfg, taxonomy=TAXONOMY, text_dim=8,
-                    extra={"step": first.step, "scheduler": first.scheduler.state_dict(),
-                           "ema": first.ema.state_dict()})
+    save_checkpoint(
+        str(tmp_path),
+        model=first.model,
+        optimizer=first.optimizer,
+        epoch=0,
+        metrics={},
+        config=cfg,
+        taxonomy=TAXONOMY,
+        text_dim=8,
+        extra={"step": first.step, "scheduler": first.scheduler.state_dict(), "ema": first.ema.state_dict()},
+    )
     resumed = make_state(cfg, seed=123)  # other initial weights: all must come from the checkpoint
-    start_epoch, step = restore_training(read_checkpoint(str(tmp_path)), resumed.model, resumed.optimizer,
-                                         resumed.scheduler, resumed.ema)
+    start_epoch, step = restore_training(
+        read_checkpoint(str(tmp_path)), resumed.model, resumed.optimizer, resumed.scheduler, resumed.ema
+    )
     resumed.step = step
     assert (start_epoch, step) == (1, 2) and resumed.ema.updates == 2
     for a, b in zip(first.optimizer.param_groups, resumed.optimizer.param_groups):
@@ -184,22 +233,32 @@ def test_resume_restores_ema_param_groups_and_schedule_exactly(tmp_path):
 def test_a_checkpoint_without_ema_resumes_into_a_run_with_ema(tmp_path):
     cfg = config_from_dict({}, TINY + ["train.ema.enabled=true"])
     state = make_state(cfg)
-    save_checkpoint(str(tmp_path), model=state.model, optimizer=state.optimizer, epoch=0, metrics={},
-                    config=cfg, taxonomy=TAXONOMY, text_dim=8, extra={"step": 0,
-                    "scheduler": state.scheduler.state_dict()})
+    save_checkpoint(
+        str(tmp_path),
+        model=state.model,
+        optimizer=state.optimizer,
+        epoch=0,
+        metrics={},
+        config=cfg,
+        taxonomy=TAXONOMY,
+        text_dim=8,
+        extra={"step": 0, "scheduler": state.scheduler.state_dict()},
+    )
     other = make_state(cfg, seed=5)
     restore_training(read_checkpoint(str(tmp_path)), other.model, other.optimizer, other.scheduler, other.ema)
     # The average restarts from the restored weights.
-    torch.testing.assert_close(other.ema.module.state_dict()["heads.city.weight"],
-                               state.model.state_dict()["heads.city.weight"])
+    torch.testing.assert_close(
+        other.ema.module.state_dict()["heads.city.weight"], state.model.state_dict()["heads.city.weight"]
+    )
 
 
 # -- drop path and augmentation in the step ----------------------------------------------------------
 
 
 def test_drop_path_is_random_in_training_and_off_in_eval():
-    cfg = config_from_dict({}, TINY + ["model.backbone.drop_path=0.9", "model.sca.enabled=false",
-                                       "model.tla.enabled=false"])
+    cfg = config_from_dict(
+        {}, TINY + ["model.backbone.drop_path=0.9", "model.sca.enabled=false", "model.tla.enabled=false"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg, TAXONOMY.sizes, text_dim=8)
     video = batch(8)["video"]
@@ -209,8 +268,11 @@ def test_drop_path_is_random_in_training_and_off_in_eval():
     model.eval()
     torch.testing.assert_close(model(video).logits["city"], model(video).logits["city"])
     # Rate 0 adds nothing: the same weights give the same training forward twice.
-    plain = build_model(config_from_dict({}, TINY + ["model.sca.enabled=false", "model.tla.enabled=false"]),
-                        TAXONOMY.sizes, text_dim=8).train()
+    plain = build_model(
+        config_from_dict({}, TINY + ["model.sca.enabled=false", "model.tla.enabled=false"]),
+        TAXONOMY.sizes,
+        text_dim=8,
+    ).train()
     torch.testing.assert_close(plain(video).logits["city"], plain(video).logits["city"])
 
 
@@ -234,8 +296,10 @@ def test_augmentation_runs_in_the_step_and_only_when_enabled():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_every_config_trains_one_tiny_step(path):
     tiny = [o.replace("num_layers=2", "num_layers=1") for o in TINY]
-    cfg = load_config(str(path), tiny + ["model.backbone.pretrained=null", "model.backbone.tubelet_size=2",
-                                         "train.batch_size=2"])
+    cfg = load_config(
+        str(path),
+        tiny + ["model.backbone.pretrained=null", "model.backbone.tubelet_size=2", "train.batch_size=2"],
+    )
     state = make_state(cfg)
     if cfg.data.augment.enabled:
         state.augment = torch.Generator().manual_seed(0)

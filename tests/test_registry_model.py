@@ -23,8 +23,7 @@ from cg_ray.predict.pyfunc import register_checkpoint
 from cg_ray.taxonomy import LEVELS
 from cg_ray.train.checkpoint import load_model
 
-COLUMNS = {c for level in LEVELS for c in (level, f"{level}_prob", f"{level}_top_k",
-                                             f"{level}_top_k_probs")}
+COLUMNS = {c for level in LEVELS for c in (level, f"{level}_prob", f"{level}_top_k", f"{level}_top_k_probs")}
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +60,14 @@ def test_the_pyfunc_answers_top_k_and_probabilities(registered, monkeypatch):
     assert list(out["city"]) == [r["city"] for r in registered["rows"]]
     # The environment: every requirement pinned, torch/torchvision at the project's pins,
     # cg_ray's code inside the model.
-    local = Path(mlflow.artifacts.download_artifacts("models:/geo/1",
-                                                     dst_path=str(registered["root"] / "dl")))
-    requirements = [line.strip() for line in (local / "requirements.txt").read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+    local = Path(
+        mlflow.artifacts.download_artifacts("models:/geo/1", dst_path=str(registered["root"] / "dl"))
+    )
+    requirements = [
+        line.strip()
+        for line in (local / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert all("==" in line for line in requirements), requirements
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(requirements)
     assert any(line.startswith("mlflow==") for line in requirements)
@@ -76,14 +79,34 @@ def test_the_pyfunc_answers_top_k_and_probabilities(registered, monkeypatch):
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_probabilities(registered):
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "MLFLOW_DISABLE_TELEMETRY": "true",
-           # mlflow runs `uvicorn` from PATH: the one installed beside this interpreter
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registered["uri"],
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # mlflow runs `uvicorn` from PATH: the one installed beside this interpreter
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
     mlflow_cli = [sys.executable, "-m", "mlflow"]
-    server = subprocess.Popen([*mlflow_cli, "models", "serve", "-m", "models:/geo/1", "-p", str(port),
-                               "-h", "127.0.0.1", "--env-manager", "local"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True, cwd=registered["root"])
+    server = subprocess.Popen(
+        [
+            *mlflow_cli,
+            "models",
+            "serve",
+            "-m",
+            "models:/geo/1",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "--env-manager",
+            "local",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=registered["root"],
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -94,10 +117,10 @@ def test_mlflow_models_serve_answers_with_probabilities(registered):
             except OSError:
                 assert time.monotonic() < deadline, "mlflow models serve did not come up"
                 time.sleep(1)
-        body = json.dumps({"inputs": registered["clips"][:2].tolist(),
-                           "params": {"top_k": 2}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                         {"Content-Type": "application/json"})
+        body = json.dumps({"inputs": registered["clips"][:2].tolist(), "params": {"top_k": 2}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
         answer = json.load(urllib.request.urlopen(request, timeout=60))
     finally:
         if server.poll() is None:

@@ -17,21 +17,38 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from cg_ray.train.checkpoint import is_complete
 from cg_ray.cli import main
 from cg_ray.config import load_config
+from cg_ray.train.checkpoint import is_complete
 from cg_ray.train.driver import train
 
 pytestmark = pytest.mark.slow
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
-COMPARED = ["city_top1", "city_top5", "state_top1", "country_top1", "continent_top1",
-            "train_loss", "train_city", "train_scene", "train_tla"]
+COMPARED = [
+    "city_top1",
+    "city_top5",
+    "state_top1",
+    "country_top1",
+    "continent_top1",
+    "train_loss",
+    "train_city",
+    "train_scene",
+    "train_tla",
+]
 
 
 def overrides(data, out, name, **extra):
-    values = {"data.path": data, "train.epochs": 2, "train.num_workers": 1, "train.batch_size": 4,
-              "run.storage_path": f"{out}/runs", "run.name": name, "run.experiment": "resilience",
-              "run.tracking_uri": f"sqlite:///{out}/mlflow.db", **extra}
+    values = {
+        "data.path": data,
+        "train.epochs": 2,
+        "train.num_workers": 1,
+        "train.batch_size": 4,
+        "run.storage_path": f"{out}/runs",
+        "run.name": name,
+        "run.experiment": "resilience",
+        "run.tracking_uri": f"sqlite:///{out}/mlflow.db",
+        **extra,
+    }
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -79,8 +96,9 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
     cmd = [sys.executable, "-m", "cg_ray", "train", "--config", DEMO]
     for item in args:
         cmd += ["--set", item]
-    driver = subprocess.Popen(cmd, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     run_dir = f"{out}/runs/killed"
     try:
         wait_for(lambda: checkpoints(run_dir) or driver.poll() is not None, 240, "a checkpoint")
@@ -104,7 +122,8 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
     uri = f"sqlite:///{out}/mlflow.db"
     runs = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("resilience").experiment_id],
-        filter_string="attributes.run_name = 'killed'")
+        filter_string="attributes.run_name = 'killed'",
+    )
     assert len(runs) == 1 and runs[0].info.run_id == resumed["run_id"]
     assert runs[0].info.status == "FINISHED"
     assert [step for step, _ in history(uri, resumed["run_id"])] == [0, 1]
@@ -121,8 +140,15 @@ def test_worker_killed_mid_run_recovers_and_keeps_best_k(tiny_dataset, ray_sessi
     import ray
     import ray.util.state
 
-    cfg = load_config(DEMO, overrides(tiny_dataset, out, "workerkill", **{
-        "train.num_workers": 2, "train.epochs": 4, "train.max_failures": 2, "train.keep_best": 1}))
+    cfg = load_config(
+        DEMO,
+        overrides(
+            tiny_dataset,
+            out,
+            "workerkill",
+            **{"train.num_workers": 2, "train.epochs": 4, "train.max_failures": 2, "train.keep_best": 1},
+        ),
+    )
     box = {}
 
     def run():
@@ -136,9 +162,10 @@ def test_worker_killed_mid_run_recovers_and_keeps_best_k(tiny_dataset, ray_sessi
     run_dir = f"{out}/runs/workerkill"
     wait_for(lambda: checkpoints(run_dir), 240, "the first checkpoint")
     # The address of this session's cluster: other Ray clusters may run on the same machine.
-    workers = ray.util.state.list_actors(address=ray.get_runtime_context().gcs_address,
-                                         filters=[("class_name", "=", "RayTrainWorker"),
-                                                  ("state", "=", "ALIVE")])
+    workers = ray.util.state.list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
     assert len(workers) == 2
     os.kill(workers[0].pid, signal.SIGKILL)
     thread.join(timeout=400)
@@ -167,10 +194,26 @@ def free_port():
 def mlflow_server(tmp_path):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--default-artifact-root", f"{tmp_path}/artifacts", "--workers", "1"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--default-artifact-root",
+            f"{tmp_path}/artifacts",
+            "--workers",
+            "1",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import urllib.request
 
     def healthy():
@@ -191,13 +234,17 @@ def mlflow_server(tmp_path):
             server.wait()
 
 
-def test_mlflow_server_registry_and_no_secrets(mlflow_server, tiny_dataset, ray_session, tmp_path,
-                                               monkeypatch):
+def test_mlflow_server_registry_and_no_secrets(
+    mlflow_server, tiny_dataset, ray_session, tmp_path, monkeypatch
+):
     secret = "Zq8-super-secret-Xv2"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     uri = mlflow_server.replace("http://", "http://alice:pa55-w0rd-99@")
-    cfg = load_config(DEMO, overrides(tiny_dataset, tmp_path, "served") + [
-        f"run.tracking_uri={uri}", "train.epochs=1", "run.register_as=geo"])
+    cfg = load_config(
+        DEMO,
+        overrides(tiny_dataset, tmp_path, "served")
+        + [f"run.tracking_uri={uri}", "train.epochs=1", "run.register_as=geo"],
+    )
     result = train(cfg)
     assert result["registered_model"] == "models:/geo/1"
 
@@ -217,6 +264,18 @@ def test_mlflow_server_registry_and_no_secrets(mlflow_server, tiny_dataset, ray_
     assert version.run_id == result["run_id"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     metrics_out = tmp_path / "m.json"
-    assert main(["evaluate", "--checkpoint", "models:/geo/1", "--data", tiny_dataset,
-                 "--metrics-out", str(metrics_out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                "models:/geo/1",
+                "--data",
+                tiny_dataset,
+                "--metrics-out",
+                str(metrics_out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(metrics_out.read_text())["num_clips"] == 12

@@ -49,17 +49,41 @@ def test_multi_view_evaluation_takes_k_clips_at_spread_phases():
     assert two.shape == (2, 16)
     assert two[0].tolist() == [0, 6, 12, 18, 25, 31, 37, 43, 50, 56, 62, 68, 75, 81, 87, 93]
     assert two[1].tolist() == CENTRES_16
-    assert Sampling("random", 16, views=2).indices(100).tolist()[0] == \
-        [1, 7, 14, 20, 26, 32, 39, 45, 51, 57, 64, 70, 76, 82, 89, 95]
+    assert Sampling("random", 16, views=2).indices(100).tolist()[0] == [
+        1,
+        7,
+        14,
+        20,
+        26,
+        32,
+        39,
+        45,
+        51,
+        57,
+        64,
+        70,
+        76,
+        82,
+        89,
+        95,
+    ]
     assert Sampling("bidirectional", 4, views=3).indices(100).shape == (3, 2, 4)
     # A training dataset always takes one view.
     assert Sampling("random", 16, views=1, training=True).leading == ()
     assert Sampling("bidirectional", 16, views=5).leading == (5, 2)
 
 
-@pytest.mark.parametrize("name,views,needed", [("uniform", 1, 16), ("uniform", 3, 48),
-                                               ("random", 1, 32), ("bidirectional", 1, 32),
-                                               ("bidirectional", 2, 64), ("official", 1, 16)])
+@pytest.mark.parametrize(
+    "name,views,needed",
+    [
+        ("uniform", 1, 16),
+        ("uniform", 3, 48),
+        ("random", 1, 32),
+        ("bidirectional", 1, 32),
+        ("bidirectional", 2, 64),
+        ("official", 1, 16),
+    ],
+)
 def test_frames_a_pack_must_hold(name, views, needed):
     assert Sampling(name, 16, views).pack_frames_needed() == needed
 

@@ -7,18 +7,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from output import own
+from scene_helpers import TWO_FLAGS, places_resnet, save_csail, save_python2_style, sheet_flags, write_sheet
 
 from cg_ray.cli import main
 from cg_ray.data.decode import decode_clip
 from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
-from cg_ray.labels.hierarchy import (category_weights, clip_label, frame_categories,
-                                     read_categories, read_hierarchy)
+from cg_ray.labels.hierarchy import (
+    category_weights,
+    clip_label,
+    frame_categories,
+    read_categories,
+    read_hierarchy,
+)
 from cg_ray.labels.labeler import SceneLabeler
 from cg_ray.labels.places import load_places_weights, read_checkpoint_file
-from output import own
-from scene_helpers import (TWO_FLAGS, places_resnet, save_csail, save_python2_style,
-                           sheet_flags, write_sheet)
 
 CATEGORIES = read_categories()
 
@@ -29,8 +33,8 @@ CATEGORIES = read_categories()
 def test_a_class_with_two_flags_splits_its_probability_equally():
     flags = np.zeros((3, 16), dtype=np.int64)
     flags[0, [9, 10]] = 1  # class A: two level-2 categories
-    flags[1, 12] = 1       # class B
-    flags[2, 3] = 1        # class C
+    flags[1, 12] = 1  # class B
+    flags[2, 3] = 1  # class C
     weights = category_weights(flags)
     np.testing.assert_allclose(weights[0, [9, 10]], [0.5, 0.5])
     np.testing.assert_allclose(weights.sum(axis=1), 1.0)
@@ -69,14 +73,16 @@ def test_sheet_in_the_official_format_reads_in_category_order(tmp_path):
     assert weights[CATEGORIES.index(TWO_FLAGS), 9] == 0.5
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "no row for class '/a/alley'"),
-    ("unknown", "unknown class '/z/zeppelin_hangar'"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "no row for class '/a/alley'"),
+        ("unknown", "unknown class '/z/zeppelin_hangar'"),
+    ],
+)
 def test_sheet_with_a_missing_or_unknown_class_is_refused(tmp_path, case, message):
     names = [n for n in CATEGORIES if n != "/a/alley"] if case == "missing" else CATEGORIES
-    write_sheet(tmp_path / "sheet.csv", names,
-                extra_rows=["/z/zeppelin_hangar"] if case == "unknown" else [])
+    write_sheet(tmp_path / "sheet.csv", names, extra_rows=["/z/zeppelin_hangar"] if case == "unknown" else [])
     with pytest.raises(UserError, match=message):
         read_hierarchy(str(tmp_path / "sheet.csv"), CATEGORIES)
 
@@ -164,29 +170,52 @@ def scenes_inputs(tmp_path_factory):
     model = places_resnet(seed=1)
     save_csail(model, root / "resnet18_places365.pth.tar")
     flags = write_sheet(root / "sheet.csv")
-    return {"root": root, "data": str(root / "data"), "model": model, "flags": flags,
-            "checkpoint": str(root / "resnet18_places365.pth.tar"), "sheet": str(root / "sheet.csv")}
+    return {
+        "root": root,
+        "data": str(root / "data"),
+        "model": model,
+        "flags": flags,
+        "checkpoint": str(root / "resnet18_places365.pth.tar"),
+        "sheet": str(root / "sheet.csv"),
+    }
 
 
 def _scenes_args(inputs, *extra):
-    return ["scenes", inputs["data"], "--checkpoint", inputs["checkpoint"], "--hierarchy",
-            inputs["sheet"], "--frames", "4", "--size", "32", "--batch-size", "3",
-            "--flush-every", "4", *extra]
+    return [
+        "scenes",
+        inputs["data"],
+        "--checkpoint",
+        inputs["checkpoint"],
+        "--hierarchy",
+        inputs["sheet"],
+        "--frames",
+        "4",
+        "--size",
+        "32",
+        "--batch-size",
+        "3",
+        "--flush-every",
+        "4",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("change,message", [
-    (["--arch", "resnet34"], "is not a resnet34 network"),
-    (["--hierarchy", "/nowhere/sheet.csv"], "hierarchy sheet '/nowhere/sheet.csv' does not exist"),
-    (["--checkpoint", "/nowhere/r18.pth.tar"], "checkpoint '/nowhere/r18.pth.tar' does not exist"),
-    (["--actors", "0"], "--actors must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (["--arch", "resnet34"], "is not a resnet34 network"),
+        (["--hierarchy", "/nowhere/sheet.csv"], "hierarchy sheet '/nowhere/sheet.csv' does not exist"),
+        (["--checkpoint", "/nowhere/r18.pth.tar"], "checkpoint '/nowhere/r18.pth.tar' does not exist"),
+        (["--actors", "0"], "--actors must be at least 1, got 0"),
+    ],
+)
 def test_scenes_bad_inputs_get_one_line_errors(scenes_inputs, capsys, change, message):
     args = _scenes_args(scenes_inputs)
     for i in range(0, len(change), 2):
         if change[i] in args:
             args[args.index(change[i]) + 1] = change[i + 1]
         else:
-            args += change[i:i + 2]
+            args += change[i : i + 2]
     assert main(args) == 2
     err = own(capsys.readouterr().err)
     assert err.startswith("cg-ray scenes: error:") and message in err and "\n" not in err
@@ -197,8 +226,9 @@ def _expected_soft(inputs, source: str) -> np.ndarray:
     the flags, top category per frame, fraction per category."""
     frames = decode_clip(source, 4, 32)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         probs = torch.softmax(inputs["model"](x), dim=-1).numpy()
     flags = inputs["flags"].astype(np.float64)
@@ -218,14 +248,22 @@ def test_scenes_labels_every_clip_resumes_and_skips_corrupt_clips(scenes_inputs,
             f.write(b"not a jpeg")
     # An interrupted earlier run with the same settings left labels for two clips.
     weights = read_hierarchy(scenes_inputs["sheet"], CATEGORIES)
-    settings = _settings(SceneOptions(scenes_inputs["checkpoint"], scenes_inputs["sheet"],
-                                      num_frames=4, image_size=32), weights, "resnet18")
+    settings = _settings(
+        SceneOptions(scenes_inputs["checkpoint"], scenes_inputs["sheet"], num_frames=4, image_size=32),
+        weights,
+        "resnet18",
+    )
     os.makedirs(os.path.join(data, PARTIAL))
     with open(os.path.join(data, PARTIAL, "settings.json"), "w") as f:
         json.dump(settings, f)
     resumed = {before[1]["clip_id"], before[2]["clip_id"]}
-    write_part(data, [{"clip_id": c, "scene_soft": [0.0] * 7 + [1.0] + [0.0] * 8,
-                       "scene_majority": 7, "error": None} for c in resumed])
+    write_part(
+        data,
+        [
+            {"clip_id": c, "scene_soft": [0.0] * 7 + [1.0] + [0.0] * 8, "scene_majority": 7, "error": None}
+            for c in resumed
+        ],
+    )
 
     assert main(_scenes_args(scenes_inputs)) == 0
     out = capsys.readouterr()
@@ -237,8 +275,9 @@ def test_scenes_labels_every_clip_resumes_and_skips_corrupt_clips(scenes_inputs,
     after = pq.read_table(os.path.join(data, "manifest.parquet"))
     assert after.schema.field("scene_soft").type.value_type.bit_width == 32
     rows = after.to_pylist()
-    assert [{k: v for k, v in r.items() if k not in ("scene_soft", "scene_majority")}
-            for r in rows] == [{k: v for k, v in r.items() if k != "scene_soft"} for r in before]
+    assert [{k: v for k, v in r.items() if k not in ("scene_soft", "scene_majority")} for r in rows] == [
+        {k: v for k, v in r.items() if k != "scene_soft"} for r in before
+    ]
     for row in rows:
         if row["clip_id"] == broken["clip_id"]:
             assert row["scene_soft"] is None and row["scene_majority"] is None
@@ -269,21 +308,32 @@ def test_partial_results_and_manifest_update_on_local_and_s3_storage(where, tmp_
     dest = request.getfixturevalue("s3")() + "/data" if where == "s3" else str(tmp_path)
     manifest = storage.join(dest, "manifest.parquet")
     sink = io.BytesIO()
-    pq.write_table(pa.table({"clip_id": ["a", "b", "c"], "city": ["X", "Y", "Z"],
-                             "scene_soft": pa.array([None, None, [1.0] + [0.0] * 15],
-                                                    pa.list_(pa.float32()))}), sink)
+    pq.write_table(
+        pa.table(
+            {
+                "clip_id": ["a", "b", "c"],
+                "city": ["X", "Y", "Z"],
+                "scene_soft": pa.array([None, None, [1.0] + [0.0] * 15], pa.list_(pa.float32())),
+            }
+        ),
+        sink,
+    )
     storage.write_bytes(manifest, sink.getvalue())
     settings = {"checkpoint": "c.pth.tar", "num_frames": 4}
     assert load_partial(dest, settings) == {}
     soft = [0.25] * 4 + [0.0] * 12
-    write_part(dest, [{"clip_id": "a", "scene_soft": soft, "scene_majority": 0, "error": None},
-                      {"clip_id": "b", "scene_soft": None, "scene_majority": None, "error": "bad"}])
+    write_part(
+        dest,
+        [
+            {"clip_id": "a", "scene_soft": soft, "scene_majority": 0, "error": None},
+            {"clip_id": "b", "scene_soft": None, "scene_majority": None, "error": "bad"},
+        ],
+    )
     done = load_partial(dest, settings)
     assert list(done) == ["a"]  # the failed clip is tried again
     table = update_manifest(manifest, done)
     again = pq.read_table(io.BytesIO(storage.read_bytes(manifest)))
-    assert again.equals(table) and again.column_names == ["clip_id", "city", "scene_soft",
-                                                          "scene_majority"]
+    assert again.equals(table) and again.column_names == ["clip_id", "city", "scene_soft", "scene_majority"]
     assert again.column("scene_soft").to_pylist() == [soft, None, None]
     assert again.column("scene_majority").to_pylist() == [0, None, None]
     assert [i.base_name for i in storage.list_dir(dest) if "tmp" in i.base_name] == []

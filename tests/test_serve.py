@@ -27,8 +27,17 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model):
-    with running_server(model["ckpt"], "--max-upload-mb", "1", "--max-batch", "8",
-                        "--batch-wait-ms", "50", "--allow-local-paths", token=TOKEN) as server:
+    with running_server(
+        model["ckpt"],
+        "--max-upload-mb",
+        "1",
+        "--max-batch",
+        "8",
+        "--batch-wait-ms",
+        "50",
+        "--allow-local-paths",
+        token=TOKEN,
+    ) as server:
         yield server
 
 
@@ -80,12 +89,16 @@ def test_uploads_and_uris_answer_what_cg_ray_predict_answers(server, model, caps
     # A frames folder as a zip, and as a path in JSON.
     folder = a_frames_folder(model)
     cli = predict_json(capsys, model["ckpt"], folder)
-    zipped = server.request("/predict", open(frames_zip(folder, str(tmp_path / "clip.zip")), "rb").read(),
-                            {"Content-Type": "application/zip"})
+    zipped = server.request(
+        "/predict",
+        open(frames_zip(folder, str(tmp_path / "clip.zip")), "rb").read(),
+        {"Content-Type": "application/zip"},
+    )
     assert zipped.status == 200, zipped.body
     assert_same_prediction(zipped.body, cli)
-    by_uri = server.request("/predict", json.dumps({"uri": folder}).encode(),
-                            {"Content-Type": "application/json"})
+    by_uri = server.request(
+        "/predict", json.dumps({"uri": folder}).encode(), {"Content-Type": "application/json"}
+    )
     assert by_uri.status == 200 and by_uri.body["input"] == folder
     assert_same_prediction(by_uri.body, cli)
 
@@ -107,12 +120,25 @@ def test_bad_inputs_get_4xx_with_a_message_and_the_server_goes_on(server, model,
         (server.upload(str(truncated)), 422, "cannot decode video 'cut.mp4'"),
         (server.upload(str(big)), 413, "larger than the server's limit of 1 MB"),
         (server.upload(str(mp4), field="file"), 400, "no file field 'video'"),
-        (server.request("/predict", b'{"url": "x"}', {"Content-Type": "application/json"}), 400,
-         "no 'uri' field"),
-        (server.request("/predict", open(empty_zip, "rb").read(), {"Content-Type": "application/zip"}),
-         422, "has no frames"),
-        (server.request("/predict", json.dumps({"uri": str(tmp_path / "gone.mp4")}).encode(),
-                        {"Content-Type": "application/json"}), 404, "does not exist"),
+        (
+            server.request("/predict", b'{"url": "x"}', {"Content-Type": "application/json"}),
+            400,
+            "no 'uri' field",
+        ),
+        (
+            server.request("/predict", open(empty_zip, "rb").read(), {"Content-Type": "application/zip"}),
+            422,
+            "has no frames",
+        ),
+        (
+            server.request(
+                "/predict",
+                json.dumps({"uri": str(tmp_path / "gone.mp4")}).encode(),
+                {"Content-Type": "application/json"},
+            ),
+            404,
+            "does not exist",
+        ),
         (server.request("/predict", method="GET"), 405, "takes POST"),
         (server.request("/nowhere"), 404, "no such route"),
     ]
@@ -226,11 +252,9 @@ def test_json_uris_and_tokens():
 def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     import socket
 
-    assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0",
-                 "--port", "0"]) == 2
+    assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "--port 0 is not a TCP port" in capsys.readouterr().err
-    code = main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0",
-                 "--port", "18999"])
+    code = main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0", "--port", "18999"])
     err = capsys.readouterr().err
     assert code == 2 and "no authentication" in err and "--token" in err
     assert "does not exist" in err
@@ -240,8 +264,11 @@ def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", "--checkpoint", str(tmp_path), "--port", str(port)]) == 2
         assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
-    for args, message in ((["--replicas", "2", "--autoscale", "1:2"], "not both"),
-                          (["--autoscale", "3:1"], "MIN:MAX"), (["--max-batch", "0"], "--max-batch")):
+    for args, message in (
+        (["--replicas", "2", "--autoscale", "1:2"], "not both"),
+        (["--autoscale", "3:1"], "MIN:MAX"),
+        (["--max-batch", "0"], "--max-batch"),
+    ):
         assert main(["serve", "--checkpoint", str(tmp_path), *args]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(UserError, match="unknown serve args"):

@@ -9,10 +9,18 @@ from test_cluster_files import _check_cluster_spec, _docs
 
 ROOT = Path(__file__).resolve().parent.parent
 # RayServiceSpec of KubeRay v1.7 (ray-operator/apis/ray/v1/rayservice_types.go).
-RAYSERVICE_SPEC = {"rayClusterDeletionDelaySeconds", "serviceUnhealthySecondThreshold",
-                   "deploymentUnhealthySecondThreshold", "serveService", "upgradeStrategy",
-                   "managedBy", "serveConfigV2", "rayClusterConfig", "excludeHeadPodFromServeSvc",
-                   "suspend"}
+RAYSERVICE_SPEC = {
+    "rayClusterDeletionDelaySeconds",
+    "serviceUnhealthySecondThreshold",
+    "deploymentUnhealthySecondThreshold",
+    "serveService",
+    "upgradeStrategy",
+    "managedBy",
+    "serveConfigV2",
+    "rayClusterConfig",
+    "excludeHeadPodFromServeSvc",
+    "suspend",
+}
 UPGRADE_TYPES = {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
 
 
@@ -67,8 +75,9 @@ def test_app_builder_builds_the_application_from_config_args(tmp_path, monkeypat
     rows = mp4_world(str(tmp_path / "mp4"), clips_per_city=1)
     train_tiny_checkpoint(str(tmp_path / "ckpt"), rows, steps=1)
     monkeypatch.setenv("CG_RAY_SERVE_TOKEN", "from-the-secret")
-    app = app_builder({"checkpoint": str(tmp_path / "ckpt"), "autoscale": "1:3", "max_batch": 4,
-                       "gpus_per_replica": 0})
+    app = app_builder(
+        {"checkpoint": str(tmp_path / "ckpt"), "autoscale": "1:3", "max_batch": 4, "gpus_per_replica": 0}
+    )
     assert isinstance(app, Application)
     built = {d.name: d for d in build_app(app, name="cg_ray").deployments}
     assert set(built) == {"Gateway", "Model"}

@@ -9,10 +9,19 @@ import pytest
 from serve_helpers import running_server, tiny_model
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = os.environ.get("CG_RAY_ARTIFACTS",
-                           os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts"))
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = os.environ.get(
+    "CG_RAY_ARTIFACTS", os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+)
 
 
 @pytest.mark.slow
@@ -25,13 +34,21 @@ def test_the_page_locates_a_chosen_video_on_the_map(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")
     with running_server(model["ckpt"]) as server, playwright.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 860})
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 860},
+        )
         try:
             page = browser.new_page()
             outside = []
-            page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith((server.url, "blob:", "data:")) else None)
+            page.on(
+                "request",
+                lambda r: (
+                    outside.append(r.url) if not r.url.startswith((server.url, "blob:", "data:")) else None
+                ),
+            )
             page.goto(server.url + "/")
             page.wait_for_selector("#map[data-ready='1']", timeout=30_000)
             page.set_input_files("#file", row["path"])
@@ -50,14 +67,18 @@ def test_the_page_locates_a_chosen_video_on_the_map(tmp_path_factory):
             x, y, city = marker.split(",")
             assert city == "Chicago"
             assert abs(int(x) - (180 - 87.63) / 360 * 1080) < 3 and abs(int(y) - (90 - 41.88) / 180 * 540) < 3
-            pixel = page.evaluate(f"Array.from(document.getElementById('map').getContext('2d')"
-                                  f".getImageData({x}, {y}, 1, 1).data)")
-            assert pixel[:3] == [0xd6, 0x33, 0x6c], pixel
+            pixel = page.evaluate(
+                f"Array.from(document.getElementById('map').getContext('2d')"
+                f".getImageData({x}, {y}, 1, 1).data)"
+            )
+            assert pixel[:3] == [0xD6, 0x33, 0x6C], pixel
             # Land is drawn from the package's mask: a pixel in the Sahara is land-coloured.
-            sahara = page.evaluate("Array.from(document.getElementById('map').getContext('2d')"
-                                   ".getImageData(Math.round(195/360*1080), Math.round(67/180*540),"
-                                   " 1, 1).data)")
-            assert sahara[:3] == [0xc9, 0xd3, 0xbf], sahara
+            sahara = page.evaluate(
+                "Array.from(document.getElementById('map').getContext('2d')"
+                ".getImageData(Math.round(195/360*1080), Math.round(67/180*540),"
+                " 1, 1).data)"
+            )
+            assert sahara[:3] == [0xC9, 0xD3, 0xBF], sahara
             assert "The map could not" not in page.inner_text("#status")
             assert outside == [], f"the page asked for outside addresses: {outside}"
 

@@ -20,8 +20,11 @@ def read_csv(path):
 
 def decoded(root, num_frames=10, size=16):
     """{clip folder: (T, size, size, 3)} for every clip of a frames world."""
-    return {str(p.relative_to(root)): decode_clip(str(p), num_frames, size)
-            for p in sorted(root.glob("*/*/*")) if p.is_dir()}
+    return {
+        str(p.relative_to(root)): decode_clip(str(p), num_frames, size)
+        for p in sorted(root.glob("*/*/*"))
+        if p.is_dir()
+    }
 
 
 def test_default_hierarchy_is_non_trivial():
@@ -72,8 +75,7 @@ def test_same_seed_same_world_other_seed_differs(tmp_path):
 
 
 def test_mp4_world(tmp_path):
-    summary = make_world(str(tmp_path), fmt="mp4", cities=3, clips_per_city=2, frames=12,
-                         size=(47, 33))
+    summary = make_world(str(tmp_path), fmt="mp4", cities=3, clips_per_city=2, frames=12, size=(47, 33))
     assert summary["size"] == [46, 32]  # yuv420p needs even dimensions
     rows = read_csv(tmp_path / "labels.csv")
     assert list(rows[0]) == ["path", "city", "state", "country", "continent", "split"]

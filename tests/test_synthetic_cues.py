@@ -24,12 +24,14 @@ def test_city_patch_only_inside_the_window():
 
 def test_default_world_draws_nothing_more_and_the_option_is_checked(tmp_path):
     a = make_world(str(tmp_path / "a"), cities=2, clips_per_city=2, frames=6, size=(32, 32))
-    b = make_world(str(tmp_path / "b"), cities=2, clips_per_city=2, frames=6, size=(32, 32),
-                   city_cue_fraction=0.5)
+    b = make_world(
+        str(tmp_path / "b"), cities=2, clips_per_city=2, frames=6, size=(32, 32), city_cue_fraction=0.5
+    )
     assert a["city_cue_fraction"] == 1.0 and b["city_cue_fraction"] == 0.5
     first = sorted((tmp_path / "a").rglob("1.jpg"))[0]
     other = tmp_path / "b" / first.relative_to(tmp_path / "a")
     assert other.exists()
     with pytest.raises(UserError, match="city_cue_fraction"):
-        make_world(str(tmp_path / "c"), cities=2, clips_per_city=2, frames=6, size=(32, 32),
-                   city_cue_fraction=0.0)
+        make_world(
+            str(tmp_path / "c"), cities=2, clips_per_city=2, frames=6, size=(32, 32), city_cue_fraction=0.0
+        )

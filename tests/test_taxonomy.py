@@ -26,14 +26,20 @@ def test_json_round_trip_and_contract(small_taxonomy):
     assert Taxonomy.from_json(small_taxonomy.to_json()) == small_taxonomy
 
 
-@pytest.mark.parametrize("child,parent,row", [
-    ("city", "state", {"city": "Lyon", "state": "Auvergne", "country": "France", "continent": "Europe"}),
-    ("state", "country", {"city": "Nice", "state": "Rhone", "country": "Italy", "continent": "Europe"}),
-    ("country", "continent", {"city": "Nice", "state": "PACA", "country": "France", "continent": "Asia"}),
-])
+@pytest.mark.parametrize(
+    "child,parent,row",
+    [
+        ("city", "state", {"city": "Lyon", "state": "Auvergne", "country": "France", "continent": "Europe"}),
+        ("state", "country", {"city": "Nice", "state": "Rhone", "country": "Italy", "continent": "Europe"}),
+        ("country", "continent", {"city": "Nice", "state": "PACA", "country": "France", "continent": "Asia"}),
+    ],
+)
 def test_inconsistent_tree_is_refused_naming_label_and_rows(child, parent, row):
-    rows = [{"city": "Lyon", "state": "Rhone", "country": "France", "continent": "Europe"},
-            {"city": "Paris", "state": "IDF", "country": "France", "continent": "Europe"}, row]
+    rows = [
+        {"city": "Lyon", "state": "Rhone", "country": "France", "continent": "Europe"},
+        {"city": "Paris", "state": "IDF", "country": "France", "continent": "Europe"},
+        row,
+    ]
     with pytest.raises(UserError) as err:
         Taxonomy.from_rows(rows, where="row")
     message = str(err.value)
@@ -50,8 +56,9 @@ def test_empty_and_missing_labels_are_refused():
 
 
 def test_differences_name_the_labels(small_taxonomy):
-    other = Taxonomy.from_rows([{"city": "Rome", "state": "Lazio", "country": "Italy",
-                                 "continent": "Europe"}])
+    other = Taxonomy.from_rows(
+        [{"city": "Rome", "state": "Lazio", "country": "Italy", "continent": "Europe"}]
+    )
     diff = small_taxonomy.differences(other)
     assert diff and "Rome" in diff[0]
     assert small_taxonomy.differences(small_taxonomy) == []

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from output import own
 
 from cg_ray.errors import UserError
 from cg_ray.labels.text import encode_label_names, load_text_tables, save_text_features
 from cg_ray.taxonomy import LEVELS
-from output import own
 
 
 def test_text_features_round_trip(small_taxonomy, tmp_path):
@@ -46,8 +46,21 @@ def test_pretrained_weights_file_is_loaded_without_a_hub(small_taxonomy, tmp_pat
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.parquet").write_bytes(b"")  # load_taxonomy wants a dataset
     (tmp_path / "data" / "taxonomy.json").write_text(small_taxonomy.to_json())
-    assert main(["text", str(tmp_path / "data"), "--model", "ViT-S-32-alt", "--pretrained",
-                 str(weights), "--template", "a photo of {}"]) == 0
+    assert (
+        main(
+            [
+                "text",
+                str(tmp_path / "data"),
+                "--model",
+                "ViT-S-32-alt",
+                "--pretrained",
+                str(weights),
+                "--template",
+                "a photo of {}",
+            ]
+        )
+        == 0
+    )
     tables = load_text_tables(str(tmp_path / "data"), small_taxonomy)
     tokenizer = open_clip.get_tokenizer("ViT-S-32-alt")
     with torch.no_grad():
@@ -57,8 +70,7 @@ def test_pretrained_weights_file_is_loaded_without_a_hub(small_taxonomy, tmp_pat
     fresh = encode_label_names(small_taxonomy, "ViT-S-32-alt", None, template="a photo of {}")
     assert not np.allclose(fresh["state"], tables["state"], atol=1e-3)
     # Weights of another architecture: one line naming the file.
-    assert main(["text", str(tmp_path / "data"), "--model", "ViT-S-32", "--pretrained",
-                 str(weights)]) == 2
+    assert main(["text", str(tmp_path / "data"), "--model", "ViT-S-32", "--pretrained", str(weights)]) == 2
     err = own(capsys.readouterr().err)
     assert err.startswith("cg-ray text: error: cannot build open_clip 'ViT-S-32'") and str(weights) in err
 
@@ -67,11 +79,15 @@ def test_a_label_the_encoder_cannot_embed_is_named(tmp_path):
     from cg_ray.taxonomy import Taxonomy
 
     long_name = "_".join(["Llanfairpwllgwyngyll"] * 12)
-    taxonomy = Taxonomy.from_rows([
-        {"city": long_name, "state": "Anglesey", "country": "Wales", "continent": "Europe"},
-        {"city": "Cardiff", "state": "Glamorgan", "country": "Wales", "continent": "Europe"}])
-    with pytest.raises(UserError, match=f"city label '{long_name}' needs .* tokens.*more than "
-                                        f"the text encoder's 77"):
+    taxonomy = Taxonomy.from_rows(
+        [
+            {"city": long_name, "state": "Anglesey", "country": "Wales", "continent": "Europe"},
+            {"city": "Cardiff", "state": "Glamorgan", "country": "Wales", "continent": "Europe"},
+        ]
+    )
+    with pytest.raises(
+        UserError, match=f"city label '{long_name}' needs .* tokens.*more than the text encoder's 77"
+    ):
         encode_label_names(taxonomy, "ViT-S-32-alt", None)
     blank = Taxonomy.from_rows([{"city": "__", "state": "S", "country": "C", "continent": "E"}])
     with pytest.raises(UserError, match="city label '__' is empty"):
@@ -88,12 +104,16 @@ def test_tla_targets_are_the_stored_vectors_of_the_clip_labels(small_taxonomy, t
 
     features = encode_label_names(small_taxonomy, "ViT-S-32-alt", None)
     save_text_features(str(tmp_path), features, small_taxonomy)
-    stored = {(r["level"], r["label"]): np.asarray(r["vector"])
-              for r in pq.read_table(tmp_path / "text_features.parquet").to_pylist()}
+    stored = {
+        (r["level"], r["label"]): np.asarray(r["vector"])
+        for r in pq.read_table(tmp_path / "text_features.parquet").to_pylist()
+    }
     tables = {k: torch.from_numpy(v) for k, v in load_text_tables(str(tmp_path), small_taxonomy).items()}
     clips = [("Versailles", "IDF", "France", "Europe"), ("Austin", "Texas", "USA", "America")]
-    labels = {level: torch.tensor([small_taxonomy.index(level)[c[i]] for c in clips])
-              for i, level in enumerate(LEVELS)}
+    labels = {
+        level: torch.tensor([small_taxonomy.index(level)[c[i]] for c in clips])
+        for i, level in enumerate(LEVELS)
+    }
     city = text_targets(tables, labels, "city").numpy()
     every = text_targets(tables, labels, "all").numpy()
     for row, clip in enumerate(clips):

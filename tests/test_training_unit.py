@@ -5,40 +5,58 @@ import socket
 
 import pytest
 import torch
+from output import own
 
 from cg_ray.config import config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.model.net import build_model
-from cg_ray.train.optim import build_optimizer, build_schedule, lr_factor
 from cg_ray.secrets import redact, redact_tree
 from cg_ray.taxonomy import LEVELS, Taxonomy
 from cg_ray.train.driver import check_resumable
+from cg_ray.train.optim import build_optimizer, build_schedule, lr_factor
 from cg_ray.train.worker import TrainState, forward_backward, optimizer_step
-from output import own
 
-TINY = ["data.num_frames=4", "data.image_size=32", "model.backbone.hidden_size=32",
-        "model.backbone.num_layers=1", "model.backbone.num_heads=2",
-        "model.backbone.intermediate_size=64", "model.backbone.patch_size=8"]
+TINY = [
+    "data.num_frames=4",
+    "data.image_size=32",
+    "model.backbone.hidden_size=32",
+    "model.backbone.num_layers=1",
+    "model.backbone.num_heads=2",
+    "model.backbone.intermediate_size=64",
+    "model.backbone.patch_size=8",
+]
 
 
 def make_state(cfg, seed=0):
     torch.manual_seed(seed)
     model = build_model(cfg, [5, 4, 3, 2], text_dim=8)
     optimizer = build_optimizer(model, cfg.optim)
-    tables = {l: torch.nn.functional.normalize(torch.randn(n, 8), dim=-1)
-              for l, n in zip(LEVELS, [5, 4, 3, 2])}
-    return TrainState(model, optimizer, build_schedule(optimizer, cfg.optim, 10), cfg,
-                      torch.device("cpu"), tables, bf16=False)
+    tables = {
+        lvl: torch.nn.functional.normalize(torch.randn(n, 8), dim=-1) for lvl, n in zip(LEVELS, [5, 4, 3, 2])
+    }
+    return TrainState(
+        model,
+        optimizer,
+        build_schedule(optimizer, cfg.optim, 10),
+        cfg,
+        torch.device("cpu"),
+        tables,
+        bf16=False,
+    )
 
 
 def batch(n, seed=1):
     g = torch.Generator().manual_seed(seed)
     scenes = torch.rand(n, 16, generator=g)
-    return {"video": torch.randint(0, 256, (n, 4, 32, 32, 3), generator=g, dtype=torch.uint8),
-            "valid": torch.ones(n, dtype=torch.bool),
-            "city": torch.randint(0, 5, (n,), generator=g), "state": torch.randint(0, 4, (n,), generator=g),
-            "country": torch.randint(0, 3, (n,), generator=g), "continent": torch.randint(0, 2, (n,), generator=g),
-            "scene": scenes / scenes.sum(1, keepdim=True)}
+    return {
+        "video": torch.randint(0, 256, (n, 4, 32, 32, 3), generator=g, dtype=torch.uint8),
+        "valid": torch.ones(n, dtype=torch.bool),
+        "city": torch.randint(0, 5, (n,), generator=g),
+        "state": torch.randint(0, 4, (n,), generator=g),
+        "country": torch.randint(0, 3, (n,), generator=g),
+        "continent": torch.randint(0, 2, (n,), generator=g),
+        "scene": scenes / scenes.sum(1, keepdim=True),
+    }
 
 
 def test_gradient_accumulation_equals_the_larger_batch():
@@ -80,8 +98,9 @@ def test_grad_clip_bounds_the_norm():
 def test_schedules():
     constant = config_from_dict({}, ["optim.warmup_steps=4"]).optim
     assert [lr_factor(s, constant, 100) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-    cosine = config_from_dict({}, ["optim.schedule=cosine", "optim.warmup_steps=2",
-                                   "optim.min_lr_ratio=0.1"]).optim
+    cosine = config_from_dict(
+        {}, ["optim.schedule=cosine", "optim.warmup_steps=2", "optim.min_lr_ratio=0.1"]
+    ).optim
     assert lr_factor(1, cosine, 12) == 1.0
     assert lr_factor(2, cosine, 12) == pytest.approx(1.0)
     assert lr_factor(7, cosine, 12) == pytest.approx(0.55)
@@ -98,15 +117,17 @@ def test_resume_refuses_another_config_naming_the_keys(small_taxonomy):
     saved = _state_for(cfg, small_taxonomy)
     check_resumable(saved, config_from_dict({}, TINY + ["train.epochs=20"]), small_taxonomy, "ck")
     with pytest.raises(UserError) as err:
-        check_resumable(saved, config_from_dict({}, TINY + ["optim.lr=0.01", "model.sca.heads=3"]),
-                        small_taxonomy, "ck")
+        check_resumable(
+            saved, config_from_dict({}, TINY + ["optim.lr=0.01", "model.sca.heads=3"]), small_taxonomy, "ck"
+        )
     assert "optim.lr: 0.001 -> 0.01" in str(err.value) and "model.sca.heads" in str(err.value)
 
 
 def test_resume_refuses_another_taxonomy(small_taxonomy):
     cfg = config_from_dict({}, TINY)
-    other = Taxonomy.from_rows([{"city": "Rome", "state": "Lazio", "country": "Italy",
-                                 "continent": "Europe"}])
+    other = Taxonomy.from_rows(
+        [{"city": "Rome", "state": "Lazio", "country": "Italy", "continent": "Europe"}]
+    )
     with pytest.raises(UserError, match="taxonomy differs.*Rome"):
         check_resumable(_state_for(cfg, other), cfg, small_taxonomy, "ck")
 
@@ -166,8 +187,16 @@ def test_a_checkpoint_cut_short_in_the_copy_is_not_resumed_from(small_taxonomy, 
     model = build_model(cfg, small_taxonomy.sizes, text_dim=8)
     run = tmp_path / "run"
     good = run / "checkpoint_2026-01-01_00-00-00.000001"
-    save_checkpoint(str(good), model=model, optimizer=None, epoch=0, metrics={}, config=cfg,
-                    taxonomy=small_taxonomy, text_dim=8)
+    save_checkpoint(
+        str(good),
+        model=model,
+        optimizer=None,
+        epoch=0,
+        metrics={},
+        config=cfg,
+        taxonomy=small_taxonomy,
+        text_dim=8,
+    )
     assert is_complete(str(good)) and latest_checkpoint(str(run)) == str(good)
 
     cut = run / "checkpoint_2026-01-01_00-00-09.000001"  # newer, its .pt cut short
@@ -195,7 +224,9 @@ def test_a_run_whose_driver_died_before_any_checkpoint_is_closed_not_left_runnin
     (run_dir / RUN_MARKER).write_text(json.dumps({"mlflow_run_id": dead}))
     _close_run_without_checkpoint(str(run_dir), uri)
     run = tracking.get_run(uri, dead)
-    assert run.info.status == "KILLED" and "first complete checkpoint" in run.data.tags["cg_ray.ended_because"]
+    assert (
+        run.info.status == "KILLED" and "first complete checkpoint" in run.data.tags["cg_ray.ended_because"]
+    )
     assert "marked KILLED" in capsys.readouterr().out
     _close_run_without_checkpoint(str(run_dir), uri)  # ended already: left as it is
     assert own(capsys.readouterr().out) == ""

@@ -54,7 +54,7 @@ def phone_clip(path, rotation=-90):
 def assert_upright(clip):
     """(..., S, S, 3): top half white, bottom half black."""
     half = clip.shape[-3] // 2
-    top, bottom = clip[..., :half - 1, :, :].mean(), clip[..., half + 1:, :, :].mean()
+    top, bottom = clip[..., : half - 1, :, :].mean(), clip[..., half + 1 :, :, :].mean()
     assert top > 200 and bottom < 50, (top, bottom)
 
 
@@ -131,8 +131,15 @@ def test_files_differing_only_by_extension_are_both_prepared(tmp_path):
     write_video(tmp_path / "x.avi", frames, codec="mpeg4")
     write_video(tmp_path / "x.mov", frames)
     write_video(tmp_path / "y.mp4", frames)
-    write_labels(tmp_path, [("x.avi", "Lyon", "train"), ("x.mov", "Osaka", "train"),
-                            ("y.mp4", "Lyon", "val"), ("y.mp4", "Lyon", "val")])
+    write_labels(
+        tmp_path,
+        [
+            ("x.avi", "Lyon", "train"),
+            ("x.mov", "Osaka", "train"),
+            ("y.mp4", "Lyon", "val"),
+            ("y.mp4", "Lyon", "val"),
+        ],
+    )
     report = prepare("videos", str(tmp_path), str(tmp_path / "out"))
     rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
     assert sorted(r["clip_id"] for r in rows) == ["x.avi", "x.mov", "y"]
@@ -154,14 +161,18 @@ def test_rotated_clip_is_upright_in_pack_training_input_and_predict(ray_session,
     for city in LABELS:
         for i in range(2):
             phone_clip(tmp_path / f"{city}{i}.mp4", rotation=-90 if i else 90)
-    write_labels(tmp_path, [(f"{city}{i}.mp4", city, "train" if i else "val")
-                            for city in LABELS for i in range(2)])
+    write_labels(
+        tmp_path, [(f"{city}{i}.mp4", city, "train" if i else "val") for city in LABELS for i in range(2)]
+    )
     data = tmp_path / "data"
     prepare("videos", str(tmp_path), str(data))
     taxonomy = load_taxonomy(str(data))
     # Training input from the raw files.
-    batch = next(iter(clip_dataset(str(data), "train", taxonomy, 4, 16)
-                      .iter_batches(batch_size=2, batch_format="numpy")))
+    batch = next(
+        iter(
+            clip_dataset(str(data), "train", taxonomy, 4, 16).iter_batches(batch_size=2, batch_format="numpy")
+        )
+    )
     assert batch["video"].shape == (2, 4, 16, 16, 3) and batch["valid"].all()
     assert_upright(batch["video"])
     # Packed shards hold upright frames, and stream them back upright.
@@ -172,21 +183,27 @@ def test_rotated_clip_is_upright_in_pack_training_input_and_predict(ray_session,
     frame = np.zeros((16, 16, 3), dtype=np.uint8)
     decode_jpeg_into(pq.read_table(shard).column("frames")[0].as_py()[0], frame)
     assert_upright(frame)
-    packed = next(iter(clip_dataset(str(data), "train", taxonomy, 4, 16)
-                       .iter_batches(batch_size=2, batch_format="numpy")))
+    packed = next(
+        iter(
+            clip_dataset(str(data), "train", taxonomy, 4, 16).iter_batches(batch_size=2, batch_format="numpy")
+        )
+    )
     assert_upright(packed["video"])
     # predict sees what a player shows: the same output as for an upright file.
-    rows = [{"path": str(tmp_path / f"{city}{i}.mp4"), "city": city,
-             **dict(zip(LEVELS[1:], LABELS[city]))} for city in LABELS for i in range(2)]
+    rows = [
+        {"path": str(tmp_path / f"{city}{i}.mp4"), "city": city, **dict(zip(LEVELS[1:], LABELS[city]))}
+        for city in LABELS
+        for i in range(2)
+    ]
     train_tiny_checkpoint(str(tmp_path / "ckpt"), rows, steps=1)
     predictor = Predictor(open_checkpoint(str(tmp_path / "ckpt"))[0], top_k=2)
     write_video(tmp_path / "upright.mp4", upright_portrait())
-    phone, upright = predict_inputs(predictor, [str(tmp_path / "Lyon1.mp4"),
-                                                str(tmp_path / "upright.mp4")])
+    phone, upright = predict_inputs(predictor, [str(tmp_path / "Lyon1.mp4"), str(tmp_path / "upright.mp4")])
     assert phone.prediction["top_k"] == upright.prediction["top_k"] or all(
         abs(a["prob"] - b["prob"]) < 1e-3
-        for level in LEVELS for a, b in zip(phone.prediction["top_k"][level],
-                                            upright.prediction["top_k"][level]))
+        for level in LEVELS
+        for a, b in zip(phone.prediction["top_k"][level], upright.prediction["top_k"][level])
+    )
     turned = np.rot90(decode_clip(str(tmp_path / "upright.mp4"), 4, 32), axes=(1, 2))
     sideways = predictor.probs(np.ascontiguousarray(turned)[None])
     straight = predictor.probs(decode_clip(str(tmp_path / "Lyon1.mp4"), 4, 32)[None])

@@ -68,8 +68,13 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-             generator: torch.Generator) -> tuple[int, int, int, int]:
+def crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random crop covering a `scale` fraction of the area with aspect
     ratio in `ratio` (log-uniform), as torchvision's RandomResizedCrop; the whole frame when ten
     tries fail."""
@@ -92,10 +97,12 @@ def _jitter(frames: torch.Tensor, strength: float, generator: torch.Generator) -
     hue = min(strength / 4, 0.5)
     factors = [_uniform(generator, max(0.0, 1 - strength), 1 + strength) for _ in range(3)]
     shift = _uniform(generator, -hue, hue)
-    steps = [lambda x: TF.adjust_brightness(x, factors[0]),
-             lambda x: TF.adjust_contrast(x, factors[1]),
-             lambda x: TF.adjust_saturation(x, factors[2]),
-             lambda x: TF.adjust_hue(x, shift) if hue > 0 else x]
+    steps = [
+        lambda x: TF.adjust_brightness(x, factors[0]),
+        lambda x: TF.adjust_contrast(x, factors[1]),
+        lambda x: TF.adjust_saturation(x, factors[2]),
+        lambda x: TF.adjust_hue(x, shift) if hue > 0 else x,
+    ]
     for i in torch.randperm(4, generator=generator).tolist():
         frames = steps[i](frames)
     return frames
@@ -117,8 +124,9 @@ def augment_clip(frames: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     height, width = frames.shape[-2:]
     if tuple(cfg.crop_scale) != (1.0, 1.0):
         top, left, h, w = crop_box(height, width, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), generator)
-        frames = TF.resized_crop(frames, top, left, h, w, [height, width],
-                                 interpolation=_BILINEAR, antialias=True)
+        frames = TF.resized_crop(
+            frames, top, left, h, w, [height, width], interpolation=_BILINEAR, antialias=True
+        )
     if cfg.color_jitter > 0:
         frames = _jitter(frames, cfg.color_jitter, generator)
     if cfg.randaug_n > 0:
@@ -132,8 +140,9 @@ def augment_batch(video: torch.Tensor, cfg: AugmentConfig, generator: torch.Gene
     """Augment a batch (B, T, H, W, 3) uint8 in place, clip by clip, and return it. Views of a
     clip ((B, V, T, H, W, 3): bidirectional, multi-view) share the clip's one draw."""
     if video.dtype != torch.uint8 or video.dim() < 5 or video.shape[-1] != 3:
-        raise ValueError(f"augment_batch expects (B, T, H, W, 3) uint8, got {tuple(video.shape)} "
-                         f"{video.dtype}")
+        raise ValueError(
+            f"augment_batch expects (B, T, H, W, 3) uint8, got {tuple(video.shape)} {video.dtype}"
+        )
     for b in range(video.shape[0]):
         frames = video[b].reshape(-1, *video.shape[-3:])  # (T', H, W, 3), a view when contiguous
         out = augment_clip(frames.permute(0, 3, 1, 2), cfg, generator).permute(0, 2, 3, 1)

@@ -50,7 +50,7 @@ class MemorySampler:
             self.sample()
             self.own_cpu_s += time.thread_time() - start
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.sample()
         self._thread.start()
         return self
@@ -72,9 +72,13 @@ def cpu_by_role() -> dict[str, float]:
             name = process.name()
         except psutil.Error:
             continue
-        role = ("driver" if process.pid == me.pid else
-                "workers" if name.startswith("ray::") and "Actor" not in name
-                and "Agent" not in name else "ray_daemons")
+        role = (
+            "driver"
+            if process.pid == me.pid
+            else "workers"
+            if name.startswith("ray::") and "Actor" not in name and "Agent" not in name
+            else "ray_daemons"
+        )
         roles[role] += times.user + times.system
     return roles
 
@@ -84,8 +88,15 @@ def tree_cpu_seconds() -> float:
     return sum(cpu_by_role().values())
 
 
-def bench_data(data_path: str, clips: int = 512, split: str = "train", num_frames: int = 16,
-               image_size: int = 224, batch_size: int = 12, seed: int = 0) -> dict:
+def bench_data(
+    data_path: str,
+    clips: int = 512,
+    split: str = "train",
+    num_frames: int = 16,
+    image_size: int = 224,
+    batch_size: int = 12,
+    seed: int = 0,
+) -> dict:
     """Stream up to `clips` clips of a split as a training worker gets them; returns clips_per_s
     (after the first batch: start-up is reported apart), peak_rss_mb and details."""
     import torch
@@ -102,8 +113,15 @@ def bench_data(data_path: str, clips: int = 512, split: str = "train", num_frame
     with MemorySampler() as memory:
         init_ray()
         start = time.perf_counter()
-        ds = clip_dataset(data_path, split, taxonomy, num_frames, image_size, shuffle_seed=seed,
-                          decode_batch_size=batch_size)  # as training builds it
+        ds = clip_dataset(
+            data_path,
+            split,
+            taxonomy,
+            num_frames,
+            image_size,
+            shuffle_seed=seed,
+            decode_batch_size=batch_size,
+        )  # as training builds it
         seen, first, checksum, epochs = 0, None, 0, 0
         while seen < clips:
             epochs += 1
@@ -111,7 +129,11 @@ def bench_data(data_path: str, clips: int = 512, split: str = "train", num_frame
             for batch in DeviceFeed(ds, batch_size, torch.device("cpu")):
                 video = batch["video"]
                 assert video.dtype == torch.uint8 and video.shape[1:] == (
-                    num_frames, image_size, image_size, 3)
+                    num_frames,
+                    image_size,
+                    image_size,
+                    3,
+                )
                 checksum += int(video[:, 0, 0, 0, 0].sum())  # touch the batch, as a step would
                 seen += len(video)
                 if first is None:
@@ -125,16 +147,26 @@ def bench_data(data_path: str, clips: int = 512, split: str = "train", num_frame
         end_roles["driver"] -= memory.own_cpu_s - first_own  # not the sampler's /proc reading
     steady = (seen - first_clips) / max(end - first, 1e-9)
     # Where the CPU goes, per clip delivered in the steady phase.
-    ms_per_clip = {role: round(1000 * (end_roles[role] - first_roles[role]) / max(seen - first_clips, 1), 3)
-                   for role in end_roles}
+    ms_per_clip = {
+        role: round(1000 * (end_roles[role] - first_roles[role]) / max(seen - first_clips, 1), 3)
+        for role in end_roles
+    }
     cpu_per_clip_s = sum(ms_per_clip.values()) / 1000
-    return {"clips_per_s": round(steady, 2), "peak_rss_mb": round(memory.peak_tree_mb, 1),
-            # Per core, whatever else the machine runs: clips per CPU-second of every process
-            # involved (this one, Ray's workers and daemons), over the same steady phase.
-            "clips_per_cpu_s": round(1 / max(cpu_per_clip_s, 1e-9), 2),
-            "cpu_ms_per_clip": ms_per_clip,
-            "driver_peak_rss_mb": round(memory.peak_self_mb, 1), "clips": seen,
-            "epochs": epochs, "first_batch_s": round(first - start, 2),
-            "seconds": round(end - start, 2), "source": "shards" if packed else "raw",
-            "num_frames": num_frames, "image_size": image_size, "batch_size": batch_size,
-            "cpus": os.cpu_count()}
+    return {
+        "clips_per_s": round(steady, 2),
+        "peak_rss_mb": round(memory.peak_tree_mb, 1),
+        # Per core, whatever else the machine runs: clips per CPU-second of every process
+        # involved (this one, Ray's workers and daemons), over the same steady phase.
+        "clips_per_cpu_s": round(1 / max(cpu_per_clip_s, 1e-9), 2),
+        "cpu_ms_per_clip": ms_per_clip,
+        "driver_peak_rss_mb": round(memory.peak_self_mb, 1),
+        "clips": seen,
+        "epochs": epochs,
+        "first_batch_s": round(first - start, 2),
+        "seconds": round(end - start, 2),
+        "source": "shards" if packed else "raw",
+        "num_frames": num_frames,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "cpus": os.cpu_count(),
+    }

@@ -98,12 +98,14 @@ def _check_length(source: str, available: int, min_frames: int) -> None:
     if available == 0:
         raise ClipError(f"clip '{source}' has no frames (no .jpg/.jpeg/.png files)")
     if available < min_frames:
-        raise ClipError(f"clip '{source}' has {available} frames, fewer than the {min_frames} "
-                        f"required (min_frames)")
+        raise ClipError(
+            f"clip '{source}' has {available} frames, fewer than the {min_frames} required (min_frames)"
+        )
 
 
-def _decode_frame_files(source: str, frames: list[str], sampling: Sampling, size: int,
-                        min_frames: int, rng) -> np.ndarray:
+def _decode_frame_files(
+    source: str, frames: list[str], sampling: Sampling, size: int, min_frames: int, rng
+) -> np.ndarray:
     _check_length(source, len(frames), min_frames)
     # Only the sampled frames are read: a CityGuessr clip has 100 frames and we want 16.
     picks = sampling.indices(len(frames), rng)
@@ -145,8 +147,9 @@ def _frame_index(container, stream) -> tuple[list[int], list[int]] | None:
     return sorted(pts), sorted(keys)
 
 
-def _decode_at(container, stream, wanted: list[int], keys: list[int],
-               size: int) -> tuple[dict[int, np.ndarray], int]:
+def _decode_at(
+    container, stream, wanted: list[int], keys: list[int], size: int
+) -> tuple[dict[int, np.ndarray], int]:
     """Frames at the wanted pts (sorted) -> ({pts: (size, size, 3) uint8}, frames decoded).
 
     For each wanted frame, seek to its keyframe when that keyframe lies past what was decoded
@@ -172,8 +175,9 @@ def _decode_at(container, stream, wanted: list[int], keys: list[int],
     return out, decoded
 
 
-def read_video(source: str, num_frames: int, size: int, min_frames: int = 1,
-               sampling: Sampling | None = None, rng=None) -> tuple[np.ndarray, int]:
+def read_video(
+    source: str, num_frames: int, size: int, min_frames: int = 1, sampling: Sampling | None = None, rng=None
+) -> tuple[np.ndarray, int]:
     """A video -> ((T, size, size, 3) uint8, frames decoded to get them); with a sampling,
     sampling.leading + (T, size, size, 3)."""
     sampling = sampling or Sampling("uniform", num_frames)
@@ -241,8 +245,15 @@ def count_frames(source: str) -> int:
     return frame_count(source)[0]
 
 
-def decode_clip(source: str, num_frames: int, size: int, frames: list[str] | None = None,
-                min_frames: int = 1, sampling: Sampling | None = None, rng=None) -> np.ndarray:
+def decode_clip(
+    source: str,
+    num_frames: int,
+    size: int,
+    frames: list[str] | None = None,
+    min_frames: int = 1,
+    sampling: Sampling | None = None,
+    rng=None,
+) -> np.ndarray:
     """A frames folder, a video file, or an explicit list of frame files (names relative to
     `source`, in playing order) -> (T, size, size, 3) uint8 RGB, T = num_frames.
 
@@ -257,8 +268,7 @@ def decode_clip(source: str, num_frames: int, size: int, frames: list[str] | Non
             paths = [storage.join(source, name) for name in frames]
             return _decode_frame_files(source, paths, sampling, size, min_frames, rng)
         if storage.is_dir(source):
-            return _decode_frame_files(source, list_frames(source), sampling, size, min_frames,
-                                       rng)
+            return _decode_frame_files(source, list_frames(source), sampling, size, min_frames, rng)
         if not storage.exists(source):
             raise ClipError(f"clip '{source}' does not exist")
     except ClipError:

@@ -13,34 +13,55 @@ import json
 import os
 import posixpath
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cg_ray import storage
 from cg_ray.data.decode import ClipError, frame_count
-from cg_ray.data.tables import (NUM_SCENES, dirs, frames_per_child, read_csv, read_scene_labels,
-                                stratified_split, val_count)
+from cg_ray.data.tables import (
+    NUM_SCENES,
+    dirs,
+    frames_per_child,
+    read_csv,
+    read_scene_labels,
+    stratified_split,
+    val_count,
+)
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
-__all__ = ["LAYOUTS", "MANIFEST_SCHEMA", "NUM_SCENES", "PrepareOptions", "prepare",
-           "stratified_split", "val_count"]
+__all__ = [
+    "LAYOUTS",
+    "MANIFEST_SCHEMA",
+    "NUM_SCENES",
+    "PrepareOptions",
+    "prepare",
+    "stratified_split",
+    "val_count",
+]
 
-MANIFEST_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("source", pa.string()),
-    ("city", pa.string()), ("state", pa.string()), ("country", pa.string()),
-    ("continent", pa.string()), ("split", pa.string()), ("num_frames", pa.int32()),
-    ("scene_soft", pa.list_(pa.float32())),
-    # Frame files in playing order, relative to `source`, for clips that are not a folder of
-    # their own (MSLS sequences); null for frame folders and videos.
-    ("frames", pa.list_(pa.string())),
-    # How num_frames of a video was found: 'header' (the container's count, confirmed by
-    # demuxing) or 'decoded' (counted by decoding); null for frame folders (files counted).
-    ("frame_count_source", pa.string()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("source", pa.string()),
+        ("city", pa.string()),
+        ("state", pa.string()),
+        ("country", pa.string()),
+        ("continent", pa.string()),
+        ("split", pa.string()),
+        ("num_frames", pa.int32()),
+        ("scene_soft", pa.list_(pa.float32())),
+        # Frame files in playing order, relative to `source`, for clips that are not a folder of
+        # their own (MSLS sequences); null for frame folders and videos.
+        ("frames", pa.list_(pa.string())),
+        # How num_frames of a video was found: 'header' (the container's count, confirmed by
+        # demuxing) or 'decoded' (counted by decoding); null for frame folders (files counted).
+        ("frame_count_source", pa.string()),
+    ]
+)
 
 Skipped = list  # of {"clip_id", "source", "reason"}: filled by a layout, written to the report
 
@@ -74,8 +95,10 @@ def cityguessr_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iter
         return
     labels_path = storage.join(source, "labels_list.csv")
     if not storage.exists(labels_path):
-        raise UserError(f"'{source}' has no labels_list.csv (City,State,Country,Continent); "
-                        f"is it a CityGuessr68k folder? Use --layout videos for video files")
+        raise UserError(
+            f"'{source}' has no labels_list.csv (City,State,Country,Continent); "
+            f"is it a CityGuessr68k folder? Use --layout videos for video files"
+        )
     table = read_csv(labels_path, ["City", "State", "Country", "Continent"])
     hierarchy = [{level: row[level.capitalize()].strip() for level in LEVELS} for row in table]
     Taxonomy.from_rows(hierarchy, where="labels_list.csv row")  # refuses inconsistent rows
@@ -86,21 +109,36 @@ def cityguessr_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iter
         for city_dir in dirs(storage.uri_of(source, split_dir.path)):
             city_uri = storage.uri_of(source, city_dir.path)
             if city_dir.base_name not in by_city:
-                raise UserError(f"city folder '{city_uri}' is not in labels_list.csv; add a row "
-                                f"for '{city_dir.base_name}' or remove the folder")
+                raise UserError(
+                    f"city folder '{city_uri}' is not in labels_list.csv; add a row "
+                    f"for '{city_dir.base_name}' or remove the folder"
+                )
             labels = by_city[city_dir.base_name]
             frames = frames_per_child(city_uri)
             if not any(frames.values()):
-                raise UserError(f"city folder '{city_uri}' has no frames in any clip folder; "
-                                f"expected {city_uri}/<video_id>/1.jpg ...")
+                raise UserError(
+                    f"city folder '{city_uri}' has no frames in any clip folder; "
+                    f"expected {city_uri}/<video_id>/1.jpg ..."
+                )
             for clip_id in sorted(frames):
                 clip_uri = storage.join(city_uri, clip_id)
                 if frames[clip_id] == 0:
-                    skipped.append({"clip_id": clip_id, "source": clip_uri,
-                                    "reason": "no .jpg/.jpeg/.png frames in the clip folder"})
+                    skipped.append(
+                        {
+                            "clip_id": clip_id,
+                            "source": clip_uri,
+                            "reason": "no .jpg/.jpeg/.png frames in the clip folder",
+                        }
+                    )
                     continue
-                yield dict(clip_id=clip_id, source=clip_uri, **labels, split=split,
-                           num_frames=frames[clip_id], scene_soft=scenes.get(clip_id))
+                yield dict(
+                    clip_id=clip_id,
+                    source=clip_uri,
+                    **labels,
+                    split=split,
+                    num_frames=frames[clip_id],
+                    scene_soft=scenes.get(clip_id),
+                )
 
 
 def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[dict]:
@@ -108,17 +146,24 @@ def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[
     path,city,state,country,continent[,split]; paths relative to the CSV's folder or absolute."""
     csv_path = storage.join(source, "labels.csv") if storage.is_dir(source) else source
     if not storage.exists(csv_path):
-        raise UserError(f"'{source}' has no labels.csv (path,city,state,country,continent"
-                        f"[,split]); pass the CSV itself or the folder holding it")
+        raise UserError(
+            f"'{source}' has no labels.csv (path,city,state,country,continent"
+            f"[,split]); pass the CSV itself or the folder holding it"
+        )
     table = read_csv(csv_path, ["path", *LEVELS])
     name = posixpath.basename(csv_path)
     Taxonomy.from_rows(table, where=f"{name} row")  # refuses inconsistent rows, naming them
     given = [(row.get("split") or "").strip() for row in table]
     if any(given) and not all(given):
-        raise UserError(f"'{csv_path}' row {given.index('') + 1} has no split while others do; "
-                        f"fill the split column everywhere or leave it out")
-    base = posixpath.dirname(csv_path) if storage.is_uri(csv_path) else \
-        os.path.dirname(storage.filesystem(csv_path)[1])
+        raise UserError(
+            f"'{csv_path}' row {given.index('') + 1} has no split while others do; "
+            f"fill the split column everywhere or leave it out"
+        )
+    base = (
+        posixpath.dirname(csv_path)
+        if storage.is_uri(csv_path)
+        else os.path.dirname(storage.filesystem(csv_path)[1])
+    )
     scenes = read_scene_labels(storage.join(base, "scene_labels.csv"))
     ids = _video_clip_ids([row["path"].strip() for row in table])
     usable, seen = [], {}
@@ -128,9 +173,14 @@ def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[
         if not (storage.is_uri(path) or os.path.isabs(path)):
             path = storage.join(base, path)
         if clip_id in seen:  # the same file listed twice: the first row wins, the rest go on
-            skipped.append({"clip_id": clip_id, "source": path,
-                            "reason": f"{name} row {number}: '{given_path}' listed twice "
-                                      f"(first in row {seen[clip_id]})"})
+            skipped.append(
+                {
+                    "clip_id": clip_id,
+                    "source": path,
+                    "reason": f"{name} row {number}: '{given_path}' listed twice "
+                    f"(first in row {seen[clip_id]})",
+                }
+            )
             continue
         seen[clip_id] = number
         try:
@@ -141,10 +191,17 @@ def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[
             skipped.append({"clip_id": clip_id, "source": path, "reason": str(exc)})
             continue
         stem = posixpath.splitext(given_path)[0]
-        usable.append(dict(
-            clip_id=clip_id, source=path, **{level: row[level].strip() for level in LEVELS},
-            split=split, num_frames=num_frames, frame_count_source=counted,
-            scene_soft=scenes.get(clip_id, scenes.get(stem, scenes.get(posixpath.basename(stem))))))
+        usable.append(
+            dict(
+                clip_id=clip_id,
+                source=path,
+                **{level: row[level].strip() for level in LEVELS},
+                split=split,
+                num_frames=num_frames,
+                frame_count_source=counted,
+                scene_soft=scenes.get(clip_id, scenes.get(stem, scenes.get(posixpath.basename(stem)))),
+            )
+        )
     yield from usable  # without a split column, prepare() splits them by city
 
 
@@ -186,8 +243,13 @@ def _usable(rows: list[dict], min_frames: int, skipped: Skipped) -> list[dict]:
     kept = []
     for row in rows:
         if row["num_frames"] < min_frames:
-            skipped.append({"clip_id": row["clip_id"], "source": row["source"],
-                            "reason": f"{row['num_frames']} frames, fewer than --min-frames {min_frames}"})
+            skipped.append(
+                {
+                    "clip_id": row["clip_id"],
+                    "source": row["source"],
+                    "reason": f"{row['num_frames']} frames, fewer than --min-frames {min_frames}",
+                }
+            )
         else:
             kept.append(row)
     return kept
@@ -201,13 +263,19 @@ def _assign_splits(rows: list[dict], source: str, opts: PrepareOptions) -> None:
     if any(given):
         row = rows[given.index(False)]
         raise UserError(f"clip '{row['clip_id']}' in '{source}' has no split while others do")
-    for row, split in zip(rows, stratified_split([r["city"] for r in rows], opts.val_fraction,
-                                                 opts.seed)):
+    for row, split in zip(rows, stratified_split([r["city"] for r in rows], opts.val_fraction, opts.seed)):
         row["split"] = split
 
 
-def prepare(layout: str, source: str, dest: str, val_fraction: float = 0.2, seed: int = 0,
-            min_frames: int | None = None, hierarchy: str | None = None) -> dict:
+def prepare(
+    layout: str,
+    source: str,
+    dest: str,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_frames: int | None = None,
+    hierarchy: str | None = None,
+) -> dict:
     """Read a dataset in `layout` from `source`; write DEST/manifest.parquet, taxonomy.json and
     prepare_report.json. Returns the report (clips per split and per label, skipped clips)."""
     if layout not in LAYOUTS:
@@ -217,38 +285,46 @@ def prepare(layout: str, source: str, dest: str, val_fraction: float = 0.2, seed
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction} must be in [0, 1)")
     spec = LAYOUTS[layout]
-    opts = PrepareOptions(val_fraction, seed, spec.min_frames if min_frames is None else min_frames,
-                          hierarchy)
+    opts = PrepareOptions(
+        val_fraction, seed, spec.min_frames if min_frames is None else min_frames, hierarchy
+    )
     skipped: Skipped = []
     rows = _usable(list(spec.rows(source, skipped, opts)), opts.min_frames, skipped)
     if not rows:
-        raise UserError(f"no clips found in '{source}' (layout '{layout}', {len(skipped)} "
-                        f"skipped); check the folder layout")
+        raise UserError(
+            f"no clips found in '{source}' (layout '{layout}', {len(skipped)} "
+            f"skipped); check the folder layout"
+        )
     _assign_splits(rows, source, opts)
-    taxonomy = Taxonomy.from_rows(rows + (opts.label_tree or []), where="clip",
-                                  order=opts.label_order)
+    taxonomy = Taxonomy.from_rows(rows + (opts.label_tree or []), where="clip", order=opts.label_order)
     ids = Counter(row["clip_id"] for row in rows)
     if len(ids) < len(rows):
         dup = next(k for k, v in ids.items() if v > 1)
-        raise UserError(f"clip id '{dup}' appears {ids[dup]} times in '{source}'; clip ids "
-                        f"(folder or file names) must be unique")
+        raise UserError(
+            f"clip id '{dup}' appears {ids[dup]} times in '{source}'; clip ids "
+            f"(folder or file names) must be unique"
+        )
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     fs, path = storage.filesystem(storage.join(dest, "manifest.parquet"))
-    fs.create_dir(posixpath.dirname(path) if storage.is_uri(dest) else os.path.dirname(path),
-                  recursive=True)
+    fs.create_dir(posixpath.dirname(path) if storage.is_uri(dest) else os.path.dirname(path), recursive=True)
     pq.write_table(table, path, filesystem=fs)
     storage.write_text(storage.join(dest, "taxonomy.json"), taxonomy.to_json())
     report = {
-        "layout": layout, "source": source, "dest": dest, "clips": len(rows),
+        "layout": layout,
+        "source": source,
+        "dest": dest,
+        "clips": len(rows),
         "min_frames": opts.min_frames,
         "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
         "sizes": dict(zip(LEVELS, taxonomy.sizes)),
-        "clips_per_label": {level: dict(sorted(Counter(r[level] for r in rows).items()))
-                            for level in LEVELS},
+        "clips_per_label": {level: dict(sorted(Counter(r[level] for r in rows).items())) for level in LEVELS},
         "clips_per_split_and_label": {
-            split: {level: dict(sorted(Counter(r[level] for r in rows if r["split"] == split).items()))
-                    for level in LEVELS}
-            for split in sorted({r["split"] for r in rows})},
+            split: {
+                level: dict(sorted(Counter(r[level] for r in rows if r["split"] == split).items()))
+                for level in LEVELS
+            }
+            for split in sorted({r["split"] for r in rows})
+        },
         "with_scene_labels": sum(r["scene_soft"] is not None for r in rows),
         "skipped": skipped,
     }

@@ -11,8 +11,22 @@ from cg_ray import storage
 from cg_ray.data.decode import is_frame_name
 from cg_ray.errors import UserError
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
-                  ".mts", ".flv", ".wmv", ".3gp", ".ogv")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+)
 
 
 def list_inputs(spec: str) -> list[str]:
@@ -21,8 +35,10 @@ def list_inputs(spec: str) -> list[str]:
     if storage.is_dir(spec):
         return _scan(spec)
     if not storage.exists(spec):
-        raise UserError(f"input list '{spec}' does not exist (give a folder, a CSV with a 'path' "
-                        f"column, or a text file with one path per line)")
+        raise UserError(
+            f"input list '{spec}' does not exist (give a folder, a CSV with a 'path' "
+            f"column, or a text file with one path per line)"
+        )
     text = storage.read_text(spec).lstrip("\ufeff")
     if spec.lower().endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text))
@@ -32,8 +48,11 @@ def list_inputs(spec: str) -> list[str]:
     else:
         paths = [line.strip() for line in text.splitlines()]
     base = posixpath.dirname(spec) if storage.is_uri(spec) else os.path.dirname(os.path.abspath(spec))
-    return [p if storage.is_uri(p) or os.path.isabs(p) else storage.join(base, p)
-            for p in paths if p and not p.startswith("#")]
+    return [
+        p if storage.is_uri(p) or os.path.isabs(p) else storage.join(base, p)
+        for p in paths
+        if p and not p.startswith("#")
+    ]
 
 
 def _scan(folder: str) -> list[str]:

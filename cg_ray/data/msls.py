@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Iterator
 from importlib import resources
-from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -47,8 +47,7 @@ def _is_pano(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes")
 
 
-def _sequences(folder: str, city: str, subset: str,
-               skipped: list) -> Iterator[tuple[str, str, list[str]]]:
+def _sequences(folder: str, city: str, subset: str, skipped: list) -> Iterator[tuple[str, str, list[str]]]:
     """(clip id, images folder, frame file names in order) for every sequence of one city's query/database."""
     seq_rows = read_csv(storage.join(folder, "seq_info.csv"), ["key", "sequence_key", "frame_number"])
     panoramas = set()
@@ -64,15 +63,21 @@ def _sequences(folder: str, city: str, subset: str,
         try:
             frames[row["sequence_key"]].append((int(float(row["frame_number"])), row["key"]))
         except ValueError:
-            raise UserError(f"'{folder}/seq_info.csv' line {number}: frame_number "
-                            f"'{row['frame_number']}' is not a number") from None
+            raise UserError(
+                f"'{folder}/seq_info.csv' line {number}: frame_number '{row['frame_number']}' is not a number"
+            ) from None
     for sequence in sorted(frames):
         clip_id = f"{city}/{subset}/{sequence}"
         names = [f"{key}.jpg" for _, key in sorted(frames[sequence])]
         missing = [n for n in names if n not in present]
         if missing:
-            skipped.append({"clip_id": clip_id, "source": images,
-                            "reason": f"{len(missing)} of its images are missing, e.g. {missing[0]}"})
+            skipped.append(
+                {
+                    "clip_id": clip_id,
+                    "source": images,
+                    "reason": f"{len(missing)} of its images are missing, e.g. {missing[0]}",
+                }
+            )
             continue
         yield clip_id, images, names
 
@@ -87,8 +92,10 @@ def msls_rows(source: str, skipped: list, opts) -> Iterator[dict]:
         for city_dir in dirs(root):
             city = city_dir.base_name
             if city not in hierarchy:
-                raise UserError(f"MSLS city '{city}' ({part}/{city}) is not in the hierarchy; "
-                                f"add a row for it to a CSV and pass it with --hierarchy")
+                raise UserError(
+                    f"MSLS city '{city}' ({part}/{city}) is not in the hierarchy; "
+                    f"add a row for it to a CSV and pass it with --hierarchy"
+                )
             city_uri = storage.uri_of(source, city_dir.path)
             for subset in SUBSETS:
                 folder = storage.join(city_uri, subset)
@@ -96,8 +103,16 @@ def msls_rows(source: str, skipped: list, opts) -> Iterator[dict]:
                     continue
                 found = True
                 for clip_id, images, names in _sequences(folder, city, subset, skipped):
-                    yield dict(clip_id=clip_id, source=images, **hierarchy[city], split="",
-                               num_frames=len(names), scene_soft=None, frames=names)
+                    yield dict(
+                        clip_id=clip_id,
+                        source=images,
+                        **hierarchy[city],
+                        split="",
+                        num_frames=len(names),
+                        scene_soft=None,
+                        frames=names,
+                    )
     if not found:
-        raise UserError(f"'{source}' is not an MSLS folder: expected train_val/<city>/query/"
-                        f"seq_info.csv (or test/...)")
+        raise UserError(
+            f"'{source}' is not an MSLS folder: expected train_val/<city>/query/seq_info.csv (or test/...)"
+        )

@@ -21,8 +21,8 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -62,14 +62,18 @@ def find_official(source: str) -> OfficialFiles | None:
             name = info.base_name.lower()
             split = next((w for w in SPLIT_WORDS if w in name), name.removesuffix(".txt"))
             if split in texts:
-                raise UserError(f"two label files for split '{split}' in '{source}': "
-                                f"{posixpath.basename(texts[split])} and {info.base_name}")
+                raise UserError(
+                    f"two label files for split '{split}' in '{source}': "
+                    f"{posixpath.basename(texts[split])} and {info.base_name}"
+                )
             texts[split] = uri
     if not texts or len(maps) != 1:
         if texts and not maps:
-            raise UserError(f"'{source}' has official label files ({', '.join(sorted(texts))}) but "
-                            f"no JSON file of id maps (city->state, state->country, "
-                            f"country->continent) beside them")
+            raise UserError(
+                f"'{source}' has official label files ({', '.join(sorted(texts))}) but "
+                f"no JSON file of id maps (city->state, state->country, "
+                f"country->continent) beside them"
+            )
         if texts:
             raise UserError(f"'{source}' has {len(maps)} JSON files; keep only the id maps")
         return None
@@ -105,8 +109,7 @@ def read_id_maps(path: str) -> list[dict[int, int]]:
             return found
         if len(data) == 3:  # three maps under other names: take them in file order
             return [_as_map(m, path) for m in data.values()]
-    raise UserError(f"'{path}' must hold three id maps (city->state, state->country, "
-                    f"country->continent)")
+    raise UserError(f"'{path}' must hold three id maps (city->state, state->country, country->continent)")
 
 
 def label_names(source: str, maps: list[dict[int, int]]) -> list[dict[int, str]]:
@@ -123,8 +126,10 @@ def label_names(source: str, maps: list[dict[int, int]]) -> list[dict[int, str]]
         for level, (key, ident) in enumerate(zip(("City", "State", "Country", "Continent"), ids)):
             name = row[key].strip()
             if names[level].setdefault(ident, name) != name:
-                raise UserError(f"labels_list.csv row {city_id + 1} names {LEVELS[level]} id {ident} "
-                                f"'{name}' but an earlier row names it '{names[level][ident]}'")
+                raise UserError(
+                    f"labels_list.csv row {city_id + 1} names {LEVELS[level]} id {ident} "
+                    f"'{name}' but an earlier row names it '{names[level][ident]}'"
+                )
     return names
 
 
@@ -137,8 +142,10 @@ def _resolver(source: str, first: str):
     for rule in candidates:
         if storage.is_dir(rule(first)):
             return rule
-    raise UserError(f"cannot find the frames folder '{first}' (as written, under '{source}', or "
-                    f"as <split>/<City>/<video_id> under it)")
+    raise UserError(
+        f"cannot find the frames folder '{first}' (as written, under '{source}', or "
+        f"as <split>/<City>/<video_id> under it)"
+    )
 
 
 def _name(names: list[dict[int, str] | None], level: int, ident: int) -> str | None:
@@ -151,8 +158,10 @@ def id_ordered_labels(maps: list[dict[int, int]], names) -> tuple[dict[str, list
     """(label names per level in numeric id order, one hierarchy row per city id of the maps):
     the taxonomy then gives label i the authors' id i. Ids no name reaches are left out."""
     ids: list[set[int]] = [set(maps[0]), set(maps[1]), set(maps[2]), set(maps[2].values())]
-    order = {LEVELS[i]: [n for n in (_name(names, i, k) for k in sorted(ids[i])) if n is not None]
-             for i in range(len(LEVELS))}
+    order = {
+        LEVELS[i]: [n for n in (_name(names, i, k) for k in sorted(ids[i])) if n is not None]
+        for i in range(len(LEVELS))
+    }
     tree = []
     for city in sorted(maps[0]):
         chain = [city]
@@ -170,15 +179,17 @@ def official_rows(source: str, files: OfficialFiles, skipped: list, opts=None) -
     if opts is not None:  # PrepareOptions: prepare() builds the taxonomy in id order
         opts.label_order, opts.label_tree = id_ordered_labels(maps, names)
     for split, path in sorted(files.label_files.items()):
-        lines = [l for l in storage.read_text(path).lstrip("\ufeff").splitlines() if l.strip()]
+        lines = [line for line in storage.read_text(path).lstrip("\ufeff").splitlines() if line.strip()]
         where = posixpath.basename(path)
         resolve = _resolver(source, lines[0].split(",", 1)[0].strip())
         counts: dict[str, dict[str, int]] = {}  # parent folder -> {clip folder: frames}
         for number, line in enumerate(lines, start=1):
             fields = [f.strip() for f in line.split(",")]
             if not _ids_line(line):
-                raise UserError(f"{where} line {number}: expected frames_dir,city_id,state_id,"
-                                f"country_id,continent_id,...; got '{line[:80]}'")
+                raise UserError(
+                    f"{where} line {number}: expected frames_dir,city_id,state_id,"
+                    f"country_id,continent_id,...; got '{line[:80]}'"
+                )
             ids = [int(f) for f in fields[1:5]]
             for level in range(3):
                 expected = maps[level].get(ids[level])
@@ -186,11 +197,14 @@ def official_rows(source: str, files: OfficialFiles, skipped: list, opts=None) -
                     raise UserError(
                         f"{where} line {number}: {LEVELS[level]} {ids[level]} is under "
                         f"{LEVELS[level + 1]} {expected} in {posixpath.basename(files.id_maps)}, "
-                        f"but the line says {ids[level + 1]}")
+                        f"but the line says {ids[level + 1]}"
+                    )
             extra = len(fields) - 5
             if extra not in (0, NUM_SCENES, TEXT_DIM, TEXT_DIM + NUM_SCENES):
-                raise UserError(f"{where} line {number}: {extra} values after the ids; expected 0, "
-                                f"{TEXT_DIM} text and/or {NUM_SCENES} scene values")
+                raise UserError(
+                    f"{where} line {number}: {extra} values after the ids; expected 0, "
+                    f"{TEXT_DIM} text and/or {NUM_SCENES} scene values"
+                )
             has_scene = extra in (NUM_SCENES, TEXT_DIM + NUM_SCENES)
             scene = [float(v) for v in fields[-NUM_SCENES:]] if has_scene else None
             clip = resolve(fields[0])
@@ -199,8 +213,13 @@ def official_rows(source: str, files: OfficialFiles, skipped: list, opts=None) -
                 counts[parent] = frames_per_child(parent)
             frames = counts[parent].get(clip_name, 0)
             if frames == 0:
-                skipped.append({"clip_id": clip_name, "source": clip,
-                                "reason": f"{where} line {number}: no frames at '{clip}'"})
+                skipped.append(
+                    {
+                        "clip_id": clip_name,
+                        "source": clip,
+                        "reason": f"{where} line {number}: no frames at '{clip}'",
+                    }
+                )
                 continue
             labels = {}
             for i, level in enumerate(LEVELS):
@@ -209,7 +228,10 @@ def official_rows(source: str, files: OfficialFiles, skipped: list, opts=None) -
                 elif ids[i] in names[i]:
                     labels[level] = names[i][ids[i]]
                 else:
-                    raise UserError(f"{where} line {number}: {level} id {ids[i]} is not named by "
-                                    f"labels_list.csv (no city row leads to it)")
-            yield dict(clip_id=clip_name, source=clip, **labels, split=split,
-                       num_frames=frames, scene_soft=scene)
+                    raise UserError(
+                        f"{where} line {number}: {level} id {ids[i]} is not named by "
+                        f"labels_list.csv (no city row leads to it)"
+                    )
+            yield dict(
+                clip_id=clip_name, source=clip, **labels, split=split, num_frames=frames, scene_soft=scene
+            )

@@ -78,9 +78,14 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 def pack_clip(row: dict, opts: PackOptions) -> tuple[list[bytes], str | None]:
     """One manifest row -> (T JPEG frames, None), or ([], the reason it cannot be packed)."""
     try:
-        clip = decode_clip(row["source"], opts.num_frames, opts.image_size,
-                           frames=row.get("frames"), min_frames=opts.min_frames,
-                           sampling=Sampling(opts.sampling, opts.num_frames))
+        clip = decode_clip(
+            row["source"],
+            opts.num_frames,
+            opts.image_size,
+            frames=row.get("frames"),
+            min_frames=opts.min_frames,
+            sampling=Sampling(opts.sampling, opts.num_frames),
+        )
     except ClipError as exc:
         return [], str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not kill the pack job
@@ -90,8 +95,9 @@ def pack_clip(row: dict, opts: PackOptions) -> tuple[list[bytes], str | None]:
 
 def _write_atomically(table: pa.Table, path: str) -> None:
     fs, inner = storage.filesystem(path)
-    fs.create_dir(posixpath.dirname(inner) if storage.is_uri(path) else os.path.dirname(inner),
-                  recursive=True)
+    fs.create_dir(
+        posixpath.dirname(inner) if storage.is_uri(path) else os.path.dirname(inner), recursive=True
+    )
     compression = {name: ("NONE" if name == "frames" else "SNAPPY") for name in table.column_names}
     if storage.is_uri(path) and not path.startswith("file://"):
         # An object store publishes an object only when its upload completes.
@@ -123,11 +129,23 @@ def pack_shard(plan: pa.Table, opts: dict) -> pa.Table:
         frames, error = existing.get(row["clip_id"]) or pack_clip(row, options)
         if error:
             skipped.append({"clip_id": row["clip_id"], "source": row["source"], "reason": error})
-        rows.append({"clip_id": row["clip_id"], **{k: row.get(k) for k in LABEL_COLUMNS},
-                     "frames": frames, "error": error})
+        rows.append(
+            {
+                "clip_id": row["clip_id"],
+                **{k: row.get(k) for k in LABEL_COLUMNS},
+                "frames": frames,
+                "error": error,
+            }
+        )
     _write_atomically(pa.Table.from_pylist(rows, schema=PACK_SCHEMA), path)
-    return pa.table({"shard": [path], "clips": [len(rows) - len(existing)],
-                     "skipped": [json.dumps(skipped)], "seconds": [time.perf_counter() - start]})
+    return pa.table(
+        {
+            "shard": [path],
+            "clips": [len(rows) - len(existing)],
+            "skipped": [json.dumps(skipped)],
+            "seconds": [time.perf_counter() - start],
+        }
+    )
 
 
 def _manifest(data_path: str) -> pa.Table:
@@ -150,7 +168,7 @@ def plan_shards(table: pa.Table, root: str, opts: PackOptions) -> list[pa.Table]
         rows = np.flatnonzero(splits == split)
         rows = rows[rng.permutation(len(rows))]
         for index, start in enumerate(range(0, len(rows), opts.clips_per_shard)):
-            part = table.take(pa.array(rows[start:start + opts.clips_per_shard]))
+            part = table.take(pa.array(rows[start : start + opts.clips_per_shard]))
             path = shard_path(root, split, index)
             plans.append(part.append_column("shard", pa.array([path] * part.num_rows)))
     return plans
@@ -176,8 +194,10 @@ def _check_plan(root: str, fingerprint: dict, stamp: dict) -> dict | None:
             old, new = before["options"], fingerprint["options"]
             changed = sorted(k for k in old if old[k] != new.get(k))
             what = f"options {changed}" if changed else "the manifest's clips"
-            raise UserError(f"'{root}' holds shards of another pack ({what} differ); delete that "
-                            f"folder to pack again, or rerun with the same options")
+            raise UserError(
+                f"'{root}' holds shards of another pack ({what} differ); delete that "
+                f"folder to pack again, or rerun with the same options"
+            )
         return labelled_from
     storage.write_text(path, json.dumps({**fingerprint, "manifest": stamp}, indent=1))
     return None
@@ -204,8 +224,10 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
     from cg_ray.ray_env import init_ray
 
     opts = opts or PackOptions()
-    if min(opts.num_frames, opts.image_size, opts.clips_per_shard, opts.min_frames) < 1 or \
-            not 1 <= opts.quality <= 100:
+    if (
+        min(opts.num_frames, opts.image_size, opts.clips_per_shard, opts.min_frames) < 1
+        or not 1 <= opts.quality <= 100
+    ):
         raise UserError(f"pack options must be positive and quality in 1..100; got {asdict(opts)}")
     if opts.sampling not in PACK_KINDS:
         raise UserError(f"pack --sampling {opts.sampling!r}: must be one of {', '.join(PACK_KINDS)}")
@@ -222,8 +244,10 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
         # packed frames stay, every shard is rewritten with the manifest's labels.
         log(f"pack: the manifest changed since the last pack; relabelling {len(done)} shards")
         todo, done = plans, set()
-    log(f"pack: {table.num_rows} clips in {len(plans)} shards under {root}; "
-        f"{len(done)} shards already done, {len(todo)} to pack")
+    log(
+        f"pack: {table.num_rows} clips in {len(plans)} shards under {root}; "
+        f"{len(done)} shards already done, {len(todo)} to pack"
+    )
     skipped, start, packed = [], time.perf_counter(), 0
     if done:
         sources = dict(zip(table.column("clip_id").to_pylist(), table.column("source").to_pylist()))
@@ -233,8 +257,8 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
         init_ray()
         start = time.perf_counter()
         summaries = ray.data.from_arrow(todo).map_batches(
-            pack_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={"opts": asdict(opts)},
-            num_cpus=1)
+            pack_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={"opts": asdict(opts)}, num_cpus=1
+        )
         progress = Progress("pack", sum(p.num_rows for p in todo), stream=sys.stdout)
         for i, row in enumerate(summaries.iter_rows(), start=1):
             packed += row["clips"]
@@ -243,8 +267,9 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
         progress.close(packed + len(skipped), skipped=len(skipped))
     report = _report(root, plans, table, opts, skipped, packed, time.perf_counter() - start)
     report["manifest"] = stamp
-    storage.write_text(storage.join(root, PLAN), json.dumps({**_fingerprint(table, opts),
-                                                             "manifest": stamp}, indent=1))
+    storage.write_text(
+        storage.join(root, PLAN), json.dumps({**_fingerprint(table, opts), "manifest": stamp}, indent=1)
+    )
     storage.write_text(storage.join(root, REPORT), json.dumps(report, indent=1))
     return report
 
@@ -253,9 +278,15 @@ def _report(root, plans, table, opts, skipped, packed, seconds) -> dict:
     shards: dict[str, list[str]] = {}
     for plan in plans:
         split = plan.column("split")[0].as_py()
-        rel = plan.column("shard")[0].as_py()[len(root):].lstrip("/\\")
+        rel = plan.column("shard")[0].as_py()[len(root) :].lstrip("/\\")
         shards.setdefault(split, []).append(rel)
-    return {"dest": root, "options": asdict(opts), "clips": table.num_rows,
-            "packed_now": packed, "seconds": round(seconds, 2),
-            "clips_per_s": round(packed / seconds, 2) if packed and seconds else None,
-            "shards": shards, "skipped": sorted(skipped, key=lambda s: s["clip_id"])}
+    return {
+        "dest": root,
+        "options": asdict(opts),
+        "clips": table.num_rows,
+        "packed_now": packed,
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(packed / seconds, 2) if packed and seconds else None,
+        "shards": shards,
+        "skipped": sorted(skipped, key=lambda s: s["clip_id"]),
+    }

@@ -78,10 +78,12 @@ def serving_pack(data_path: str, sampling: Sampling, image_size: int, report: st
         return fits[0]
     views = f" and eval.views={sampling.views}" if sampling.views > 1 else ""
     names = ", ".join(p.root.rstrip("/").rsplit("/", 1)[-1] for p in packs)
-    raise UserError(f"the packed shards of '{data_path}' ({names}) cannot serve "
-                    f"data.sampling={sampling.name} with {sampling.num_frames} frames{views}: it "
-                    f"needs a{'n' if kind == 'official' else ''} {kind} pack of at least {needed} "
-                    f"frames at {image_size}; run `{pack_command(data_path, needed, image_size, kind)}`")
+    raise UserError(
+        f"the packed shards of '{data_path}' ({names}) cannot serve "
+        f"data.sampling={sampling.name} with {sampling.num_frames} frames{views}: it "
+        f"needs a{'n' if kind == 'official' else ''} {kind} pack of at least {needed} "
+        f"frames at {image_size}; run `{pack_command(data_path, needed, image_size, kind)}`"
+    )
 
 
 def is_identity(sampling: Sampling, pack: PackChoice) -> bool:
@@ -98,8 +100,7 @@ def frames_in_pack(sampling: Sampling, pack_kind: str, packed: int, rng=None) ->
     return sampling.indices(packed, rng)
 
 
-def select_frames(table: pa.Table, sampling: Sampling, pack_kind: str, packed: int,
-                  rng_for=None) -> pa.Table:
+def select_frames(table: pa.Table, sampling: Sampling, pack_kind: str, packed: int, rng_for=None) -> pa.Table:
     """Packed rows -> the same rows whose `frames` hold only the sampled JPEGs, in order
     (sampling.leading x T of them, flattened); a clip without its `packed` frames (an error,
     a damaged shard) gets none. Arrow takes the JPEG bytes: no Python copy of them.

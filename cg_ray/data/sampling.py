@@ -110,8 +110,12 @@ class Sampling:
     def pack_frames_needed(self) -> int:
         """Frames per clip a uniform pack must hold to serve this sampling (the loader then
         samples from the packed frames as from a clip of that many frames)."""
-        per_segment = {"uniform": self.views, "random": max(2, self.views),
-                       "bidirectional": 2 * self.views, "official": 1}[self.name]
+        per_segment = {
+            "uniform": self.views,
+            "random": max(2, self.views),
+            "bidirectional": 2 * self.views,
+            "official": 1,
+        }[self.name]
         return self.num_frames * per_segment
 
     def pack_kind(self) -> str:

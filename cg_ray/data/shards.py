@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cg_ray import storage
-from cg_ray.data.packed_sampling import (is_identity, pack_command, pack_name, select_frames,
-                                         serving_pack)
+from cg_ray.data.packed_sampling import is_identity, pack_command, pack_name, select_frames, serving_pack
 from cg_ray.data.sampling import Sampling
 from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
@@ -34,14 +33,20 @@ log = logging.getLogger(__name__)
 
 REPORT = "pack_report.json"
 BLOCK_CLIPS = 48  # decoded clips per block, about: 110 MB at 16 x 224 x 224
-PACK_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("split", pa.string()),
-    ("city", pa.string()), ("state", pa.string()), ("country", pa.string()),
-    ("continent", pa.string()), ("scene_soft", pa.list_(pa.float32())),
-    ("scene_majority", pa.int32()),
-    ("frames", pa.list_(pa.binary())),  # T JPEG-encoded S x S frames; empty when `error` is set
-    ("error", pa.string()),  # why the clip could not be packed; null for a packed clip
-])
+PACK_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("split", pa.string()),
+        ("city", pa.string()),
+        ("state", pa.string()),
+        ("country", pa.string()),
+        ("continent", pa.string()),
+        ("scene_soft", pa.list_(pa.float32())),
+        ("scene_majority", pa.int32()),
+        ("frames", pa.list_(pa.binary())),  # T JPEG-encoded S x S frames; empty when `error` is set
+        ("error", pa.string()),  # why the clip could not be packed; null for a packed clip
+    ]
+)
 STREAM_COLUMNS = ["clip_id", *LEVELS, "scene_soft", "scene_majority", "frames", "error"]
 LABEL_COLUMNS = ["split", *LEVELS, "scene_soft", "scene_majority"]  # copied from the manifest
 
@@ -62,8 +67,9 @@ def manifest_stamp(data_path: str) -> dict:
     return {"size": info.size, "mtime_ns": info.mtime_ns}
 
 
-def packed_files(data_path: str, split: str, num_frames: int, image_size: int,
-                 kind: str = "uniform") -> list[str] | None:
+def packed_files(
+    data_path: str, split: str, num_frames: int, image_size: int, kind: str = "uniform"
+) -> list[str] | None:
     """The shard files of one split, when a complete pack for (F, S, kind) exists; else None.
 
     A pack made from an older manifest (prepared again, or given scene labels by `cg-ray scenes`
@@ -74,10 +80,12 @@ def packed_files(data_path: str, split: str, num_frames: int, image_size: int,
         return None
     report = json.loads(storage.read_text(report_path))
     if report.get("manifest") != manifest_stamp(data_path):
-        raise UserError(f"'{data_path}/manifest.parquet' changed after the shards in '{root}' were "
-                        f"packed (prepared again, or new scene labels); run "
-                        f"`{pack_command(data_path, num_frames, image_size, kind)}` again: it keeps "
-                        f"the packed frames and refreshes the labels")
+        raise UserError(
+            f"'{data_path}/manifest.parquet' changed after the shards in '{root}' were "
+            f"packed (prepared again, or new scene labels); run "
+            f"`{pack_command(data_path, num_frames, image_size, kind)}` again: it keeps "
+            f"the packed frames and refreshes the labels"
+        )
     return [storage.join(root, name) for name in report["shards"].get(split, [])]
 
 
@@ -102,14 +110,14 @@ def _frame_views(frames):
     offsets = frames.offsets.to_numpy()  # into frames.values, slice of the list array included
     values = frames.values
     width = np.int64 if pa.types.is_large_binary(values.type) else np.int32
-    value_offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset:]
+    value_offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset :]
     data = values.buffers()[2]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     for i in range(len(frames)):
         if not frames[i].is_valid:
             yield []
             continue
-        yield [data[value_offsets[j]:value_offsets[j + 1]] for j in range(offsets[i], offsets[i + 1])]
+        yield [data[value_offsets[j] : value_offsets[j + 1]] for j in range(offsets[i], offsets[i + 1])]
 
 
 def epoch_rng(seed: int, key: str) -> np.random.Generator:
@@ -124,8 +132,15 @@ def epoch_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
-def decode_packed_batch(batch: pa.Table, *, label_ids: dict[str, dict[str, int]], num_frames: int,
-                        image_size: int, scene_labels: str, keep_ids: bool) -> dict[str, np.ndarray]:
+def decode_packed_batch(
+    batch: pa.Table,
+    *,
+    label_ids: dict[str, dict[str, int]],
+    num_frames: int,
+    image_size: int,
+    scene_labels: str,
+    keep_ids: bool,
+) -> dict[str, np.ndarray]:
     """Packed rows -> the same columns as cg_ray.data.stream.decode_batch.
 
     video: (B, T, S, S, 3) uint8, every JPEG decoded in place into it; valid: (B,) bool.
@@ -150,15 +165,24 @@ def decode_packed_batch(batch: pa.Table, *, label_ids: dict[str, dict[str, int]]
     for level in LEVELS:
         names = batch.column(level).to_pylist()
         out[level] = np.array([label_ids[level][name] for name in names], dtype=np.int64)
-    out["scene"] = scene_targets(batch.column("scene_soft").to_pylist(), n, scene_labels,
-                                 batch.column("scene_majority").to_pylist())
+    out["scene"] = scene_targets(
+        batch.column("scene_soft").to_pylist(), n, scene_labels, batch.column("scene_majority").to_pylist()
+    )
     if keep_ids:
         out["clip_id"] = np.array(ids, dtype=str)
     return out
 
 
-def _sampled_batch(make_batch, rows: pa.Table, *, sampling: Sampling, kind: str, packed: int,
-                   seed: int | None, decode_args: dict) -> dict[str, np.ndarray]:
+def _sampled_batch(
+    make_batch,
+    rows: pa.Table,
+    *,
+    sampling: Sampling,
+    kind: str,
+    packed: int,
+    seed: int | None,
+    decode_args: dict,
+) -> dict[str, np.ndarray]:
     """make_batch on the frames `sampling` picks out of each clip's `packed` ones (training
     draws: seeded per epoch and clip); video then is (B, *sampling.leading, T, S, S, 3)."""
     rng_for = (lambda clip: epoch_rng(seed or 0, f"frames:{clip}")) if sampling.training else None
@@ -171,9 +195,16 @@ def _sampled_batch(make_batch, rows: pa.Table, *, sampling: Sampling, kind: str,
     return out
 
 
-def read_and_decode(item: dict[str, np.ndarray], *, filesystem, batch_size: int,
-                    seed: int | None, decode: str = "cpu", select: dict | None = None,
-                    **decode_args) -> Iterator[dict[str, np.ndarray]]:
+def read_and_decode(
+    item: dict[str, np.ndarray],
+    *,
+    filesystem,
+    batch_size: int,
+    seed: int | None,
+    decode: str = "cpu",
+    select: dict | None = None,
+    **decode_args,
+) -> Iterator[dict[str, np.ndarray]]:
     """One Ray Data task per shard file: read it once, (with a seed) put its rows in this
     epoch's order, and yield decoded batches of `batch_size` clips as they are ready
     (decode='gpu': their JPEG bytes instead, for the consumer to decode; gpu_decode.py)."""
@@ -192,10 +223,19 @@ def read_and_decode(item: dict[str, np.ndarray], *, filesystem, batch_size: int,
                 yield _sampled_batch(make_batch, rows, seed=seed, decode_args=decode_args, **select)
 
 
-def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, int]],
-                   num_frames: int, image_size: int, scene_labels: str,
-                   shuffle_seed: int | None, keep_ids: bool, decode_batch_size: int = 12,
-                   decode: str = "cpu", sampling: Sampling | None = None):
+def packed_dataset(
+    data_path: str,
+    split: str,
+    label_ids: dict[str, dict[str, int]],
+    num_frames: int,
+    image_size: int,
+    scene_labels: str,
+    shuffle_seed: int | None,
+    keep_ids: bool,
+    decode_batch_size: int = 12,
+    decode: str = "cpu",
+    sampling: Sampling | None = None,
+):
     """The clips of one split streamed from a complete pack, or None when there is none.
     `decode_batch_size`: the batch size the consumer iterates with; `decode`: 'cpu' (pixels)
     or 'gpu' (JPEG bytes, decoded by the consumer: cg_ray.data.gpu_decode).
@@ -211,11 +251,11 @@ def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, in
     files = packed_files(data_path, split, pack.frames, image_size, pack.kind) if pack else None
     if not files:
         return None
-    select = None if is_identity(sampling, pack) else dict(sampling=sampling, kind=pack.kind,
-                                                           packed=pack.frames)
+    select = (
+        None if is_identity(sampling, pack) else dict(sampling=sampling, kind=pack.kind, packed=pack.frames)
+    )
     if decode == "gpu" and sampling.leading:
-        log.warning("data.decode=gpu gives one view per clip; decoding %s views on the CPU",
-                    sampling.leading)
+        log.warning("data.decode=gpu gives one view per clip; decoding %s views on the CPU", sampling.leading)
         decode = "cpu"
     per_clip = int(np.prod(sampling.leading, dtype=np.int64)) * sampling.num_frames
     fs, _ = storage.filesystem(data_path)
@@ -229,12 +269,23 @@ def packed_dataset(data_path: str, split: str, label_ids: dict[str, dict[str, in
     # CPU per clip with 12-clip blocks, 0.35 with 60).
     block = decode_batch_size * max(1, BLOCK_CLIPS // decode_batch_size)
     ds = ds.map_batches(
-        read_and_decode, batch_size=1, batch_format="numpy",
-        fn_kwargs=dict(filesystem=fs, batch_size=block, seed=shuffle_seed, decode=decode,
-                       select=select, label_ids=label_ids, num_frames=num_frames,
-                       image_size=image_size,
-                       scene_labels=scene_labels, keep_ids=keep_ids))
+        read_and_decode,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs=dict(
+            filesystem=fs,
+            batch_size=block,
+            seed=shuffle_seed,
+            decode=decode,
+            select=select,
+            label_ids=label_ids,
+            num_frames=num_frames,
+            image_size=image_size,
+            scene_labels=scene_labels,
+            keep_ids=keep_ids,
+        ),
+    )
     # Each decoded batch is a block of its own: Ray Data would otherwise copy batches together
     # into ~128 MB blocks, one more pass over every pixel and more memory held per block.
-    ds.context.target_max_block_size = block * per_clip * image_size ** 2 * 3 + 2**20
+    ds.context.target_max_block_size = block * per_clip * image_size**2 * 3 + 2**20
     return ds

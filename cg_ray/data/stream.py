@@ -17,7 +17,7 @@ import ray.data
 from cg_ray import storage
 from cg_ray.data.decode import ClipError, decode_clip
 from cg_ray.data.sampling import Sampling
-from cg_ray.data.tables import NUM_SCENES, scene_targets
+from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 def manifest_path(data_path: str) -> str:
     path = storage.join(data_path, "manifest.parquet")
     if not storage.exists(path):
-        raise UserError(f"'{data_path}' is not a prepared dataset (no manifest.parquet); "
-                        f"run `cg-ray prepare SOURCE --out {data_path}` first")
+        raise UserError(
+            f"'{data_path}' is not a prepared dataset (no manifest.parquet); "
+            f"run `cg-ray prepare SOURCE --out {data_path}` first"
+        )
     return path
 
 
@@ -40,43 +42,58 @@ def load_taxonomy(data_path: str) -> Taxonomy:
     return Taxonomy.from_json(storage.read_text(path))
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, label_ids: dict[str, dict[str, int]],
-                 num_frames: int, image_size: int, scene_labels: str,
-                 keep_ids: bool, sampling: Sampling | None = None,
-                 seed: int | None = None) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    label_ids: dict[str, dict[str, int]],
+    num_frames: int,
+    image_size: int,
+    scene_labels: str,
+    keep_ids: bool,
+    sampling: Sampling | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
     """Manifest rows -> model inputs. video: (B, T, S, S, 3) uint8; with a sampling
     (B, *sampling.leading, T, S, S, 3), training draws seeded by (seed, epoch, clip)."""
     from cg_ray.data.shards import epoch_rng
 
     n = len(batch["source"])
     sampling = sampling or Sampling("uniform", num_frames)
-    video = np.zeros((n, *sampling.leading, sampling.num_frames, image_size, image_size, 3),
-                     dtype=np.uint8)
+    video = np.zeros((n, *sampling.leading, sampling.num_frames, image_size, image_size, 3), dtype=np.uint8)
     valid = np.ones(n, dtype=bool)
     frame_lists = batch.get("frames")  # explicit frame files (MSLS sequences), else None
     for i, source in enumerate(batch["source"]):
         names = None if frame_lists is None or frame_lists[i] is None else [str(f) for f in frame_lists[i]]
         try:
             rng = epoch_rng(seed or 0, f"frames:{batch['clip_id'][i]}") if sampling.training else None
-            video[i] = decode_clip(str(source), num_frames, image_size, frames=names,
-                                   sampling=sampling, rng=rng)
+            video[i] = decode_clip(
+                str(source), num_frames, image_size, frames=names, sampling=sampling, rng=rng
+            )
         except ClipError as exc:
             log.warning("skipping clip %s: %s", batch["clip_id"][i], exc)
             valid[i] = False
     out = {"video": video, "valid": valid}
     for level in LEVELS:
         out[level] = np.array([label_ids[level][str(v)] for v in batch[level]], dtype=np.int64)
-    out["scene"] = scene_targets(batch.get("scene_soft"), n, scene_labels,
-                                 batch.get("scene_majority"))
+    out["scene"] = scene_targets(batch.get("scene_soft"), n, scene_labels, batch.get("scene_majority"))
     if keep_ids:
         out["clip_id"] = np.asarray(batch["clip_id"]).astype(str)
     return out
 
 
-def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int,
-                 image_size: int, scene_labels: str = "soft", shuffle_seed: int | None = None,
-                 keep_ids: bool = False, decode_batch_size: int = 4,
-                 decode: str = "cpu", sampling: Sampling | None = None) -> ray.data.Dataset:
+def clip_dataset(
+    data_path: str,
+    split: str,
+    taxonomy: Taxonomy,
+    num_frames: int,
+    image_size: int,
+    scene_labels: str = "soft",
+    shuffle_seed: int | None = None,
+    keep_ids: bool = False,
+    decode_batch_size: int = 4,
+    decode: str = "cpu",
+    sampling: Sampling | None = None,
+) -> ray.data.Dataset:
     """The decoded clips of one split as a Ray Dataset (streamed; nothing materialized).
 
     `sampling` (default: uniform num_frames) picks each clip's frames. Reads packed shards when
@@ -88,13 +105,26 @@ def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int
     from cg_ray.data.shards import packed_dataset
 
     label_ids = {level: taxonomy.index(level) for level in LEVELS}
-    packed = packed_dataset(data_path, split, label_ids, num_frames, image_size, scene_labels,
-                            shuffle_seed, keep_ids, decode_batch_size, decode, sampling)
+    packed = packed_dataset(
+        data_path,
+        split,
+        label_ids,
+        num_frames,
+        image_size,
+        scene_labels,
+        shuffle_seed,
+        keep_ids,
+        decode_batch_size,
+        decode,
+        sampling,
+    )
     if packed is not None:
         return packed
     if decode == "gpu":
-        raise UserError(f"data.decode=gpu needs packed shards of '{data_path}' for "
-                        f"{num_frames} frames at {image_size}: run `cg-ray pack` first")
+        raise UserError(
+            f"data.decode=gpu needs packed shards of '{data_path}' for "
+            f"{num_frames} frames at {image_size}: run `cg-ray pack` first"
+        )
     fs, path = storage.filesystem(manifest_path(data_path))
     ds = ray.data.read_parquet(path, filesystem=fs)
     ds = ds.filter(expr=f"split == '{split}'")
@@ -103,10 +133,18 @@ def clip_dataset(data_path: str, split: str, taxonomy: Taxonomy, num_frames: int
         # would give the same order every epoch; this config re-seeds with each execution.
         ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(shuffle_seed, reseed_after_execution=True))
     return ds.map_batches(
-        decode_batch, batch_size=decode_batch_size, batch_format="numpy",
-        fn_kwargs=dict(label_ids=label_ids, num_frames=num_frames, image_size=image_size,
-                       scene_labels=scene_labels, keep_ids=keep_ids, sampling=sampling,
-                       seed=shuffle_seed),
+        decode_batch,
+        batch_size=decode_batch_size,
+        batch_format="numpy",
+        fn_kwargs=dict(
+            label_ids=label_ids,
+            num_frames=num_frames,
+            image_size=image_size,
+            scene_labels=scene_labels,
+            keep_ids=keep_ids,
+            sampling=sampling,
+            seed=shuffle_seed,
+        ),
     )
 
 

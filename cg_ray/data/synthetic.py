@@ -21,7 +21,7 @@ import csv
 import io
 import itertools
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import av
 import numpy as np
@@ -85,16 +85,26 @@ class _Look:
     """The colours and patterns that mark each label, from its index within its level."""
 
     def __init__(self, world: list[tuple[str, str, str, str]]):
-        self.ids = [{name: i for i, name in enumerate(sorted({p[k] for p in world}))}
-                    for k in range(4)]
+        self.ids = [{name: i for i, name in enumerate(sorted({p[k] for p in world}))} for k in range(4)]
         n = [len(ids) for ids in self.ids]
-        self.colours = [_palette(n[0], 0.55, 0.6, 0.8), _palette(n[1], 0.3, 0.7, 0.8),
-                        _palette(n[2], 0.1, 0.9, 0.9), _palette(n[3], 0.0, 0.9, 0.7)]
+        self.colours = [
+            _palette(n[0], 0.55, 0.6, 0.8),
+            _palette(n[1], 0.3, 0.7, 0.8),
+            _palette(n[2], 0.1, 0.9, 0.9),
+            _palette(n[3], 0.0, 0.9, 0.7),
+        ]
         self.scene_colours = _palette(NUM_SCENES, 0.8, 0.35, 1.0)
 
 
-def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generator,
-                 width: int, height: int, cue_window: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+def _render_clip(
+    place,
+    look: _Look,
+    scenes: np.ndarray,
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    cue_window: tuple[int, int] | None = None,
+) -> Iterator[np.ndarray]:
     """The T frames of one clip, one (H, W, 3) uint8 array at a time; `scenes` is the (T,) scene
     category per frame. Frame by frame, so a 100-frame 1280x720 clip needs megabytes, not GBs.
     `cue_window` (first, end): the city patch and the state block show only in frames
@@ -102,8 +112,10 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
     city, state, country, continent = (look.ids[k][place[k]] for k in range(4))
     # Per-clip colour jitter, larger for finer levels: that, and smaller areas, is what makes
     # the city the hardest label to read and the continent the easiest.
-    col = [look.colours[k][i] + rng.normal(0, JITTER[k], size=3)
-           for k, i in enumerate((city, state, country, continent))]
+    col = [
+        look.colours[k][i] + rng.normal(0, JITTER[k], size=3)
+        for k, i in enumerate((city, state, country, continent))
+    ]
     ys, xs = np.mgrid[0:height, 0:width]
     base = np.empty((height, width, 3))
     base[:] = col[3]
@@ -139,7 +151,7 @@ def _render_clip(place, look: _Look, scenes: np.ndarray, rng: np.random.Generato
         frame = np.roll(shown, int(pan0 + pan_speed * t), axis=1)
         frame[: int(0.2 * height)] = look.scene_colours[scene]
         x = int(car_x + car_speed * t) % width
-        frame[height - car_h - 1: height - 1, x: x + car_w] = 235.0 if t % 2 else 30.0
+        frame[height - car_h - 1 : height - 1, x : x + car_w] = 235.0 if t % 2 else 30.0
         frame *= brightness
         # Noise drawn frame after frame is the same stream as one draw for the whole clip.
         frame += rng.normal(0, 6, size=frame.shape)
@@ -161,8 +173,11 @@ def _mp4(frames: Iterable[np.ndarray], fps: int = 8, gop: int | None = None) -> 
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast",
-                          **({"g": str(gop), "keyint_min": str(gop)} if gop else {})}
+        stream.options = {
+            "crf": "18",
+            "preset": "veryfast",
+            **({"g": str(gop), "keyint_min": str(gop)} if gop else {}),
+        }
         for frame in itertools.chain([first], frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush the encoder's delayed frames
@@ -177,9 +192,17 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int = 16,
-               size: tuple[int, int] = (64, 48), fmt: str = "frames", seed: int = 0,
-               val_fraction: float = 0.2, city_cue_fraction: float = 1.0) -> dict:
+def make_world(
+    out: str,
+    cities: int = 12,
+    clips_per_city: int = 30,
+    frames: int = 16,
+    size: tuple[int, int] = (64, 48),
+    fmt: str = "frames",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    city_cue_fraction: float = 1.0,
+) -> dict:
     """Write a synthetic dataset to `out` (local path or URI) and return a summary of counts.
 
     city_cue_fraction < 1 makes frame choice matter: each clip shows its city patch and its
@@ -202,8 +225,10 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
     if fmt == "mp4":  # yuv420p needs even dimensions
         width, height = width - width % 2, height - height % 2
     if cities < 1 or clips_per_city < 1 or frames < 1 or min(width, height) < 16:
-        raise UserError(f"synthetic world needs cities, clips_per_city, frames >= 1 and a size of "
-                        f"at least 16x16; got {cities}, {clips_per_city}, {frames}, {size}")
+        raise UserError(
+            f"synthetic world needs cities, clips_per_city, frames >= 1 and a size of "
+            f"at least 16x16; got {cities}, {clips_per_city}, {frames}, {size}"
+        )
     if not 0 < city_cue_fraction <= 1:
         raise UserError(f"city_cue_fraction={city_cue_fraction} must be in (0, 1]")
     start = time.perf_counter()
@@ -213,8 +238,11 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
     for c, place in enumerate(world):
         # City-dependent scene mix: a few scene categories dominate each city.
         scene_probs = np.random.default_rng([seed, c, 1]).dirichlet(np.full(NUM_SCENES, 0.3))
-        val_clips = set(np.random.default_rng([seed, c, 2]).permutation(clips_per_city)
-                        [: val_count(clips_per_city, val_fraction)].tolist())
+        val_clips = set(
+            np.random.default_rng([seed, c, 2])
+            .permutation(clips_per_city)[: val_count(clips_per_city, val_fraction)]
+            .tolist()
+        )
         for k in range(clips_per_city):
             rng = np.random.default_rng([seed, c, 3, k])
             scenes = rng.choice(NUM_SCENES, size=frames, p=scene_probs)
@@ -231,18 +259,33 @@ def make_world(out: str, cities: int = 12, clips_per_city: int = 30, frames: int
             soft = np.bincount(scenes, minlength=NUM_SCENES) / frames
             scene_rows.append([video_id, *[f"{v:.6g}" for v in soft]])
     if fmt == "frames":
-        storage.write_text(storage.join(out, "labels_list.csv"),
-                           _csv(["City", "State", "Country", "Continent"], [list(p) for p in world]))
+        storage.write_text(
+            storage.join(out, "labels_list.csv"),
+            _csv(["City", "State", "Country", "Continent"], [list(p) for p in world]),
+        )
     else:
-        storage.write_text(storage.join(out, "labels.csv"), _csv(
-            ["path", "city", "state", "country", "continent", "split"], labels_rows))
-    storage.write_text(storage.join(out, "scene_labels.csv"), _csv(
-        ["video_id"] + [f"scene_{i}" for i in range(NUM_SCENES)], scene_rows))
-    return {"out": out, "format": fmt, "cities": cities,
-            "states": len(look.ids[1]), "countries": len(look.ids[2]),
-            "continents": len(look.ids[3]), "clips": len(labels_rows), "splits": splits,
-            "frames_per_clip": frames, "size": [width, height], "city_cue_fraction": city_cue_fraction,
-            "seconds": round(time.perf_counter() - start, 2)}
+        storage.write_text(
+            storage.join(out, "labels.csv"),
+            _csv(["path", "city", "state", "country", "continent", "split"], labels_rows),
+        )
+    storage.write_text(
+        storage.join(out, "scene_labels.csv"),
+        _csv(["video_id"] + [f"scene_{i}" for i in range(NUM_SCENES)], scene_rows),
+    )
+    return {
+        "out": out,
+        "format": fmt,
+        "cities": cities,
+        "states": len(look.ids[1]),
+        "countries": len(look.ids[2]),
+        "continents": len(look.ids[3]),
+        "clips": len(labels_rows),
+        "splits": splits,
+        "frames_per_clip": frames,
+        "size": [width, height],
+        "city_cue_fraction": city_cue_fraction,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 def _write_frames_clip(out: str, split: str, city: str, video_id: str, pixels) -> str:

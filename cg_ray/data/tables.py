@@ -44,8 +44,11 @@ def read_scene_labels(path: str) -> dict[str, list[float]]:
 
 def dirs(path: str) -> list[pafs.FileInfo]:
     # Hidden and underscore folders (.ipynb_checkpoints, _tmp) are never data.
-    return [i for i in storage.list_dir(path)
-            if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_"))]
+    return [
+        i
+        for i in storage.list_dir(path)
+        if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_"))
+    ]
 
 
 def frames_per_child(parent: str) -> dict[str, int]:
@@ -97,8 +100,11 @@ def scene_targets(column, n: int, mode: str, majority=None) -> np.ndarray:
         has = scenes.sum(axis=1) > 0
         ids = scenes.argmax(axis=1)
         for i, value in enumerate(majority if majority is not None else []):
-            if value is not None and not (isinstance(value, float) and np.isnan(value)) \
-                    and 0 <= int(value) < NUM_SCENES:
+            if (
+                value is not None
+                and not (isinstance(value, float) and np.isnan(value))
+                and 0 <= int(value) < NUM_SCENES
+            ):
                 ids[i], has[i] = int(value), True
         onehot = np.zeros_like(scenes)
         onehot[np.arange(n), ids] = 1.0

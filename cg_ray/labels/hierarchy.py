@@ -30,12 +30,21 @@ from cg_ray.errors import UserError
 
 LEVEL1 = ("indoor", "outdoor, natural", "outdoor, man-made")
 SCENE_CATEGORIES = (
-    "shopping and dining", "workplace", "home or hotel", "transportation (indoor)",
-    "sports and leisure", "cultural (indoor)", "water, ice, snow",
-    "mountains, hills, desert, sky", "forest, field, jungle", "man-made elements",
+    "shopping and dining",
+    "workplace",
+    "home or hotel",
+    "transportation (indoor)",
+    "sports and leisure",
+    "cultural (indoor)",
+    "water, ice, snow",
+    "mountains, hills, desert, sky",
+    "forest, field, jungle",
+    "man-made elements",
     "transportation (roads, parking, bridges, boats, airports)",
-    "cultural or historical building/place", "sports fields, parks, leisure spaces",
-    "industrial and construction", "houses, cabins, gardens, and farms",
+    "cultural or historical building/place",
+    "sports fields, parks, leisure spaces",
+    "industrial and construction",
+    "houses, cabins, gardens, and farms",
     "commercial buildings, shops, markets, cities, and towns",
 )
 NUM_SCENES = len(SCENE_CATEGORIES)
@@ -85,8 +94,9 @@ def read_flags(path: str, categories: list[str]) -> np.ndarray:
         raise UserError(f"hierarchy sheet '{path}' does not exist")
     rows = list(csv.reader(io.StringIO(storage.read_text(path))))
     if len(rows) < 3:
-        raise UserError(f"hierarchy sheet '{path}' has {len(rows)} rows: expected two header rows "
-                        f"and one row per class")
+        raise UserError(
+            f"hierarchy sheet '{path}' has {len(rows)} rows: expected two header rows and one row per class"
+        )
     index = {name: i for i, name in enumerate(categories)}
     flags = np.zeros((len(categories), NUM_SCENES), dtype=np.int64)
     seen: dict[str, int] = {}
@@ -96,25 +106,33 @@ def read_flags(path: str, categories: list[str]) -> np.ndarray:
         name = _clean_name(row[0])
         where = f"hierarchy sheet '{path}' row {number} ('{name}')"
         if name not in index:
-            raise UserError(f"{where}: unknown class '{name}', not one of the {len(categories)} "
-                            f"Places365 categories (is the sheet for another label set?)")
+            raise UserError(
+                f"{where}: unknown class '{name}', not one of the {len(categories)} "
+                f"Places365 categories (is the sheet for another label set?)"
+            )
         if name in seen:
             raise UserError(f"{where}: class '{name}' is listed twice (rows {seen[name]} and {number})")
         if len(row) < _FIRST_FLAG + NUM_SCENES:
-            raise UserError(f"{where}: {len(row)} columns, expected {_FIRST_FLAG + NUM_SCENES} "
-                            f"(class name, {len(LEVEL1)} level-1 flags, {NUM_SCENES} level-2 flags)")
+            raise UserError(
+                f"{where}: {len(row)} columns, expected {_FIRST_FLAG + NUM_SCENES} "
+                f"(class name, {len(LEVEL1)} level-1 flags, {NUM_SCENES} level-2 flags)"
+            )
         for cell in row[1:_FIRST_FLAG]:
             _flag(cell, where)  # level-1 flags: checked, not used
-        values = [_flag(cell, where) for cell in row[_FIRST_FLAG:_FIRST_FLAG + NUM_SCENES]]
+        values = [_flag(cell, where) for cell in row[_FIRST_FLAG : _FIRST_FLAG + NUM_SCENES]]
         if not any(values):
-            raise UserError(f"{where}: class '{name}' has no level-2 flag set; every class needs "
-                            f"at least one of the {NUM_SCENES} categories")
+            raise UserError(
+                f"{where}: class '{name}' has no level-2 flag set; every class needs "
+                f"at least one of the {NUM_SCENES} categories"
+            )
         seen[name] = number
         flags[index[name]] = values
     missing = [name for name in categories if name not in seen]
     if missing:
-        raise UserError(f"hierarchy sheet '{path}' has no row for class '{missing[0]}' "
-                        f"({len(missing)} of {len(categories)} classes missing)")
+        raise UserError(
+            f"hierarchy sheet '{path}' has no row for class '{missing[0]}' "
+            f"({len(missing)} of {len(categories)} classes missing)"
+        )
     return flags
 
 

@@ -18,8 +18,7 @@ from cg_ray.labels.hierarchy import NUM_SCENES, clip_label, frame_categories
 from cg_ray.labels.places import MEAN, STD, PlacesWeights, places_model
 
 
-def decode_clips(batch: dict[str, np.ndarray], *, num_frames: int,
-                 image_size: int) -> dict[str, np.ndarray]:
+def decode_clips(batch: dict[str, np.ndarray], *, num_frames: int, image_size: int) -> dict[str, np.ndarray]:
     """Manifest rows (clip_id, source, frames as JSON or "") -> video (B, T, S, S, 3) uint8 and
     error ("" for a decoded clip, else why it could not be)."""
     n = len(batch["clip_id"])
@@ -33,15 +32,17 @@ def decode_clips(batch: dict[str, np.ndarray], *, num_frames: int,
             errors[i] = str(exc)
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the job
             errors[i] = f"cannot read clip '{source}': {type(exc).__name__}: {exc}"
-    return {"clip_id": np.asarray(batch["clip_id"]).astype(str), "video": video,
-            "error": np.asarray(errors, dtype=object)}
+    return {
+        "clip_id": np.asarray(batch["clip_id"]).astype(str),
+        "video": video,
+        "error": np.asarray(errors, dtype=object),
+    }
 
 
 class SceneLabeler:
     """A Places365 CNN and the hierarchy weights; callable on Ray Data batches (an actor)."""
 
-    def __init__(self, state_ref, arch: str, num_classes: int, weights: np.ndarray,
-                 use_gpu: bool = False):
+    def __init__(self, state_ref, arch: str, num_classes: int, weights: np.ndarray, use_gpu: bool = False):
         import ray
 
         data = state_ref[0] if isinstance(state_ref[0], bytes) else ray.get(state_ref[0])
@@ -67,8 +68,10 @@ class SceneLabeler:
         b, t = videos.shape[:2]
         categories = self.frame_categories(videos.reshape(b * t, *videos.shape[2:])).reshape(b, t)
         labels = [clip_label(row) for row in categories]
-        return (np.stack([soft for soft, _ in labels]).astype(np.float32),
-                np.array([majority for _, majority in labels], dtype=np.int32))
+        return (
+            np.stack([soft for soft, _ in labels]).astype(np.float32),
+            np.array([majority for _, majority in labels], dtype=np.int32),
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["clip_id"])
@@ -78,5 +81,4 @@ class SceneLabeler:
         majority = np.full(n, -1, dtype=np.int32)
         if ok.any():
             soft[ok], majority[ok] = self.clip_labels(np.asarray(batch["video"])[ok])
-        return {"clip_id": batch["clip_id"], "scene_soft": soft, "scene_majority": majority,
-                "error": errors}
+        return {"clip_id": batch["clip_id"], "scene_soft": soft, "scene_majority": majority, "error": errors}

@@ -56,28 +56,32 @@ def read_checkpoint_file(path: str):
     if not storage.exists(path):
         raise UserError(f"Places365 checkpoint '{path}' does not exist")
     data = storage.read_bytes(path)
-    for kwargs in ({"weights_only": True}, {"weights_only": True, "encoding": "latin1"},
-                   {"weights_only": False, "encoding": "latin1"}):
+    for kwargs in (
+        {"weights_only": True},
+        {"weights_only": True, "encoding": "latin1"},
+        {"weights_only": False, "encoding": "latin1"},
+    ):
         try:
             return _torch_load(data, **kwargs)
         except UnicodeDecodeError:
             continue  # an old pickle: the next attempt reads its strings as latin1
         except pickle.UnpicklingError as exc:
             if "Weights only load failed" not in str(exc) or not kwargs["weights_only"]:
-                raise UserError(f"'{path}' is not a PyTorch checkpoint: "
-                                f"{str(exc).splitlines()[0]}") from None
+                raise UserError(f"'{path}' is not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
             if "encoding" in kwargs:
-                log.warning("%s holds Python objects besides tensors: loading it with full "
-                            "unpickling (only use checkpoints you trust)", path)
+                log.warning(
+                    "%s holds Python objects besides tensors: loading it with full "
+                    "unpickling (only use checkpoints you trust)",
+                    path,
+                )
         except (RuntimeError, EOFError, ValueError) as exc:
-            raise UserError(f"'{path}' is not a PyTorch checkpoint: "
-                            f"{str(exc).splitlines()[0]}") from None
+            raise UserError(f"'{path}' is not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
     raise UserError(f"cannot unpickle Places365 checkpoint '{path}'")
 
 
 def strip_module_prefix(state: dict) -> dict[str, torch.Tensor]:
     """DataParallel's `module.` prefix off every key that has it."""
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def build_arch(arch: str, num_classes: int) -> nn.Module:
@@ -87,8 +91,7 @@ def build_arch(arch: str, num_classes: int) -> nn.Module:
     known = torchvision.models.list_models(module=torchvision.models)
     if arch not in known:
         shown = ", ".join(a for a in known if a.startswith(("resnet", "densenet", "alexnet", "vgg")))
-        raise UserError(f"unknown --arch '{arch}': not a torchvision classification model "
-                        f"(e.g. {shown})")
+        raise UserError(f"unknown --arch '{arch}': not a torchvision classification model (e.g. {shown})")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
@@ -97,11 +100,17 @@ def _mismatch(model: nn.Module, state: dict) -> list[str]:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     problems = []
-    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                       ("shape mismatches (checkpoint vs arch)", shapes)):
+    for what, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches (checkpoint vs arch)", shapes),
+    ):
         if keys:
             problems.append(f"{len(keys)} {what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
     return problems
@@ -113,22 +122,26 @@ def load_places_weights(path: str, arch: str | None = None) -> PlacesWeights:
     refused, naming the architecture and the keys that do not fit."""
     checkpoint = read_checkpoint_file(path)
     if not isinstance(checkpoint, dict):
-        raise UserError(f"'{path}' holds a {type(checkpoint).__name__}, not a checkpoint dict "
-                        f"with a state_dict")
+        raise UserError(
+            f"'{path}' holds a {type(checkpoint).__name__}, not a checkpoint dict with a state_dict"
+        )
     named = checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"'{path}' has no state_dict of tensors")
     state = strip_module_prefix(state)
     arch = arch or named or DEFAULT_ARCH
-    heads = [v for k, v in state.items() if k.endswith(("fc.weight", "classifier.weight",
-                                                          "classifier.6.weight"))]
+    heads = [
+        v for k, v in state.items() if k.endswith(("fc.weight", "classifier.weight", "classifier.6.weight"))
+    ]
     num_classes = int(heads[-1].shape[0]) if heads else 365
     problems = _mismatch(build_arch(arch, num_classes), state)
     if problems:
         said = f" (the checkpoint says arch '{named}')" if named and named != arch else ""
-        raise UserError(f"Places365 checkpoint '{path}' is not a {arch} network{said}: "
-                        f"{'; '.join(problems)}; pass the matching --arch")
+        raise UserError(
+            f"Places365 checkpoint '{path}' is not a {arch} network{said}: "
+            f"{'; '.join(problems)}; pass the matching --arch"
+        )
     return PlacesWeights(arch, state, num_classes)
 
 

@@ -38,8 +38,14 @@ from cg_ray.resources import pool_resources
 
 PARTIAL = "scenes_partial"
 REPORT = "scenes_report.json"
-PART_SCHEMA = pa.schema([("clip_id", pa.string()), ("scene_soft", pa.list_(pa.float32())),
-                         ("scene_majority", pa.int32()), ("error", pa.string())])
+PART_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("scene_soft", pa.list_(pa.float32())),
+        ("scene_majority", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
 
 
 @dataclass
@@ -66,9 +72,13 @@ class SceneOptions:
 
 def _settings(opts: SceneOptions, weights: np.ndarray, arch: str) -> dict:
     """What makes two runs' labels interchangeable; part files of other settings are dropped."""
-    return {"checkpoint": opts.checkpoint, "arch": arch, "num_frames": opts.num_frames,
-            "image_size": opts.image_size,
-            "hierarchy_sha256": hashlib.sha256(weights.tobytes()).hexdigest()}
+    return {
+        "checkpoint": opts.checkpoint,
+        "arch": arch,
+        "num_frames": opts.num_frames,
+        "image_size": opts.image_size,
+        "hierarchy_sha256": hashlib.sha256(weights.tobytes()).hexdigest(),
+    }
 
 
 def load_partial(dest: str, settings: dict) -> dict[str, tuple[list[float], int]]:
@@ -121,8 +131,7 @@ def update_manifest(manifest: str, labels: dict[str, tuple[list[float], int]]) -
     majority = pa.array([labels[i][1] if i in labels else None for i in ids], pa.int32())
     for name, column in (("scene_soft", soft), ("scene_majority", majority)):
         where = table.schema.get_field_index(name)
-        table = (table.set_column(where, name, column) if where >= 0
-                 else table.append_column(name, column))
+        table = table.set_column(where, name, column) if where >= 0 else table.append_column(name, column)
     sink = io.BytesIO()
     pq.write_table(table, sink)
     write_atomically(manifest, sink.getvalue())
@@ -138,15 +147,27 @@ def _dataset(todo: list[dict], weights: np.ndarray, places, opts: SceneOptions):
     state = io.BytesIO()
     torch.save(places.state_dict, state)  # once into the object store, read by every actor
     ds = ray.data.from_items(todo, override_num_blocks=min(1000, max(1, len(todo) // opts.batch_size)))
-    ds = ds.map_batches(decode_clips, batch_size=opts.batch_size, batch_format="numpy",
-                        fn_kwargs=dict(num_frames=opts.num_frames, image_size=opts.image_size))
+    ds = ds.map_batches(
+        decode_clips,
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        fn_kwargs=dict(num_frames=opts.num_frames, image_size=opts.image_size),
+    )
     return ds.map_batches(
-        SceneLabeler, batch_size=opts.batch_size, batch_format="numpy",
-        fn_constructor_kwargs=dict(state_ref=[ray.put(state.getvalue())], arch=places.arch,
-                                   num_classes=places.num_classes, weights=weights,
-                                   use_gpu=plan["use_gpu"]),
+        SceneLabeler,
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        fn_constructor_kwargs=dict(
+            state_ref=[ray.put(state.getvalue())],
+            arch=places.arch,
+            num_classes=places.num_classes,
+            weights=weights,
+            use_gpu=plan["use_gpu"],
+        ),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
-        num_cpus=1, num_gpus=plan["num_gpus"]), plan
+        num_cpus=1,
+        num_gpus=plan["num_gpus"],
+    ), plan
 
 
 def label_scenes(dest: str, opts: SceneOptions) -> dict:
@@ -167,13 +188,21 @@ def label_scenes(dest: str, opts: SceneOptions) -> dict:
     weights = read_hierarchy(opts.hierarchy, categories)  # bad sheets fail before Ray starts
     places = load_places_weights(opts.checkpoint, opts.arch)
     if places.num_classes != len(categories):
-        raise UserError(f"Places365 checkpoint '{opts.checkpoint}' has {places.num_classes} "
-                        f"outputs but there are {len(categories)} categories; pass --categories")
+        raise UserError(
+            f"Places365 checkpoint '{opts.checkpoint}' has {places.num_classes} "
+            f"outputs but there are {len(categories)} categories; pass --categories"
+        )
     rows = pq.read_table(io.BytesIO(storage.read_bytes(manifest))).to_pylist()
     done = load_partial(dest, _settings(opts, weights, places.arch))
-    todo = [{"clip_id": r["clip_id"], "source": r["source"],
-             "frames": json.dumps(r.get("frames")) if r.get("frames") else ""}
-            for r in rows if r["clip_id"] not in done]
+    todo = [
+        {
+            "clip_id": r["clip_id"],
+            "source": r["source"],
+            "frames": json.dumps(r.get("frames")) if r.get("frames") else "",
+        }
+        for r in rows
+        if r["clip_id"] not in done
+    ]
     skipped, plan = [], {"actors": 0, "use_gpu": False}
     if todo:
         init_ray()
@@ -188,19 +217,28 @@ def label_scenes(dest: str, opts: SceneOptions) -> dict:
     sources = {r["clip_id"]: r["source"] for r in rows}
     labelled = len(todo) - len(skipped)
     report = {
-        **asdict(opts), "dest": dest, "clips": len(rows), "labelled": labelled,
-        "resumed": len(rows) - len(todo), "skipped": len(skipped),
-        "frames": labelled * opts.num_frames, "seconds": round(seconds, 2),
+        **asdict(opts),
+        "dest": dest,
+        "clips": len(rows),
+        "labelled": labelled,
+        "resumed": len(rows) - len(todo),
+        "skipped": len(skipped),
+        "frames": labelled * opts.num_frames,
+        "seconds": round(seconds, 2),
         "frames_per_s": round(labelled * opts.num_frames / max(seconds, 1e-9), 2),
-        "actors": plan["actors"], "use_gpu": plan["use_gpu"], "arch": places.arch,
+        "actors": plan["actors"],
+        "use_gpu": plan["use_gpu"],
+        "arch": places.arch,
         "majority_counts": np.bincount([m for _, m in done.values()], minlength=NUM_SCENES).tolist(),
         "skipped_clips": [{"clip_id": c, "source": sources[c], "reason": e} for c, e in skipped],
     }
     storage.write_text(storage.join(dest, REPORT), json.dumps(report, indent=1))
     if storage.exists(storage.join(dest, "shards")):
-        print(f"scenes: {dest}/shards holds packed clips with the scene labels of pack time; "
-              f"run `cg-ray pack {dest}` again so that training streams the new labels",
-              file=sys.stderr)
+        print(
+            f"scenes: {dest}/shards holds packed clips with the scene labels of pack time; "
+            f"run `cg-ray pack {dest}` again so that training streams the new labels",
+            file=sys.stderr,
+        )
     return report
 
 
@@ -209,10 +247,15 @@ def _drain(ds, dest: str, done: dict, total: int, opts: SceneOptions) -> list[tu
     Fills `done`; returns the (clip_id, reason) of clips that could not be decoded."""
     progress, pending, skipped, seen = Progress("scenes", total, every=5.0), [], [], 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for clip_id, soft, majority, error in zip(batch["clip_id"], batch["scene_soft"],
-                                                  batch["scene_majority"], batch["error"]):
-            row = {"clip_id": str(clip_id), "scene_soft": None, "scene_majority": None,
-                   "error": str(error) or None}
+        for clip_id, soft, majority, error in zip(
+            batch["clip_id"], batch["scene_soft"], batch["scene_majority"], batch["error"]
+        ):
+            row = {
+                "clip_id": str(clip_id),
+                "scene_soft": None,
+                "scene_majority": None,
+                "error": str(error) or None,
+            }
             if row["error"]:
                 skipped.append((row["clip_id"], row["error"]))
             else:

@@ -37,14 +37,21 @@ def _open_clip_model(model_name: str, pretrained: str | None):
         with tempfile.TemporaryDirectory() as folder:  # open_clip reads local files only
             return _open_clip_model(model_name, storage.download(pretrained, folder))
     if pretrained and pretrained.startswith("file://"):
-        pretrained = pretrained[len("file://"):]
+        pretrained = pretrained[len("file://") :]
     try:
         return open_clip.create_model(model_name, pretrained=pretrained or None)
-    except (RuntimeError, AssertionError, KeyError, ValueError, OSError,
-            pickle.UnpicklingError) as exc:  # open_clip's ways of saying "these weights do not fit"
+    except (
+        RuntimeError,
+        AssertionError,
+        KeyError,
+        ValueError,
+        OSError,
+        pickle.UnpicklingError,
+    ) as exc:  # open_clip's ways of saying "these weights do not fit"
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot build open_clip '{model_name}' with pretrained="
-                        f"'{pretrained}': {reason}") from None
+        raise UserError(
+            f"cannot build open_clip '{model_name}' with pretrained='{pretrained}': {reason}"
+        ) from None
 
 
 def _token_count(tokenizer, text: str) -> int | None:
@@ -63,17 +70,25 @@ def check_embeddable(tokenizer, level: str, names: list[str], texts: list[str]) 
     limit = getattr(tokenizer, "context_length", None)
     for name, text in zip(names, texts):
         if not name.replace("_", " ").strip():
-            raise UserError(f"{level} label '{name}' is empty once underscores become spaces: "
-                            f"the text encoder cannot embed it; rename it in the dataset")
+            raise UserError(
+                f"{level} label '{name}' is empty once underscores become spaces: "
+                f"the text encoder cannot embed it; rename it in the dataset"
+            )
         count = _token_count(tokenizer, text) if limit else None
         if count is not None and count > limit:
-            raise UserError(f"{level} label '{name}' needs {count} tokens in '{text[:60]}...', more "
-                            f"than the text encoder's {limit}: shorten the label or --template")
+            raise UserError(
+                f"{level} label '{name}' needs {count} tokens in '{text[:60]}...', more "
+                f"than the text encoder's {limit}: shorten the label or --template"
+            )
 
 
-def encode_label_names(taxonomy: Taxonomy, model_name: str = "ViT-B-32",
-                       pretrained: str | None = None, template: str = DEFAULT_TEMPLATE,
-                       seed: int = 0) -> dict[str, np.ndarray]:
+def encode_label_names(
+    taxonomy: Taxonomy,
+    model_name: str = "ViT-B-32",
+    pretrained: str | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """level -> (n_level, D) float32, unit rows. `pretrained`: an open_clip tag ('openai'), a
     weights file (local or URI), or None for random weights (seeded, so reproducible).
 
@@ -97,8 +112,10 @@ def encode_label_names(taxonomy: Taxonomy, model_name: str = "ViT-B-32",
             bad = ~torch.isfinite(features).all(dim=-1) | (features.norm(dim=-1) == 0)
             if bad.any():
                 name = names[int(bad.nonzero()[0])]
-                raise UserError(f"the text encoder gives no usable vector for {level} label "
-                                f"'{name}' (non-finite or zero): check the --pretrained weights")
+                raise UserError(
+                    f"the text encoder gives no usable vector for {level} label "
+                    f"'{name}' (non-finite or zero): check the --pretrained weights"
+                )
             out[level] = torch.nn.functional.normalize(features, dim=-1).numpy()
     return out
 
@@ -110,8 +127,13 @@ def save_text_features(data_path: str, features: dict[str, np.ndarray], taxonomy
             levels.append(level)
             labels.append(name)
             vectors.append(vector.astype(np.float32))
-    table = pa.table({"level": levels, "label": labels,
-                      "vector": pa.array([v.tolist() for v in vectors], type=pa.list_(pa.float32()))})
+    table = pa.table(
+        {
+            "level": levels,
+            "label": labels,
+            "vector": pa.array([v.tolist() for v in vectors], type=pa.list_(pa.float32())),
+        }
+    )
     sink = io.BytesIO()
     pq.write_table(table, sink)
     path = storage.join(data_path, FILENAME)
@@ -123,18 +145,24 @@ def load_text_tables(data_path: str, taxonomy: Taxonomy) -> dict[str, np.ndarray
     """level -> (n_level, D) in taxonomy id order; a clear error when missing or incomplete."""
     path = storage.join(data_path, FILENAME)
     if not storage.exists(path):
-        raise UserError(f"'{data_path}' has no {FILENAME}: run `cg-ray text {data_path}` to make "
-                        f"the TLA targets, or switch TLA off with --set model.tla.enabled=false")
+        raise UserError(
+            f"'{data_path}' has no {FILENAME}: run `cg-ray text {data_path}` to make "
+            f"the TLA targets, or switch TLA off with --set model.tla.enabled=false"
+        )
     table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
-    rows = {(lvl, lab): vec for lvl, lab, vec in zip(table["level"].to_pylist(),
-                                                      table["label"].to_pylist(),
-                                                      table["vector"].to_pylist())}
+    rows = {
+        (lvl, lab): vec
+        for lvl, lab, vec in zip(
+            table["level"].to_pylist(), table["label"].to_pylist(), table["vector"].to_pylist()
+        )
+    }
     tables = {}
     for level in LEVELS:
         missing = [name for name in taxonomy.labels[level] if (level, name) not in rows]
         if missing:
-            raise UserError(f"{path} has no vector for {level} '{missing[0]}' "
-                            f"({len(missing)} missing): run `cg-ray text {data_path}` again")
-        tables[level] = np.asarray([rows[(level, name)] for name in taxonomy.labels[level]],
-                                   dtype=np.float32)
+            raise UserError(
+                f"{path} has no vector for {level} '{missing[0]}' "
+                f"({len(missing)} missing): run `cg-ray text {data_path}` again"
+            )
+        tables[level] = np.asarray([rows[(level, name)] for name in taxonomy.labels[level]], dtype=np.float32)
     return tables

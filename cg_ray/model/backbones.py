@@ -15,7 +15,8 @@ Nothing else branches on the backbone's name.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,18 @@ from torch import nn
 from cg_ray.config import BackboneConfig
 from cg_ray.errors import UserError
 
-Builder = Callable[[BackboneConfig, int, int, Optional[dict]], nn.Module]
+
+class Backbone(nn.Module):
+    """A clip encoder: (B, T, 3, H, W) normalized float -> (B, feature_dim)."""
+
+    feature_dim: int
+
+    def arch(self) -> dict:
+        """What rebuilds the same architecture (saved with every checkpoint)."""
+        raise NotImplementedError
+
+
+Builder = Callable[[BackboneConfig, int, int, dict | None], Backbone]
 BACKBONES: dict[str, Builder] = {}
 FRAMES = ("first", "middle", "last", "random")
 
@@ -37,8 +49,9 @@ def register(name: str):
     return wrap
 
 
-def build_backbone(cfg: BackboneConfig, num_frames: int, image_size: int,
-                   arch: Optional[dict] = None) -> nn.Module:
+def build_backbone(
+    cfg: BackboneConfig, num_frames: int, image_size: int, arch: dict | None = None
+) -> Backbone:
     """The backbone a config names; with `arch` (from a checkpoint) the same architecture with
     fresh weights, to be overwritten by the checkpoint's."""
     if cfg.name not in BACKBONES:
@@ -46,9 +59,16 @@ def build_backbone(cfg: BackboneConfig, num_frames: int, image_size: int,
     return BACKBONES[cfg.name](cfg, num_frames, image_size, arch)
 
 
-def _hf_encoder(model_cls, config_cls, cfg: BackboneConfig, arch: Optional[dict], scratch: dict,
-                sdpa: bool = True, config_kwargs: Optional[dict] = None,
-                model_kwargs: Optional[dict] = None) -> nn.Module:
+def _hf_encoder(
+    model_cls,
+    config_cls,
+    cfg: BackboneConfig,
+    arch: dict | None,
+    scratch: dict,
+    sdpa: bool = True,
+    config_kwargs: dict | None = None,
+    model_kwargs: dict | None = None,
+) -> Any:
     """A transformers encoder: from `arch`, else from `cfg.pretrained`, else from the `scratch`
     config values. `config_kwargs` override config fields on every path; `model_kwargs` go to
     the model's constructor; `sdpa`: whether the model takes cfg.attn_implementation."""
@@ -68,8 +88,10 @@ def _hf_encoder(model_cls, config_cls, cfg: BackboneConfig, arch: Optional[dict]
             raise UserError(f"cannot load {what} weights from '{cfg.pretrained}': {first}") from None
     else:
         if scratch["image_size"] % scratch["patch_size"]:
-            raise UserError(f"data.image_size={scratch['image_size']} must be a multiple of "
-                            f"model.backbone.patch_size={scratch['patch_size']}")
+            raise UserError(
+                f"data.image_size={scratch['image_size']} must be a multiple of "
+                f"model.backbone.patch_size={scratch['patch_size']}"
+            )
         config = config_cls(**scratch, **config_kwargs)
     if sdpa:
         config._attn_implementation = cfg.attn_implementation
@@ -96,7 +118,7 @@ class _DropPath:
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+def encoder_layers(encoder: Any) -> nn.ModuleList:
     """The transformer layers of a transformers encoder (VideoMAE: encoder.layer; ViT and
     ViTMAE in transformers 5: layers)."""
     for path in ("encoder.layer", "layers", "encoder.layers"):
@@ -120,19 +142,24 @@ def add_drop_path(layers: nn.ModuleList, rate: float) -> None:
 
 def _vit_fields(cfg: BackboneConfig, image_size: int) -> dict:
     """The from-scratch config values every ViT-like encoder shares."""
-    return dict(image_size=image_size, patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
-                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                intermediate_size=cfg.intermediate_size)
+    return dict(
+        image_size=image_size,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+    )
 
 
 # -- VideoMAE --------------------------------------------------------------------------------------
 
 
-class VideoMAEEncoder(nn.Module):
+class VideoMAEEncoder(Backbone):
     """VideoMAE (transformers) encoder; the clip feature is the mean of the last hidden state
     over tokens, as in the official CityGuessr code."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: Any):
         super().__init__()
         self.encoder = encoder
         self.feature_dim = encoder.config.hidden_size
@@ -146,31 +173,42 @@ class VideoMAEEncoder(nn.Module):
 
 
 @register("videomae")
-def build_videomae(cfg: BackboneConfig, num_frames: int, image_size: int,
-                   arch: Optional[dict] = None) -> nn.Module:
+def build_videomae(
+    cfg: BackboneConfig, num_frames: int, image_size: int, arch: dict | None = None
+) -> Backbone:
     from transformers import VideoMAEConfig, VideoMAEModel
 
-    if arch is None and not cfg.pretrained and (num_frames % cfg.tubelet_size or
-                                                image_size % cfg.patch_size):
+    if arch is None and not cfg.pretrained and (num_frames % cfg.tubelet_size or image_size % cfg.patch_size):
         raise UserError(
             f"data.num_frames={num_frames} must be a multiple of tubelet_size={cfg.tubelet_size} "
-            f"and data.image_size={image_size} of patch_size={cfg.patch_size}")
-    encoder = _hf_encoder(VideoMAEModel, VideoMAEConfig, cfg, arch, dict(
-        _vit_fields(cfg, image_size), num_frames=num_frames, tubelet_size=cfg.tubelet_size,
-        use_mean_pooling=True))
+            f"and data.image_size={image_size} of patch_size={cfg.patch_size}"
+        )
+    encoder = _hf_encoder(
+        VideoMAEModel,
+        VideoMAEConfig,
+        cfg,
+        arch,
+        dict(
+            _vit_fields(cfg, image_size),
+            num_frames=num_frames,
+            tubelet_size=cfg.tubelet_size,
+            use_mean_pooling=True,
+        ),
+    )
     add_drop_path(encoder_layers(encoder), cfg.drop_path)
     got = (encoder.config.num_frames, encoder.config.image_size)
     if arch is None and cfg.pretrained and got != (num_frames, image_size):
         raise UserError(
             f"pretrained VideoMAE '{cfg.pretrained}' expects {got[0]} frames at {got[1]}px, "
-            f"but data.num_frames={num_frames} and data.image_size={image_size}: set them to match")
+            f"but data.num_frames={num_frames} and data.image_size={image_size}: set them to match"
+        )
     return VideoMAEEncoder(encoder)
 
 
 # -- image encoders on one frame ------------------------------------------------------------------
 
 
-class FrameEncoder(nn.Module):
+class FrameEncoder(Backbone):
     """An image ViT (or MAE encoder) applied to one frame of each clip.
 
     `frame`: first, middle (index T // 2), last, or random: a random frame per clip while
@@ -178,7 +216,7 @@ class FrameEncoder(nn.Module):
     The feature is the mean of the patch tokens (the MAE paper's global pooling).
     """
 
-    def __init__(self, encoder: nn.Module, frame: str):
+    def __init__(self, encoder: Any, frame: str):
         super().__init__()
         if frame not in FRAMES:
             raise UserError(f"config model.backbone.frame={frame!r}: must be one of {', '.join(FRAMES)}")
@@ -205,24 +243,29 @@ class FrameEncoder(nn.Module):
 
 
 @register("vit")
-def build_vit(cfg: BackboneConfig, num_frames: int, image_size: int,
-              arch: Optional[dict] = None) -> nn.Module:
+def build_vit(cfg: BackboneConfig, num_frames: int, image_size: int, arch: dict | None = None) -> Backbone:
     from transformers import ViTConfig, ViTModel
 
-    encoder = _hf_encoder(ViTModel, ViTConfig, cfg, arch, _vit_fields(cfg, image_size),
-                          model_kwargs={"add_pooling_layer": False})
+    encoder = _hf_encoder(
+        ViTModel,
+        ViTConfig,
+        cfg,
+        arch,
+        _vit_fields(cfg, image_size),
+        model_kwargs={"add_pooling_layer": False},
+    )
     add_drop_path(encoder_layers(encoder), cfg.drop_path)
     return FrameEncoder(encoder, cfg.frame)
 
 
 @register("mae")
-def build_mae(cfg: BackboneConfig, num_frames: int, image_size: int,
-              arch: Optional[dict] = None) -> nn.Module:
+def build_mae(cfg: BackboneConfig, num_frames: int, image_size: int, arch: dict | None = None) -> Backbone:
     from transformers import ViTMAEConfig, ViTMAEModel
 
     # mask_ratio 0: the encoder sees every patch (MAE's pre-training masks 75% of them).
-    encoder = _hf_encoder(ViTMAEModel, ViTMAEConfig, cfg, arch, _vit_fields(cfg, image_size),
-                          config_kwargs={"mask_ratio": 0.0})
+    encoder = _hf_encoder(
+        ViTMAEModel, ViTMAEConfig, cfg, arch, _vit_fields(cfg, image_size), config_kwargs={"mask_ratio": 0.0}
+    )
     add_drop_path(encoder_layers(encoder), cfg.drop_path)
     return FrameEncoder(encoder, cfg.frame)
 
@@ -230,11 +273,11 @@ def build_mae(cfg: BackboneConfig, num_frames: int, image_size: int,
 # -- TimeSformer ----------------------------------------------------------------------------------
 
 
-class TimesformerEncoder(nn.Module):
+class TimesformerEncoder(Backbone):
     """TimeSformer (divided space-time attention); the clip feature is its CLS token, as its
     own video classifier reads it."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: Any):
         super().__init__()
         self.encoder = encoder
         self.feature_dim = encoder.config.hidden_size
@@ -247,7 +290,7 @@ class TimesformerEncoder(nn.Module):
         return self.encoder.config.to_dict()
 
 
-def fit_timesformer(encoder: nn.Module, num_frames: int, image_size: int) -> None:
+def fit_timesformer(encoder: Any, num_frames: int, image_size: int) -> None:
     """Resize a loaded TimeSformer's time and position embeddings to T frames at S px (linear in
     time, bicubic in space), so a model pretrained on 8 frames trains on the paper's 16; the
     config follows, so `arch()` rebuilds the resized shapes."""
@@ -262,24 +305,34 @@ def fit_timesformer(encoder: nn.Module, num_frames: int, image_size: int) -> Non
         cls, patches = emb.position_embeddings.data[:, :1], emb.position_embeddings.data[:, 1:]
         patches = patches.reshape(1, grid0, grid0, -1).permute(0, 3, 1, 2)
         patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
-        emb.position_embeddings = nn.Parameter(torch.cat(
-            [cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1).contiguous())
+        emb.position_embeddings = nn.Parameter(
+            torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1).contiguous()
+        )
         config.image_size = image_size
 
 
 @register("timesformer")
-def build_timesformer(cfg: BackboneConfig, num_frames: int, image_size: int,
-                      arch: Optional[dict] = None) -> nn.Module:
+def build_timesformer(
+    cfg: BackboneConfig, num_frames: int, image_size: int, arch: dict | None = None
+) -> Backbone:
     from transformers import TimesformerConfig, TimesformerModel
 
     # TimeSformer has a drop path of its own, but transformers 5.24 types its config's
     # drop_path_rate as int and refuses 0.1: the layer hook serves it as the others.
-    encoder = _hf_encoder(TimesformerModel, TimesformerConfig, cfg, arch, dict(
-        _vit_fields(cfg, image_size), num_frames=num_frames), sdpa=False)
+    encoder = _hf_encoder(
+        TimesformerModel,
+        TimesformerConfig,
+        cfg,
+        arch,
+        dict(_vit_fields(cfg, image_size), num_frames=num_frames),
+        sdpa=False,
+    )
     add_drop_path(encoder_layers(encoder), cfg.drop_path)
     if arch is None and cfg.pretrained:
         if image_size % encoder.config.patch_size:
-            raise UserError(f"data.image_size={image_size} must be a multiple of the pretrained "
-                            f"TimeSformer's patch size {encoder.config.patch_size}")
+            raise UserError(
+                f"data.image_size={image_size} must be a multiple of the pretrained "
+                f"TimeSformer's patch size {encoder.config.patch_size}"
+            )
         fit_timesformer(encoder, num_frames, image_size)
     return TimesformerEncoder(encoder)

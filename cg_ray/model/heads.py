@@ -44,15 +44,23 @@ def register(name: str):
     return wrap
 
 
-def build_head(name: str, feature_dim: int, num_classes: Sequence[int], *,
-               parents: Mapping[str, Sequence[int]] | None = None, dim: int = 128,
-               layers: int = 2, heads: int = 4,
-               text: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+def build_head(
+    name: str,
+    feature_dim: int,
+    num_classes: Sequence[int],
+    *,
+    parents: Mapping[str, Sequence[int]] | None = None,
+    dim: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    text: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
     """The head `name` maps (B, feature_dim) to {level: (B, n_level)}."""
     if name not in HEADS:
         raise UserError(f"unknown model.head '{name}' (known: {', '.join(sorted(HEADS))})")
-    return HEADS[name](feature_dim, list(num_classes), parents=parents, dim=dim, layers=layers,
-                       heads=heads, text=text)
+    return HEADS[name](
+        feature_dim, list(num_classes), parents=parents, dim=dim, layers=layers, heads=heads, text=text
+    )
 
 
 class LinearHeads(nn.ModuleDict):
@@ -133,14 +141,24 @@ class GraphHead(nn.Module):
     edges: torch.Tensor
     level_of: torch.Tensor
 
-    def __init__(self, feature_dim: int, num_classes: Sequence[int], parents: Mapping[str, Sequence[int]],
-                 dim: int = 128, layers: int = 2, heads: int = 4,
-                 text: Mapping[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: Sequence[int],
+        parents: Mapping[str, Sequence[int]],
+        dim: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        text: Mapping[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.num_classes = list(num_classes)
         self.register_buffer("edges", tree_edges(num_classes, parents), persistent=False)
-        self.register_buffer("level_of", torch.cat(
-            [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(num_classes)]), persistent=False)
+        self.register_buffer(
+            "level_of",
+            torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(num_classes)]),
+            persistent=False,
+        )
         total = sum(num_classes)
         self.node = nn.Parameter(torch.randn(total, dim) * 0.02)
         self.level = nn.Parameter(torch.zeros(len(num_classes), dim))
@@ -168,8 +186,10 @@ def _text_init(text: Mapping[str, torch.Tensor], num_classes: Sequence[int], dim
     random projection (seed 0), scaled to the 0.02 std of the learned start."""
     rows = torch.cat([torch.as_tensor(text[level], dtype=torch.float32) for level in LEVELS])
     if rows.shape[0] != sum(num_classes):
-        raise UserError(f"text features cover {rows.shape[0]} labels, the taxonomy {sum(num_classes)}: "
-                        "run `cg-ray text` again for this dataset")
+        raise UserError(
+            f"text features cover {rows.shape[0]} labels, the taxonomy {sum(num_classes)}: "
+            "run `cg-ray text` again for this dataset"
+        )
     projection = torch.randn(rows.shape[1], dim, generator=torch.Generator().manual_seed(0))
     start = F.normalize(rows, dim=-1) @ projection
     return start / start.std().clamp_min(1e-8) * 0.02
@@ -178,6 +198,7 @@ def _text_init(text: Mapping[str, torch.Tensor], num_classes: Sequence[int], dim
 @register("graph")
 def _graph(feature_dim, num_classes, *, parents=None, dim=128, layers=2, heads=4, text=None) -> nn.Module:
     if parents is None:
-        raise UserError("model.head=graph needs the taxonomy's parent links; build the model "
-                        "with the dataset's taxonomy")
+        raise UserError(
+            "model.head=graph needs the taxonomy's parent links; build the model with the dataset's taxonomy"
+        )
     return GraphHead(feature_dim, num_classes, parents, dim, layers, heads, text)

@@ -3,8 +3,6 @@ for the recipes, label smoothing and a parent-child consistency term."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -42,23 +40,31 @@ def consistency_loss(logits: dict[str, torch.Tensor], parents: dict[str, torch.T
     return torch.stack(pairs).sum()
 
 
-def text_targets(tables: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-                 levels: str) -> torch.Tensor:
+def text_targets(
+    tables: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], levels: str
+) -> torch.Tensor:
     """TLA target per clip: the city's text vector ('city') or the mean of its four levels'
     vectors ('all', the paper's best). tables[level]: (n_level, D); labels[level]: (B,) ids."""
     use = ("city",) if levels == "city" else LEVELS
     return torch.stack([tables[level][labels[level]] for level in use]).mean(dim=0)
 
 
-def compute_losses(out: GeoOutput, labels: dict[str, torch.Tensor], weights: LossConfig,
-                   scenes: Optional[torch.Tensor] = None,
-                   text_target: Optional[torch.Tensor] = None,
-                   parents: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+def compute_losses(
+    out: GeoOutput,
+    labels: dict[str, torch.Tensor],
+    weights: LossConfig,
+    scenes: torch.Tensor | None = None,
+    text_target: torch.Tensor | None = None,
+    parents: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Each weighted term and their sum under 'loss'. labels[level]: (B,) int64 ids;
     parents[child_level]: (n_child,) parent ids, needed when weights.consistency > 0."""
     smoothing = weights.label_smoothing
-    terms = {level: F.cross_entropy(out.logits[level].float(), labels[level], label_smoothing=smoothing)
-             * getattr(weights, level) for level in LEVELS}
+    terms = {
+        level: F.cross_entropy(out.logits[level].float(), labels[level], label_smoothing=smoothing)
+        * getattr(weights, level)
+        for level in LEVELS
+    }
     if weights.consistency > 0:
         if parents is None:
             raise ValueError("loss.consistency > 0 needs the taxonomy's parent ids")

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from cg_ray.config import Config
-from cg_ray.model.backbones import build_backbone
+from cg_ray.model.backbones import Backbone, build_backbone
 from cg_ray.model.heads import LinearHeads, build_head
 from cg_ray.model.sca import SelfCrossAttention, mlp
 from cg_ray.taxonomy import LEVELS
@@ -22,9 +22,9 @@ class GeoOutput:
 
     logits: dict[str, torch.Tensor]
     """Per level (B, n_level)."""
-    scene_logits: Optional[torch.Tensor] = None
+    scene_logits: torch.Tensor | None = None
     """(B, n_scenes) from FFN_s, when SCA is on."""
-    text_embedding: Optional[torch.Tensor] = None
+    text_embedding: torch.Tensor | None = None
     """(B, text_dim) from FFN_t, when TLA is on."""
 
 
@@ -34,6 +34,9 @@ class Normalize(nn.Module):
     Living inside the model, it runs on the device and identically in training, evaluation and
     prediction.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -46,10 +49,17 @@ class Normalize(nn.Module):
 
 
 class CityGuessrNet(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: Sequence[int], mean: Sequence[float],
-                 std: Sequence[float], sca: Optional[SelfCrossAttention] = None,
-                 ffn_scene: Optional[nn.Module] = None, ffn_text: Optional[nn.Module] = None,
-                 heads: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        sca: SelfCrossAttention | None = None,
+        ffn_scene: nn.Module | None = None,
+        ffn_text: nn.Module | None = None,
+        heads: nn.Module | None = None,
+    ):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
@@ -71,7 +81,6 @@ class CityGuessrNet(nn.Module):
             text_embedding=self.ffn_text(attended) if self.ffn_text is not None else None,
         )
 
-
     def clip_feature(self, video: torch.Tensor) -> torch.Tensor:
         """(B, D) backbone feature of each clip. With V views per clip every view goes through
         the backbone (as a batch of B * V clips) and the clip's feature is the mean of its V
@@ -83,10 +92,14 @@ class CityGuessrNet(nn.Module):
         return features.view(b, v, -1).mean(dim=1)
 
 
-def build_model(cfg: Config, num_classes: Sequence[int], text_dim: int = 512,
-                backbone_arch: Optional[dict] = None,
-                parents: Optional[Mapping[str, Sequence[int]]] = None,
-                text_tables: Optional[Mapping[str, object]] = None) -> CityGuessrNet:
+def build_model(
+    cfg: Config,
+    num_classes: Sequence[int],
+    text_dim: int = 512,
+    backbone_arch: dict | None = None,
+    parents: Mapping[str, Sequence[int]] | None = None,
+    text_tables: Mapping[str, object] | None = None,
+) -> CityGuessrNet:
     """The network a config describes, for a taxonomy with `num_classes` per level.
 
     `parents` (Taxonomy.parents) is needed by the graph head; `text_tables` (per level
@@ -105,6 +118,14 @@ def build_model(cfg: Config, num_classes: Sequence[int], text_dim: int = 512,
     text = None
     if m.head == "graph" and m.graph.text_init and text_tables:
         text = {level: torch.as_tensor(text_tables[level]) for level in LEVELS}
-    heads = build_head(m.head, backbone.feature_dim, num_classes, parents=parents, dim=m.graph.dim,
-                       layers=m.graph.layers, heads=m.graph.heads, text=text)
+    heads = build_head(
+        m.head,
+        backbone.feature_dim,
+        num_classes,
+        parents=parents,
+        dim=m.graph.dim,
+        layers=m.graph.layers,
+        heads=m.graph.heads,
+        text=text,
+    )
     return CityGuessrNet(backbone, num_classes, m.mean, m.std, sca, ffn_scene, ffn_text, heads)

@@ -1,9 +1,9 @@
 """Batch prediction with Ray Data: thousands of clips -> one parquet file of predictions.
 
-    list of inputs (CSV | folder | URI)
-      -> Ray Data: decode (a bad clip becomes a row with an error, never a crash)
-      -> predict in an actor pool sized to the cluster (one actor per GPU, else one per CPU)
-      -> the driver streams rows into OUT.parquet, shows progress, reports the bad clips.
+list of inputs (CSV | folder | URI)
+  -> Ray Data: decode (a bad clip becomes a row with an error, never a crash)
+  -> predict in an actor pool sized to the cluster (one actor per GPU, else one per CPU)
+  -> the driver streams rows into OUT.parquet, shows progress, reports the bad clips.
 """
 
 from __future__ import annotations
@@ -33,16 +33,20 @@ OUTPUT_SCHEMA = pa.schema(
     [("input", pa.string())]
     + [(f"pred_{level}", pa.string()) for level in LEVELS]
     + [(f"prob_{level}", pa.float32()) for level in LEVELS]
-    + [f for level in LEVELS for f in ((f"top_{level}", pa.list_(pa.string())),
-                                       (f"top_{level}_prob", pa.list_(pa.float32())))]
+    + [
+        f
+        for level in LEVELS
+        for f in ((f"top_{level}", pa.list_(pa.string())), (f"top_{level}_prob", pa.list_(pa.float32())))
+    ]
 )
 
 
 # -- the Ray Data stages --------------------------------------------------------------------------
 
 
-def decode_inputs(batch: dict[str, np.ndarray], num_frames: int, image_size: int,
-                  sampling=None) -> dict[str, np.ndarray]:
+def decode_inputs(
+    batch: dict[str, np.ndarray], num_frames: int, image_size: int, sampling=None
+) -> dict[str, np.ndarray]:
     """{input} -> {input, video (B, *sampling.leading, T, S, S, 3) uint8, error ('' when
     decoded)}; `sampling`: the checkpoint's (data.sampling, eval.views), default uniform T."""
     from cg_ray.data.decode import decode_clip
@@ -57,8 +61,11 @@ def decode_inputs(batch: dict[str, np.ndarray], num_frames: int, image_size: int
             video[i] = decode_clip(str(source), num_frames, image_size, sampling=sampling)
         except UserError as exc:
             errors[i] = str(exc) or type(exc).__name__
-    return {"input": np.asarray(batch["input"]).astype(str), "video": video,
-            "error": np.array(errors, dtype=object)}
+    return {
+        "input": np.asarray(batch["input"]).astype(str),
+        "video": video,
+        "error": np.array(errors, dtype=object),
+    }
 
 
 class ClipPredictor:
@@ -68,8 +75,8 @@ class ClipPredictor:
         import ray
         import torch
 
-        from cg_ray.train.checkpoint import FILENAME, load_model
         from cg_ray.predict.predictor import Predictor
+        from cg_ray.train.checkpoint import FILENAME, load_model
 
         # The driver sent the checkpoint's bytes: workers on other nodes cannot see its disk.
         with tempfile.TemporaryDirectory() as folder:
@@ -82,12 +89,14 @@ class ClipPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = batch["error"] == ""
         rows = self.predictor.predict(batch["video"][ok]) if ok.any() else []
-        return prediction_table(batch["input"][ok].tolist(), rows,
-                                batch["input"][~ok].tolist(), batch["error"][~ok].tolist())
+        return prediction_table(
+            batch["input"][ok].tolist(), rows, batch["input"][~ok].tolist(), batch["error"][~ok].tolist()
+        )
 
 
-def prediction_table(inputs: list[str], rows: list[dict], bad_inputs: list[str],
-                     errors: list[str]) -> pa.Table:
+def prediction_table(
+    inputs: list[str], rows: list[dict], bad_inputs: list[str], errors: list[str]
+) -> pa.Table:
     """OUTPUT_SCHEMA rows for the predicted clips plus an `error` column; bad clips have only
     `input` and `error` (the driver splits them off)."""
     columns: dict[str, list] = {"input": inputs + bad_inputs}
@@ -123,9 +132,16 @@ def errors_path(out: str) -> str:
     return stem + ".errors.csv"
 
 
-def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codependent",
-                  top_k: int = 5, batch_size: int = 16, actors: int | None = None,
-                  progress_every: float = 5.0) -> dict:
+def batch_predict(
+    checkpoint: str,
+    input_list: str,
+    out: str,
+    mode: str = "codependent",
+    top_k: int = 5,
+    batch_size: int = 16,
+    actors: int | None = None,
+    progress_every: float = 5.0,
+) -> dict:
     """Predict every clip of `input_list` into `out` (parquet, OUTPUT_SCHEMA); clips that cannot
     be decoded go to `<out>.errors.csv`. Returns counts, timing and the pool that ran."""
     from cg_ray.predict.predictor import Predictor, open_checkpoint
@@ -140,46 +156,65 @@ def batch_predict(checkpoint: str, input_list: str, out: str, mode: str = "codep
         raise UserError(f"no videos or frame folders in '{input_list}'")
     init_ray()
     plan = pool_plan(pool_resources(), actors)
-    ds = _dataset(sources, path, loaded.config.data, plan, mode, top_k, batch_size,
-                  sampling=checked.sampling)
+    ds = _dataset(sources, path, loaded.config.data, plan, mode, top_k, batch_size, sampling=checked.sampling)
     start = time.perf_counter()
     progress = Progress("batch predict", len(sources), every=progress_every)
     done, bad, first = _write(ds, out, progress)
     seconds = time.perf_counter() - start
-    summary = {"out": out, "clips": len(sources), "predicted": done - len(bad), "bad": len(bad),
-               "seconds": round(seconds, 2), "clips_per_s": round(done / max(seconds, 1e-9), 2),
-               "first_rows_s": round(first[0] - start, 2), "first_rows": first[1],
-               "actors": plan["actors"], "use_gpu": plan["use_gpu"]}
+    summary = {
+        "out": out,
+        "clips": len(sources),
+        "predicted": done - len(bad),
+        "bad": len(bad),
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(done / max(seconds, 1e-9), 2),
+        "first_rows_s": round(first[0] - start, 2),
+        "first_rows": first[1],
+        "actors": plan["actors"],
+        "use_gpu": plan["use_gpu"],
+    }
     if bad:
         summary["errors_out"] = errors_path(out)
         storage.write_text(summary["errors_out"], _errors_csv(sorted(bad)))
         for source, error in sorted(bad)[:5]:
             print(f"cg-ray predict: skipped {source}: {error}", file=sys.stderr)
     if done == len(bad):
-        raise UserError(f"none of the {len(sources)} clips could be decoded; reasons in "
-                        f"{summary['errors_out']}")
+        raise UserError(
+            f"none of the {len(sources)} clips could be decoded; reasons in {summary['errors_out']}"
+        )
     return summary
 
 
-def _dataset(sources: list[str], path: str, data, plan: dict, mode: str, top_k: int,
-             batch_size: int, sampling=None):
+def _dataset(
+    sources: list[str], path: str, data, plan: dict, mode: str, top_k: int, batch_size: int, sampling=None
+):
     """sources -> decoded clips -> prediction rows, as a lazy Ray Dataset; `sampling`: the
     checkpoint's (what its Predictor expects)."""
     import ray
     import ray.data
 
-    ds = ray.data.from_items([{"input": s} for s in sources],
-                             # small blocks: work spreads over every actor, progress moves
-                             override_num_blocks=min(1000, max(1, len(sources) // 4)))
-    ds = ds.map_batches(decode_inputs, batch_size=4, batch_format="numpy",
-                        fn_kwargs=dict(num_frames=data.num_frames, image_size=data.image_size,
-                                       sampling=sampling))
+    ds = ray.data.from_items(
+        [{"input": s} for s in sources],
+        # small blocks: work spreads over every actor, progress moves
+        override_num_blocks=min(1000, max(1, len(sources) // 4)),
+    )
+    ds = ds.map_batches(
+        decode_inputs,
+        batch_size=4,
+        batch_format="numpy",
+        fn_kwargs=dict(num_frames=data.num_frames, image_size=data.image_size, sampling=sampling),
+    )
     return ds.map_batches(
-        ClipPredictor, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_kwargs=dict(checkpoint_ref=[ray.put(_inference_bytes(path))], mode=mode,
-                                   top_k=top_k, use_gpu=plan["use_gpu"]),
+        ClipPredictor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        fn_constructor_kwargs=dict(
+            checkpoint_ref=[ray.put(_inference_bytes(path))], mode=mode, top_k=top_k, use_gpu=plan["use_gpu"]
+        ),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan["actors"]),
-        num_cpus=1, num_gpus=plan["num_gpus"])
+        num_cpus=1,
+        num_gpus=plan["num_gpus"],
+    )
 
 
 def _write(ds, out: str, progress: Progress) -> tuple[int, list, tuple[float, int]]:
@@ -187,8 +222,7 @@ def _write(ds, out: str, progress: Progress) -> tuple[int, list, tuple[float, in
     the bad ones, (time.perf_counter() and rows of the first batch back))."""
     done, bad, first = 0, [], None
     fs, inner = storage.filesystem(out)
-    fs.create_dir(posixpath.dirname(inner) if storage.is_uri(out) else os.path.dirname(inner),
-                  recursive=True)
+    fs.create_dir(posixpath.dirname(inner) if storage.is_uri(out) else os.path.dirname(inner), recursive=True)
     with fs.open_output_stream(inner) as sink, pq.ParquetWriter(sink, OUTPUT_SCHEMA) as writer:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             first = first or (time.perf_counter(), table.num_rows)

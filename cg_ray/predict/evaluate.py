@@ -13,11 +13,11 @@ import torch
 
 from cg_ray import storage
 from cg_ray.console import Progress
-from cg_ray.train.checkpoint import LoadedModel, load_model
-from cg_ray.predict.registry import resolve_checkpoint
 from cg_ray.errors import UserError
 from cg_ray.evaluation import MODES, Accuracy, top1, view_probs
+from cg_ray.predict.registry import resolve_checkpoint
 from cg_ray.taxonomy import LEVELS
+from cg_ray.train.checkpoint import LoadedModel, load_model
 
 
 @dataclass
@@ -32,8 +32,14 @@ class DatasetProbs:
 
 
 @torch.no_grad()
-def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: int = 32,
-                  decode: str | None = None, views: int | None = None) -> DatasetProbs:
+def predict_split(
+    loaded: LoadedModel,
+    data_path: str,
+    split: str,
+    batch_size: int = 32,
+    decode: str | None = None,
+    views: int | None = None,
+) -> DatasetProbs:
     """Stream one split through Ray Data and the model (in this process, on its GPU when it
     has one). `decode`: data.decode (default: the checkpoint's; see resolve_decode). `views`:
     temporal clips per video, their softmax outputs averaged (default: the checkpoint's
@@ -59,9 +65,18 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
     model = loaded.model.to(device).eval()
     bf16 = device.type == "cuda" and loaded.config.train.precision != "fp32"
     sampling = eval_sampling(loaded.config, views)
-    ds = clip_dataset(data_path, split, loaded.taxonomy, d.num_frames, d.image_size, keep_ids=True,
-                      decode_batch_size=batch_size, decode=decode, sampling=sampling)
-    ids, labels, probs, bad = [], {l: [] for l in LEVELS}, {l: [] for l in LEVELS}, 0
+    ds = clip_dataset(
+        data_path,
+        split,
+        loaded.taxonomy,
+        d.num_frames,
+        d.image_size,
+        keep_ids=True,
+        decode_batch_size=batch_size,
+        decode=decode,
+        sampling=sampling,
+    )
+    ids, labels, probs, bad = [], {lvl: [] for lvl in LEVELS}, {lvl: [] for lvl in LEVELS}, 0
     start = time.perf_counter()
     progress = Progress(f"evaluate {split}", split_summary(data_path)[split])
     for batch in DeviceFeed(ds, batch_size, device):
@@ -71,8 +86,9 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
         if not valid.any():
             continue
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            clip_probs = view_probs(model, batch["video"][torch.as_tensor(valid, device=device)],
-                                    sampling.views)
+            clip_probs = view_probs(
+                model, batch["video"][torch.as_tensor(valid, device=device)], sampling.views
+            )
         ids.extend(batch["clip_id"][valid].tolist())
         for level in LEVELS:
             labels[level].append(batch[level].cpu().numpy()[valid])
@@ -80,38 +96,56 @@ def predict_split(loaded: LoadedModel, data_path: str, split: str, batch_size: i
     progress.close(len(ids) + bad, bad=bad)
     if not ids:
         raise UserError(f"no clip of split '{split}' in '{data_path}' could be decoded")
-    return DatasetProbs(ids, {l: np.concatenate(labels[l]) for l in LEVELS},
-                        {l: np.concatenate(probs[l]) for l in LEVELS}, bad, time.perf_counter() - start)
+    return DatasetProbs(
+        ids,
+        {lvl: np.concatenate(labels[lvl]) for lvl in LEVELS},
+        {lvl: np.concatenate(probs[lvl]) for lvl in LEVELS},
+        bad,
+        time.perf_counter() - start,
+    )
 
 
 def metrics_for(result: DatasetProbs, loaded: LoadedModel, mode: str) -> dict[str, float]:
     accuracy = Accuracy(loaded.taxonomy, mode)
-    accuracy.update({l: torch.from_numpy(p) for l, p in result.probs.items()},
-                    {l: torch.from_numpy(y) for l, y in result.labels.items()})
-    return {**accuracy.metrics(), "num_clips": len(result.clip_ids), "bad_clips": result.bad_clips,
-            "clips_per_s": len(result.clip_ids) / max(result.seconds, 1e-9)}
+    accuracy.update(
+        {lvl: torch.from_numpy(p) for lvl, p in result.probs.items()},
+        {lvl: torch.from_numpy(y) for lvl, y in result.labels.items()},
+    )
+    return {
+        **accuracy.metrics(),
+        "num_clips": len(result.clip_ids),
+        "bad_clips": result.bad_clips,
+        "clips_per_s": len(result.clip_ids) / max(result.seconds, 1e-9),
+    }
 
 
 def write_predictions(path: str, result: DatasetProbs, loaded: LoadedModel, mode: str) -> None:
     """One row per clip: clip_id, true and predicted names per level, the four prob vectors."""
     names = loaded.taxonomy.labels
-    top = top1({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode)
+    top = top1({lvl: torch.from_numpy(p) for lvl, p in result.probs.items()}, loaded.taxonomy, mode)
     columns: dict[str, pa.Array] = {"clip_id": pa.array(result.clip_ids)}
     for level in LEVELS:
         columns[f"true_{level}"] = pa.array([names[level][i] for i in result.labels[level]])
     for level in LEVELS:
         columns[f"pred_{level}"] = pa.array([names[level][i] for i in top[level].tolist()])
     for level in LEVELS:
-        columns[f"prob_{level}"] = pa.array(list(result.probs[level].astype(np.float32)),
-                                            type=pa.list_(pa.float32()))
+        columns[f"prob_{level}"] = pa.array(
+            list(result.probs[level].astype(np.float32)), type=pa.list_(pa.float32())
+        )
     sink = io.BytesIO()
     pq.write_table(pa.table(columns), sink)
     storage.write_bytes(path, sink.getvalue())
 
 
-def evaluate(checkpoint: str, data_path: str, split: str = "val", modes=MODES,
-             predictions_out: str | None = None, batch_size: int = 32,
-             views: int | None = None) -> dict[str, dict]:
+def evaluate(
+    checkpoint: str,
+    data_path: str,
+    split: str = "val",
+    modes=MODES,
+    predictions_out: str | None = None,
+    batch_size: int = 32,
+    views: int | None = None,
+) -> dict[str, dict]:
     """Metrics per mode for a checkpoint on a split; predictions (of the first mode) on request.
     `views`: temporal clips per video (default: the checkpoint's eval.views)."""
     loaded = load_model(resolve_checkpoint(checkpoint))

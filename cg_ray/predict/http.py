@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from cg_ray.data.decode import frame_sort_key, is_frame_name
 from cg_ray.errors import UserError
 
-HOW = ("send the clip as multipart field 'video', as raw bytes with a video content type, as a "
-       "zip of its frames, or as JSON {\"uri\": \"s3://...\"}")
+HOW = (
+    "send the clip as multipart field 'video', as raw bytes with a video content type, as a "
+    'zip of its frames, or as JSON {"uri": "s3://..."}'
+)
 MAX_ZIP_MEMBERS = 10_000
 
 
@@ -50,13 +52,18 @@ def check_token(authorization: str | None, token: str | None) -> None:
         return
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise RequestError(401, "this endpoint needs the header 'Authorization: Bearer TOKEN' "
-                                "(the token given to cg-ray serve)")
+        raise RequestError(
+            401,
+            "this endpoint needs the header 'Authorization: Bearer TOKEN' (the token given to cg-ray serve)",
+        )
 
 
 def too_large(limit: int) -> RequestError:
-    return RequestError(413, f"the upload is larger than the server's limit of "
-                             f"{limit / 2**20:g} MB (cg-ray serve --max-upload-mb)")
+    return RequestError(
+        413,
+        f"the upload is larger than the server's limit of "
+        f"{limit / 2**20:g} MB (cg-ray serve --max-upload-mb)",
+    )
 
 
 def check_length(content_length: str | None, limit: int) -> None:
@@ -77,10 +84,20 @@ async def capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[byte
 
 # Container signatures: (offset, bytes). Anything else that PyAV reads is still tried when the
 # client says it is a video; what is neither is refused as not a video.
-SIGNATURES = [(4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"wide"), (4, b"free"),
-              (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
-              (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"), (0, b"\x00\x00\x01\xba"),  # AVI, Ogg, FLV, MPEG-PS
-              (0, b"\x00\x00\x01\xb3"), (0, b"\x30\x26\xb2\x75")]  # MPEG-1, ASF
+SIGNATURES = [
+    (4, b"ftyp"),
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"wide"),
+    (4, b"free"),
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),
+    (0, b"OggS"),
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),  # AVI, Ogg, FLV, MPEG-PS
+    (0, b"\x00\x00\x01\xb3"),
+    (0, b"\x30\x26\xb2\x75"),
+]  # MPEG-1, ASF
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -88,7 +105,7 @@ def sniff(head: bytes) -> str:
     """'zip', 'video' (a known container), 'text', or 'unknown' from a body's first bytes."""
     if head.startswith(ZIP_MAGIC):
         return "zip"
-    if any(head[offset:offset + len(magic)] == magic for offset, magic in SIGNATURES):
+    if any(head[offset : offset + len(magic)] == magic for offset, magic in SIGNATURES):
         return "video"
     if len(head) > 188 and head[0] == head[188] == 0x47:  # MPEG-TS: a sync byte every 188
         return "video"
@@ -128,22 +145,31 @@ def extract_frames(path: str, folder: str, limit: int, name: str) -> str:
     nothing lands outside it); 413 when they would unpack to more than `limit` bytes."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist()
-                       if not m.is_dir() and is_frame_name(m.filename)
-                       and not os.path.basename(m.filename).startswith(".")]
+            members = [
+                m
+                for m in archive.infolist()
+                if not m.is_dir()
+                and is_frame_name(m.filename)
+                and not os.path.basename(m.filename).startswith(".")
+            ]
             if len(members) > MAX_ZIP_MEMBERS:
-                raise RequestError(413, f"the zip '{name}' holds {len(members)} frames, more than "
-                                        f"{MAX_ZIP_MEMBERS}")
+                raise RequestError(
+                    413, f"the zip '{name}' holds {len(members)} frames, more than {MAX_ZIP_MEMBERS}"
+                )
             if sum(m.file_size for m in members) > limit:
-                raise RequestError(413, f"the frames in the zip '{name}' unpack to more than the "
-                                        f"server's limit of {limit / 2**20:g} MB")
+                raise RequestError(
+                    413,
+                    f"the frames in the zip '{name}' unpack to more than the "
+                    f"server's limit of {limit / 2**20:g} MB",
+                )
             os.makedirs(folder, exist_ok=True)
             seen: set[str] = set()
             for member in sorted(members, key=lambda m: frame_sort_key(m.filename)):
                 base = safe_name(member.filename)
                 if base in seen:
-                    raise RequestError(422, f"the zip '{name}' has two frames named '{base}' "
-                                            f"(zip one clip's frames folder)")
+                    raise RequestError(
+                        422, f"the zip '{name}' has two frames named '{base}' (zip one clip's frames folder)"
+                    )
                 seen.add(base)
                 with archive.open(member) as src, open(os.path.join(folder, base), "wb") as dst:
                     while chunk := src.read(1 << 20):
@@ -155,8 +181,7 @@ def extract_frames(path: str, folder: str, limit: int, name: str) -> str:
     return folder
 
 
-def materialize(path: str, head: bytes, content_type: str, name: str, workdir: str,
-                limit: int) -> Upload:
+def materialize(path: str, head: bytes, content_type: str, name: str, workdir: str, limit: int) -> Upload:
     """A body saved at `path` -> the Upload to decode (a zip becomes a frames folder)."""
     if classify(head, content_type, name) == "zip":
         return Upload(extract_frames(path, os.path.join(workdir, "frames"), limit, name), name)
@@ -178,9 +203,12 @@ def uri_upload(body: bytes, allow_local: bool) -> Upload:
     uri = uri.strip()
     local = not storage.is_uri(uri) or uri.startswith("file://")
     if local and not allow_local:
-        raise RequestError(403, f"'{uri}' is a path on the server; this server reads only object "
-                                f"store URIs (s3://, gs://); start it with --allow-local-paths "
-                                f"to read its own files")
+        raise RequestError(
+            403,
+            f"'{uri}' is a path on the server; this server reads only object "
+            f"store URIs (s3://, gs://); start it with --allow-local-paths "
+            f"to read its own files",
+        )
     return Upload(uri, uri)
 
 

@@ -1,8 +1,8 @@
 """Predicting the place of single clips: a video file, a folder of frames, or a URI to either.
 
-    open_checkpoint(ref)      path or models:/NAME/VERSION -> LoadedModel
-    Predictor                 uint8 clips -> city/state/country/continent + top-k with probs
-    predict_inputs(...)       sources -> one Prediction or one error per source, in order
+open_checkpoint(ref)      path or models:/NAME/VERSION -> LoadedModel
+Predictor                 uint8 clips -> city/state/country/continent + top-k with probs
+predict_inputs(...)       sources -> one Prediction or one error per source, in order
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cg_ray.train.checkpoint import LoadedModel, load_model
-from cg_ray.errors import UserError
 from cg_ray.data.sampling import eval_sampling
+from cg_ray.errors import UserError
 from cg_ray.evaluation import MODES, hierarchical_product, rank, top1, view_probs
 from cg_ray.taxonomy import LEVELS
+from cg_ray.train.checkpoint import LoadedModel, load_model
 
 
 def open_checkpoint(reference: str, tracking_uri: str | None = None) -> tuple[LoadedModel, str]:
@@ -42,8 +42,14 @@ def level_scores(probs: dict[str, torch.Tensor], loaded: LoadedModel, mode: str)
 class Predictor:
     """A loaded checkpoint that turns decoded clips into named predictions."""
 
-    def __init__(self, loaded: LoadedModel, mode: str = "codependent", top_k: int = 5,
-                 device: str | torch.device = "cpu", views: int | None = None):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        mode: str = "codependent",
+        top_k: int = 5,
+        device: str | torch.device = "cpu",
+        views: int | None = None,
+    ):
         if mode not in MODES:
             raise UserError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
         if top_k < 1:
@@ -73,10 +79,14 @@ class Predictor:
         scores = level_scores(probs, self.loaded, self.mode)
         rows = []
         for b in range(next(iter(probs.values())).shape[0]):
-            top = {level: [{"label": names[level][i], "prob": round(float(scores[level][b, i]), 6)}
-                           for i in ids[level][b].tolist()] for level in LEVELS}
-            rows.append({**{level: names[level][int(picks[level][b])] for level in LEVELS},
-                         "top_k": top})
+            top = {
+                level: [
+                    {"label": names[level][i], "prob": round(float(scores[level][b, i]), 6)}
+                    for i in ids[level][b].tolist()
+                ]
+                for level in LEVELS
+            }
+            rows.append({**{level: names[level][int(picks[level][b])] for level in LEVELS}, "top_k": top})
         return rows
 
     def predict(self, video: np.ndarray) -> list[dict]:
@@ -104,9 +114,14 @@ def predict_inputs(predictor: Predictor, sources: list[str], batch_size: int = 8
     pending: list[tuple[Outcome, np.ndarray]] = []
     for outcome in outcomes:
         try:
-            pending.append((outcome, decode_clip(outcome.input, predictor.num_frames,
-                                                 predictor.image_size,
-                                                 sampling=predictor.sampling)))
+            pending.append(
+                (
+                    outcome,
+                    decode_clip(
+                        outcome.input, predictor.num_frames, predictor.image_size, sampling=predictor.sampling
+                    ),
+                )
+            )
         except UserError as exc:  # ClipError, and storage errors such as an unknown URI scheme
             outcome.error = _named(outcome.input, str(exc))
         if len(pending) == batch_size:
@@ -129,6 +144,7 @@ def format_outcome(outcome: Outcome, top_k: int) -> str:
     for level in LEVELS:
         top = outcome.prediction["top_k"][level]
         others = "  ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in top)
-        lines.append(f"  {level:<10}{top[0]['label']:<24}{100 * top[0]['prob']:>6.1f}%   "
-                     f"top-{top_k}: {others}")
+        lines.append(
+            f"  {level:<10}{top[0]['label']:<24}{100 * top[0]['prob']:>6.1f}%   top-{top_k}: {others}"
+        )
     return "\n".join(lines)

@@ -19,8 +19,18 @@ from cg_ray.predict.registry import CHECKPOINT_ARTIFACT
 # is logged (local build tags such as +cu128 dropped: the index has no such files). cg_ray itself
 # travels inside the model (code_paths), so `mlflow models serve` rebuilds the environment from
 # the package index alone.
-INFERENCE_DEPS = ("torch", "torchvision", "transformers", "numpy", "pandas", "pyyaml", "pillow",
-                  "av", "simplejpeg", "pyarrow")
+INFERENCE_DEPS = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "numpy",
+    "pandas",
+    "pyyaml",
+    "pillow",
+    "av",
+    "simplejpeg",
+    "pyarrow",
+)
 DEFAULT_PARAMS = {"top_k": 5, "mode": "codependent"}
 
 
@@ -98,9 +108,12 @@ def register_checkpoint(uri: str, run_id: str, checkpoint_dir: str, name: str) -
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=_pyfunc_class()(),
-            artifacts={CHECKPOINT_ARTIFACT: checkpoint_dir}, input_example=example,
-            signature=signature, registered_model_name=name,
+            name="model",
+            python_model=_pyfunc_class()(),
+            artifacts={CHECKPOINT_ARTIFACT: checkpoint_dir},
+            input_example=example,
+            signature=signature,
+            registered_model_name=name,
             code_paths=[os.path.dirname(os.path.abspath(cg_ray.__file__))],
             pip_requirements=pinned_requirements(),
         )

@@ -31,11 +31,11 @@ def resolve_checkpoint(reference: str, tracking_uri: str | None = None) -> str:
     uri = tracking_uri or default_uri()
     target = tempfile.mkdtemp(prefix="cg_ray-model-")
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=target,
-                                                    tracking_uri=uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=target, tracking_uri=uri)
     except Exception as exc:  # MLflow raises its own and HTTP errors here
-        raise UserError(f"cannot fetch {reference} from the registry at {uri}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot fetch {reference} from the registry at {uri}: {str(exc).splitlines()[0]}"
+        ) from None
     # The MLmodel file maps the artifact's key to where it was stored inside the model.
     try:
         with open(os.path.join(local, "MLmodel")) as f:

@@ -1,16 +1,16 @@
 """The online endpoint: `cg-ray serve` as a Ray Serve application of two deployments.
 
-    Gateway   the HTTP ingress: token guard, body limits, request parsing (predict/http.py) and
-              clip decoding in threads, so decoding runs beside the model, never in its replica
-    Model     one loaded checkpoint per replica (CPU or GPU); @serve.batch gathers the decoded
-              clips of concurrent requests into one forward pass of up to --max-batch clips
+Gateway   the HTTP ingress: token guard, body limits, request parsing (predict/http.py) and
+          clip decoding in threads, so decoding runs beside the model, never in its replica
+Model     one loaded checkpoint per replica (CPU or GPU); @serve.batch gathers the decoded
+          clips of concurrent requests into one forward pass of up to --max-batch clips
 
-    POST /predict   a clip -> the `cg-ray predict --json` object + mode + latency_ms
-    GET  /          the page to try a video (page.html); GET /map.json: land and city points
-    GET  /healthz   liveness; GET /info: model, taxonomy sizes, config digest, batch sizes
+POST /predict   a clip -> the `cg-ray predict --json` object + mode + latency_ms
+GET  /          the page to try a video (page.html); GET /map.json: land and city points
+GET  /healthz   liveness; GET /info: model, taxonomy sizes, config digest, batch sizes
 
-    serve_forever(options)    start Ray and Serve, deploy, block until Ctrl-C or SIGTERM
-    app_builder(args)         the same application for a Serve config file (KubeRay RayService)
+serve_forever(options)    start Ray and Serve, deploy, block until Ctrl-C or SIGTERM
+app_builder(args)         the same application for a Serve config file (KubeRay RayService)
 """
 
 from __future__ import annotations
@@ -67,22 +67,25 @@ class ServeOptions:
 def parse_autoscale(text: str) -> tuple[int, int]:
     low, sep, high = text.partition(":")
     if not (sep and low.isdigit() and high.isdigit()) or not 0 <= int(low) <= int(high) or int(high) < 1:
-        raise UserError(f"--autoscale '{text}' must look like MIN:MAX with 0 <= MIN <= MAX, "
-                        f"MAX >= 1, e.g. 1:4")
+        raise UserError(
+            f"--autoscale '{text}' must look like MIN:MAX with 0 <= MIN <= MAX, MAX >= 1, e.g. 1:4"
+        )
     return int(low), int(high)
 
 
 def check_options(options: ServeOptions) -> None:
     from cg_ray.evaluation import MODES
 
-    checks = [(options.max_batch >= 1, f"--max-batch must be at least 1, got {options.max_batch}"),
-              (options.top_k >= 1, f"--top-k must be at least 1, got {options.top_k}"),
-              (options.replicas >= 1, f"--replicas must be at least 1, got {options.replicas}"),
-              (options.gpus_per_replica >= 0, "--gpus-per-replica must be 0 or more"),
-              (options.max_upload_mb > 0, "--max-upload-mb must be more than 0"),
-              (options.min_frames >= 1, "--min-frames must be at least 1"),
-              (options.mode in MODES, f"unknown mode '{options.mode}' (known: {', '.join(MODES)})"),
-              (0 < options.port < 65536, f"--port {options.port} is not a TCP port")]
+    checks = [
+        (options.max_batch >= 1, f"--max-batch must be at least 1, got {options.max_batch}"),
+        (options.top_k >= 1, f"--top-k must be at least 1, got {options.top_k}"),
+        (options.replicas >= 1, f"--replicas must be at least 1, got {options.replicas}"),
+        (options.gpus_per_replica >= 0, "--gpus-per-replica must be 0 or more"),
+        (options.max_upload_mb > 0, "--max-upload-mb must be more than 0"),
+        (options.min_frames >= 1, "--min-frames must be at least 1"),
+        (options.mode in MODES, f"unknown mode '{options.mode}' (known: {', '.join(MODES)})"),
+        (0 < options.port < 65536, f"--port {options.port} is not a TCP port"),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -109,9 +112,14 @@ def describe_checkpoint(reference: str, tracking_uri: str | None = None) -> tupl
     backbone = config["model"]["backbone"]
     return path, {
         "checkpoint": reference,
-        "model": {"backbone": backbone["name"], "pretrained": backbone.get("pretrained"),
-                  "hidden_size": backbone.get("hidden_size"), "layers": backbone.get("num_layers"),
-                  "epoch": state["epoch"], "run_name": config.get("run", {}).get("name")},
+        "model": {
+            "backbone": backbone["name"],
+            "pretrained": backbone.get("pretrained"),
+            "hidden_size": backbone.get("hidden_size"),
+            "layers": backbone.get("num_layers"),
+            "epoch": state["epoch"],
+            "run_name": config.get("run", {}).get("name"),
+        },
         "taxonomy": {level: len(labels[level]) for level in LEVELS},
         "config_digest": f"sha256:{digest}",
         "num_frames": config["data"]["num_frames"],
@@ -136,8 +144,13 @@ def map_data(cities: list[str]) -> dict:
         runs.extend([row, int(a), int(b - a)] for a, b in zip(edges[::2], edges[1::2]))
     coordinates = CityCoordinates.load()
     known = {city: coordinates.get(city) for city in cities}
-    return {"step": step, "rows": int(land.shape[0]), "cols": int(land.shape[1]), "land": runs,
-            "cities": {c: [round(ll[0], 4), round(ll[1], 4)] for c, ll in known.items() if ll}}
+    return {
+        "step": step,
+        "rows": int(land.shape[0]),
+        "cols": int(land.shape[1]),
+        "land": runs,
+        "cities": {c: [round(ll[0], 4), round(ll[1], 4)] for c, ll in known.items() if ll},
+    }
 
 
 def page_html() -> str:
@@ -150,8 +163,15 @@ def page_html() -> str:
 class Model:
     """One replica: the checkpoint on its device, answering batches of decoded clips."""
 
-    def __init__(self, checkpoint: str, tracking_uri: str | None, mode: str, top_k: int,
-                 max_batch: int, batch_wait_s: float):
+    def __init__(
+        self,
+        checkpoint: str,
+        tracking_uri: str | None,
+        mode: str,
+        top_k: int,
+        max_batch: int,
+        batch_wait_s: float,
+    ):
         import torch
 
         from cg_ray.predict.predictor import Predictor, open_checkpoint
@@ -175,9 +195,12 @@ class Model:
         return await asyncio.get_running_loop().run_in_executor(None, self.predictor.predict, video)
 
     def stats(self) -> dict:
-        return {"replica": serve.get_replica_context().replica_id.unique_id, "device": self.device,
-                "max_batch": self.max_batch,
-                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "device": self.device,
+            "max_batch": self.max_batch,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
 
 
 class Gateway:
@@ -207,8 +230,11 @@ class Gateway:
                 return Response(self._map, media_type="application/json")
             routes = {"/predict": "POST", "/info": "GET"}
             if path not in routes:
-                raise RequestError(404, f"no such route {method} {path}: POST /predict, GET /info, "
-                                        f"GET /healthz, GET / (the page)")
+                raise RequestError(
+                    404,
+                    f"no such route {method} {path}: POST /predict, GET /info, "
+                    f"GET /healthz, GET / (the page)",
+                )
             if method != routes[path]:
                 raise RequestError(405, f"{path} takes {routes[path]}, not {method}")
             check_token(request.headers.get("authorization"), self.settings.get("token"))
@@ -224,18 +250,27 @@ class Gateway:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except Exception as exc:  # a bug or a failed replica: one line for the client, all in the log
             log.exception("request %s %s failed", method, path)
-            return JSONResponse({"error": f"internal error: {type(exc).__name__}: "
-                                          f"{str(exc).splitlines()[0] if str(exc) else ''}"},
-                                status_code=500)
+            return JSONResponse(
+                {
+                    "error": f"internal error: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                },
+                status_code=500,
+            )
 
     async def info(self) -> dict:
         info = {k: v for k, v in self.settings["info"].items() if k != "cities"}
         stats = await self.model.stats.remote()
-        return {**info, "mode": self.settings["mode"], "top_k": self.settings["top_k"],
-                "max_batch": self.settings["max_batch"],
-                "max_upload_mb": self.settings["max_upload_mb"],
-                "auth": bool(self.settings.get("token")), "replica": stats,
-                "batch_sizes": stats["batch_sizes"]}
+        return {
+            **info,
+            "mode": self.settings["mode"],
+            "top_k": self.settings["top_k"],
+            "max_batch": self.settings["max_batch"],
+            "max_upload_mb": self.settings["max_upload_mb"],
+            "auth": bool(self.settings.get("token")),
+            "replica": stats,
+            "batch_sizes": stats["batch_sizes"],
+        }
 
     async def predict(self, request) -> dict:
         from cg_ray.predict.http import check_length, uri_upload
@@ -256,8 +291,12 @@ class Gateway:
         finally:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
-        return {"input": upload.name, **row, "mode": self.settings["mode"],
-                "latency_ms": round(1000 * (time.perf_counter() - start), 2)}
+        return {
+            "input": upload.name,
+            **row,
+            "mode": self.settings["mode"],
+            "latency_ms": round(1000 * (time.perf_counter() - start), 2),
+        }
 
     def _decode(self, upload, workdir):
         from cg_ray.data.decode import decode_clip
@@ -267,8 +306,13 @@ class Gateway:
         info = self.settings["info"]
         sampling = Sampling(info["sampling"]["name"], info["num_frames"], info["sampling"]["views"])
         try:
-            return decode_clip(upload.source, info["num_frames"], info["image_size"],
-                               min_frames=self.settings["min_frames"], sampling=sampling)
+            return decode_clip(
+                upload.source,
+                info["num_frames"],
+                info["image_size"],
+                min_frames=self.settings["min_frames"],
+                sampling=sampling,
+            )
         except UserError as exc:  # ClipError, and storage errors (unknown scheme, no such object)
             message = public_message(str(exc), upload, workdir)
             status = 404 if "does not exist" in message else 422
@@ -303,16 +347,14 @@ class Gateway:
             from starlette.formparsers import MultiPartException, MultiPartParser
 
             try:
-                form = await MultiPartParser(request.headers, stream, max_files=4,
-                                             max_fields=16).parse()
+                form = await MultiPartParser(request.headers, stream, max_files=4, max_fields=16).parse()
             except MultiPartException as exc:
                 raise RequestError(400, f"the multipart body does not parse ({exc}): {HOW}") from None
             try:
                 video = form.get("video")
                 if video is None or isinstance(video, str):
                     names = ", ".join(f"'{k}'" for k in form.keys()) or "none"
-                    raise RequestError(400, f"the form has no file field 'video' (fields: {names}): "
-                                            f"{HOW}")
+                    raise RequestError(400, f"the form has no file field 'video' (fields: {names}): {HOW}")
                 name = safe_name(video.filename, "video")
                 path = os.path.join(workdir, name)
                 with open(path, "wb") as out:
@@ -322,8 +364,7 @@ class Gateway:
             finally:
                 await form.close()
         else:
-            name = safe_name(request.headers.get("x-filename") or request.query_params.get("name"),
-                             "upload")
+            name = safe_name(request.headers.get("x-filename") or request.query_params.get("name"), "upload")
             path = os.path.join(workdir, name)
             with open(path, "wb") as out:
                 async for chunk in stream:
@@ -342,29 +383,50 @@ def build_app(options: ServeOptions, replica_checkpoint: str, info: dict):
     model_options: dict = {
         # Batching needs room for a batch of requests in flight on each replica.
         "max_ongoing_requests": max(2 * options.max_batch, 4),
-        "ray_actor_options": {"num_cpus": options.cpus_per_replica,
-                              "num_gpus": options.gpus_per_replica},
+        "ray_actor_options": {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica},
     }
-    gateway_options: dict = {"max_ongoing_requests": max(8 * options.max_batch, 32),
-                             "ray_actor_options": {"num_cpus": 1}}
+    gateway_options: dict = {
+        "max_ongoing_requests": max(8 * options.max_batch, 32),
+        "ray_actor_options": {"num_cpus": 1},
+    }
     if options.autoscale:
         low, high = options.autoscale
-        model_options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
-                                               "target_ongoing_requests": options.max_batch}
-        gateway_options["autoscaling_config"] = {"min_replicas": max(1, low), "max_replicas": high,
-                                                 "target_ongoing_requests": 4 * options.max_batch}
+        model_options["autoscaling_config"] = {
+            "min_replicas": low,
+            "max_replicas": high,
+            "target_ongoing_requests": options.max_batch,
+        }
+        gateway_options["autoscaling_config"] = {
+            "min_replicas": max(1, low),
+            "max_replicas": high,
+            "target_ongoing_requests": 4 * options.max_batch,
+        }
     else:
         model_options["num_replicas"] = options.replicas
         gateway_options["num_replicas"] = options.replicas
     model = serve.deployment(Model, name="Model").options(**model_options)
     gateway = serve.deployment(Gateway, name="Gateway").options(**gateway_options)
-    settings = {"info": info, "mode": options.mode, "top_k": options.top_k,
-                "max_batch": options.max_batch, "max_upload_mb": options.max_upload_mb,
-                "min_frames": options.min_frames, "allow_local_paths": options.allow_local_paths,
-                "token": options.token}
-    return gateway.bind(model.bind(replica_checkpoint, options.tracking_uri, options.mode,
-                                   options.top_k, options.max_batch, options.batch_wait_ms / 1000),
-                        settings)
+    settings = {
+        "info": info,
+        "mode": options.mode,
+        "top_k": options.top_k,
+        "max_batch": options.max_batch,
+        "max_upload_mb": options.max_upload_mb,
+        "min_frames": options.min_frames,
+        "allow_local_paths": options.allow_local_paths,
+        "token": options.token,
+    }
+    return gateway.bind(
+        model.bind(
+            replica_checkpoint,
+            options.tracking_uri,
+            options.mode,
+            options.top_k,
+            options.max_batch,
+            options.batch_wait_ms / 1000,
+        ),
+        settings,
+    )
 
 
 def app_builder(args: dict):
@@ -405,9 +467,12 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
     or SIGTERM; then delete it and stop Serve (and the local Ray)."""
     check_options(options)
     if options.host not in LOOPBACK and not options.token:
-        print(f"cg-ray serve: warning: listening on {options.host}:{options.port} with no "
-              f"authentication: anyone who reaches this address can use the model; set --token "
-              f"or ${TOKEN_ENV}", file=sys.stderr)
+        print(
+            f"cg-ray serve: warning: listening on {options.host}:{options.port} with no "
+            f"authentication: anyone who reaches this address can use the model; set --token "
+            f"or ${TOKEN_ENV}",
+            file=sys.stderr,
+        )
     remote = bool(os.environ.get("RAY_ADDRESS"))
     if not remote:
         _check_port_free(options.host, options.port)
@@ -422,22 +487,28 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
     stop = threading.Event()
     # Ctrl-C and SIGTERM (`ray job stop`, Kubernetes) both end the loop below; set here, since a
     # process started in the background may have been told to ignore SIGINT.
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve.start(http_options={"host": options.host, "port": options.port},
-                    logging_config={"log_level": "WARNING"})
+        serve.start(
+            http_options={"host": options.host, "port": options.port}, logging_config={"log_level": "WARNING"}
+        )
         app = build_app(options, options.checkpoint if remote else local_path, info)
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         node = ray._private.worker.global_worker.node
         host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
-        scale = (f"autoscale {options.autoscale[0]}:{options.autoscale[1]}" if options.autoscale
-                 else f"{replicas} replica(s)")
-        print(f"cg-ray serve: http://{host}:{options.port}/ ready: {info['checkpoint']} "
-              f"({info['model']['backbone']}, {info['taxonomy']['city']} cities), {scale}"
-              f", max batch {options.max_batch}; Prometheus metrics: "
-              f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics; Ctrl-C stops",
-              file=out, flush=True)
+        scale = (
+            f"autoscale {options.autoscale[0]}:{options.autoscale[1]}"
+            if options.autoscale
+            else f"{replicas} replica(s)"
+        )
+        print(
+            f"cg-ray serve: http://{host}:{options.port}/ ready: {info['checkpoint']} "
+            f"({info['model']['backbone']}, {info['taxonomy']['city']} cities), {scale}"
+            f", max batch {options.max_batch}; Prometheus metrics: "
+            f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics; Ctrl-C stops",
+            file=out,
+            flush=True,
+        )
         while not stop.wait(1):
             pass
         print("cg-ray serve: stopping", file=out, flush=True)

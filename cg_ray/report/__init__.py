@@ -27,8 +27,14 @@ import numpy as np
 from cg_ray import storage
 from cg_ray.geo import CityCoordinates
 from cg_ray.report import page, plots
-from cg_ray.report.tables import (ClipLabels, clip_distances, continent_confusions,
-                                  geodesic_summary, per_city, per_country)
+from cg_ray.report.tables import (
+    ClipLabels,
+    clip_distances,
+    continent_confusions,
+    geodesic_summary,
+    per_city,
+    per_country,
+)
 from cg_ray.taxonomy import LEVELS
 
 
@@ -50,13 +56,17 @@ def clip_labels(result, loaded, mode: str) -> ClipLabels:
 
     from cg_ray.evaluation import top1
 
-    top = top1({l: torch.from_numpy(p) for l, p in result.probs.items()}, loaded.taxonomy, mode)
-    return ClipLabels(list(result.clip_ids), {l: np.asarray(result.labels[l]) for l in LEVELS},
-                      {l: top[l].numpy() for l in LEVELS})
+    top = top1({lvl: torch.from_numpy(p) for lvl, p in result.probs.items()}, loaded.taxonomy, mode)
+    return ClipLabels(
+        list(result.clip_ids),
+        {lvl: np.asarray(result.labels[lvl]) for lvl in LEVELS},
+        {lvl: top[lvl].numpy() for lvl in LEVELS},
+    )
 
 
-def write_report(folder: str, taxonomy, clips: ClipLabels, metrics: dict, info: dict,
-                 coords: CityCoordinates) -> dict:
+def write_report(
+    folder: str, taxonomy, clips: ClipLabels, metrics: dict, info: dict, coords: CityCoordinates
+) -> dict:
     """Write every report file into the local `folder`; returns metrics + geodesic metrics."""
     os.makedirs(os.path.join(folder, "confusion"), exist_ok=True)
     km, missing = clip_distances(taxonomy, clips, coords)
@@ -72,16 +82,22 @@ def write_report(folder: str, taxonomy, clips: ClipLabels, metrics: dict, info: 
     for confusion in continent_confusions(taxonomy, clips):
         name = f"confusion/{_slug(confusion.continent)}"
         files[f"{name}.csv"] = _csv(
-            [{"true_city": r, **dict(zip(confusion.cols, map(int, row)))}
-             for r, row in zip(confusion.rows, confusion.counts)], ["true_city", *confusion.cols])
+            [
+                {"true_city": r, **dict(zip(confusion.cols, map(int, row)))}
+                for r, row in zip(confusion.rows, confusion.counts)
+            ],
+            ["true_city", *confusion.cols],
+        )
         plots.confusion_png(confusion, os.path.join(folder, f"{name}.png"))
         shown.append((confusion.continent, f"{name}.png"))
     for name, text in files.items():
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             f.write(text)
-    title = (f"city top-1 per city ({info.get('split')}, {info.get('mode')}): "
-             f"{metrics.get('city_top1', float('nan')):.1f}% overall, median error "
-             f"{metrics.get('geo_median_km', float('nan')):.0f} km")
+    title = (
+        f"city top-1 per city ({info.get('split')}, {info.get('mode')}): "
+        f"{metrics.get('city_top1', float('nan')):.1f}% overall, median error "
+        f"{metrics.get('geo_median_km', float('nan')):.0f} km"
+    )
     plots.world_map(cities, os.path.join(folder, "world_map.png"), title)
     with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
         f.write(page.render(info, metrics, cities, countries, shown, missing))
@@ -90,9 +106,10 @@ def write_report(folder: str, taxonomy, clips: ClipLabels, metrics: dict, info: 
 
 def _clips_csv(taxonomy, clips: ClipLabels, km: np.ndarray) -> str:
     names = taxonomy.labels["city"]
-    rows = [{"clip_id": c, "true_city": names[t], "pred_city": names[p],
-             "km": "" if np.isnan(d) else f"{d:.1f}"}
-            for c, t, p, d in zip(clips.clip_ids, clips.true["city"], clips.pred["city"], km)]
+    rows = [
+        {"clip_id": c, "true_city": names[t], "pred_city": names[p], "km": "" if np.isnan(d) else f"{d:.1f}"}
+        for c, t, p, d in zip(clips.clip_ids, clips.true["city"], clips.pred["city"], km)
+    ]
     return _csv(rows, ["clip_id", "true_city", "pred_city", "km"])
 
 
@@ -109,17 +126,24 @@ def publish(folder: str, dest: str) -> None:
                 storage.write_bytes(storage.join(dest, os.path.relpath(path, folder)), f.read())
 
 
-def evaluate_with_report(checkpoint: str, data_path: str, report_dir: str, split: str = "val",
-                         mode: str = "codependent", coordinates: str | None = None,
-                         predictions_out: str | None = None, batch_size: int = 32,
-                         tracking_uri: str | None = None,
-                         views: int | None = None) -> tuple[dict, str]:
+def evaluate_with_report(
+    checkpoint: str,
+    data_path: str,
+    report_dir: str,
+    split: str = "val",
+    mode: str = "codependent",
+    coordinates: str | None = None,
+    predictions_out: str | None = None,
+    batch_size: int = 32,
+    tracking_uri: str | None = None,
+    views: int | None = None,
+) -> tuple[dict, str]:
     """Evaluate a checkpoint on a split and write the report; returns (metrics, MLflow note).
     `views`: temporal clips per video (default: the checkpoint's eval.views)."""
-    from cg_ray.train.checkpoint import read_checkpoint
     from cg_ray.predict.evaluate import metrics_for, predict_split, write_predictions
     from cg_ray.predict.predictor import open_checkpoint
     from cg_ray.report.tracked import log_to_mlflow
+    from cg_ray.train.checkpoint import read_checkpoint
 
     coords = CityCoordinates.load(coordinates)  # a bad CSV fails before any work
     loaded, path = open_checkpoint(checkpoint, tracking_uri)
@@ -127,12 +151,18 @@ def evaluate_with_report(checkpoint: str, data_path: str, report_dir: str, split
     if predictions_out:
         write_predictions(predictions_out, result, loaded, mode)
     metrics = metrics_for(result, loaded, mode)
-    info = {"checkpoint": checkpoint, "data": data_path, "split": split, "mode": mode,
-            "clips": len(result.clip_ids)}
+    info = {
+        "checkpoint": checkpoint,
+        "data": data_path,
+        "split": split,
+        "mode": mode,
+        "clips": len(result.clip_ids),
+    }
     clips = clip_labels(result, loaded, mode)
     local = report_dir if not storage.is_uri(report_dir) else tempfile.mkdtemp(prefix="cg_ray-report-")
     metrics = write_report(local, loaded.taxonomy, clips, metrics, info, coords)
     publish(local, report_dir)
-    note = log_to_mlflow(local, read_checkpoint(path), loaded.config, tracking_uri,
-                         artifact_path=f"report_{split}_{mode}")
+    note = log_to_mlflow(
+        local, read_checkpoint(path), loaded.config, tracking_uri, artifact_path=f"report_{split}_{mode}"
+    )
     return metrics, note

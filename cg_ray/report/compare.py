@@ -63,24 +63,29 @@ def _runs_of(client, token: str) -> list:
 
     experiment = client.get_experiment_by_name(token)
     if experiment is not None:
-        runs = client.search_runs([experiment.experiment_id],
-                                  filter_string="attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time ASC"], max_results=5000)
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=5000,
+        )
         if not runs:
             raise UserError(f"MLflow experiment '{token}' has no finished runs")
         return list(runs)
     try:
         return [client.get_run(token)]
     except MlflowException:
-        raise UserError(f"'{token}' is neither an MLflow run id nor an experiment name in this "
-                        f"store (pass --tracking-uri, or check the name)") from None
+        raise UserError(
+            f"'{token}' is neither an MLflow run id nor an experiment name in this "
+            f"store (pass --tracking-uri, or check the name)"
+        ) from None
 
 
 def collect(tokens: list[str], tracking_uri: str | None = None) -> list[dict]:
     """One row per run named by `tokens` (run ids or experiment names), in order, each run once."""
     uri = tracking.tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         # MLflow would create an empty store there and find nothing.
         raise UserError(f"MLflow store {uri} does not exist (pass --tracking-uri)")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -94,9 +99,14 @@ def collect(tokens: list[str], tracking_uri: str | None = None) -> list[dict]:
                 continue
             seen.add(run.info.run_id)
             metrics = run.data.metrics  # the latest value of each: the final epoch's
-            rows.append({"run": run.info.run_name or run.info.run_id, "run_id": run.info.run_id,
-                         **describe(run.data.params),
-                         **{f"{level}_top1": metrics.get(f"{level}_top1") for level in LEVELS}})
+            rows.append(
+                {
+                    "run": run.info.run_name or run.info.run_id,
+                    "run_id": run.info.run_id,
+                    **describe(run.data.params),
+                    **{f"{level}_top1": metrics.get(f"{level}_top1") for level in LEVELS},
+                }
+            )
     names = [row["run"] for row in rows]
     for row in rows:  # two runs of one name: tell them apart by their id
         if names.count(row["run"]) > 1:
@@ -122,14 +132,18 @@ def format_rows(rows: list[dict], fmt: str = "text") -> str:
         return out.getvalue().rstrip("\n")
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(headers) + " |",
-                 "|" + "|".join(["---"] * text + ["---:"] * len(LEVELS)) + "|"]
+        lines = [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join(["---"] * text + ["---:"] * len(LEVELS)) + "|",
+        ]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
     if fmt != "text":
         raise UserError(f"unknown format '{fmt}' (text, markdown, csv)")
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(v.ljust(w) if i < text else v.rjust(w)  # noqa: E731
-                                    for i, (v, w) in enumerate(zip(values, widths)))
+    line = lambda values: "  ".join(
+        v.ljust(w) if i < text else v.rjust(w)  # noqa: E731
+        for i, (v, w) in enumerate(zip(values, widths))
+    )
     return "\n".join([line(headers)] + [line(r) for r in cells])
 
 
@@ -137,5 +151,7 @@ def compare_runs(tokens: list[str], fmt: str = "text", tracking_uri: str | None 
     """The table for `cg-ray compare`."""
     rows = collect(tokens, tracking_uri)
     if not rows:
-        raise UserError(f"no runs found for {', '.join(tokens)} in {redact(tracking.tracking_uri(tracking_uri))}")
+        raise UserError(
+            f"no runs found for {', '.join(tokens)} in {redact(tracking.tracking_uri(tracking_uri))}"
+        )
     return format_rows(rows, fmt)

@@ -7,8 +7,13 @@ import io
 from cg_ray.report.plots import _figure
 from cg_ray.taxonomy import LEVELS
 
-LOSSES = ("train_loss", *(f"train_{level}" for level in LEVELS), "train_scene", "train_tla",
-          "train_consistency")
+LOSSES = (
+    "train_loss",
+    *(f"train_{level}" for level in LEVELS),
+    "train_scene",
+    "train_tla",
+    "train_consistency",
+)
 ACCURACY = tuple(f"{level}_top1" for level in LEVELS)
 
 
@@ -17,8 +22,7 @@ def learning_curves_png(history: dict[str, list[tuple[int, float]]], title: str)
     the training loss terms, and the val top-1 of each level in percent."""
     fig = _figure(1200, 450, layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, names, ylabel in ((ax_loss, LOSSES, "training loss"),
-                              (ax_acc, ACCURACY, "val top-1 (%)")):
+    for ax, names, ylabel in ((ax_loss, LOSSES, "training loss"), (ax_acc, ACCURACY, "val top-1 (%)")):
         for name in names:
             points = sorted(history.get(name, []))
             if points:

@@ -24,8 +24,9 @@ class ClipLabels:
     pred: dict[str, np.ndarray]
 
 
-def clip_distances(taxonomy: Taxonomy, clips: ClipLabels,
-                   coords: CityCoordinates) -> tuple[np.ndarray, list[str]]:
+def clip_distances(
+    taxonomy: Taxonomy, clips: ClipLabels, coords: CityCoordinates
+) -> tuple[np.ndarray, list[str]]:
     """(N,) km between true and predicted city centres (NaN where either is unknown) and the
     city names that have no coordinates."""
     names = taxonomy.labels["city"]
@@ -52,8 +53,7 @@ def _median(km: np.ndarray) -> float:
     return float(np.median(km)) if km.size else float("nan")
 
 
-def per_city(taxonomy: Taxonomy, clips: ClipLabels, km: np.ndarray,
-             coords: CityCoordinates) -> list[dict]:
+def per_city(taxonomy: Taxonomy, clips: ClipLabels, km: np.ndarray, coords: CityCoordinates) -> list[dict]:
     """One row per city with clips: its ancestors, clips, accuracy at city and country level
     (percent, of that city's clips), median km error, and its centre (None if unknown)."""
     rows = []
@@ -63,14 +63,18 @@ def per_city(taxonomy: Taxonomy, clips: ClipLabels, km: np.ndarray,
             continue
         ids = taxonomy.ancestors(city_id)
         latlon = coords.get(city)
-        rows.append({
-            "city": city, **{lvl: taxonomy.labels[lvl][i] for lvl, i in zip(LEVELS[1:], ids[1:])},
-            "clips": int(mine.sum()),
-            "city_top1": _pct(clips.pred["city"][mine] == city_id),
-            "country_top1": _pct(clips.pred["country"][mine] == ids[2]),
-            "median_km": _median(km[mine]),
-            "lat": latlon[0] if latlon else None, "lon": latlon[1] if latlon else None,
-        })
+        rows.append(
+            {
+                "city": city,
+                **{lvl: taxonomy.labels[lvl][i] for lvl, i in zip(LEVELS[1:], ids[1:])},
+                "clips": int(mine.sum()),
+                "city_top1": _pct(clips.pred["city"][mine] == city_id),
+                "country_top1": _pct(clips.pred["country"][mine] == ids[2]),
+                "median_km": _median(km[mine]),
+                "lat": latlon[0] if latlon else None,
+                "lon": latlon[1] if latlon else None,
+            }
+        )
     return rows
 
 
@@ -82,10 +86,16 @@ def per_country(taxonomy: Taxonomy, clips: ClipLabels, km: np.ndarray) -> list[d
         if not mine.any():
             continue
         continent = taxonomy.labels["continent"][taxonomy.parents["country"][country_id]]
-        rows.append({"country": country, "continent": continent, "clips": int(mine.sum()),
-                     "country_top1": _pct(clips.pred["country"][mine] == country_id),
-                     "city_top1": _pct(clips.pred["city"][mine] == clips.true["city"][mine]),
-                     "median_km": _median(km[mine])})
+        rows.append(
+            {
+                "country": country,
+                "continent": continent,
+                "clips": int(mine.sum()),
+                "country_top1": _pct(clips.pred["country"][mine] == country_id),
+                "city_top1": _pct(clips.pred["city"][mine] == clips.true["city"][mine]),
+                "median_km": _median(km[mine]),
+            }
+        )
     return rows
 
 

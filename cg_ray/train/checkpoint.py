@@ -26,9 +26,18 @@ FILENAME = "checkpoint.pt"
 FILES = "files.json"
 
 
-def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    epoch: int, metrics: dict, config: Config, taxonomy: Taxonomy,
-                    text_dim: int, extra: dict | None = None) -> str:
+def save_checkpoint(
+    folder: str,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    metrics: dict,
+    config: Config,
+    taxonomy: Taxonomy,
+    text_dim: int,
+    extra: dict | None = None,
+) -> str:
     os.makedirs(folder, exist_ok=True)
     state = {
         "format": "cg_ray/1",
@@ -48,8 +57,11 @@ def save_checkpoint(folder: str, *, model: torch.nn.Module, optimizer: torch.opt
         f.write(yaml.safe_dump(state["config"], sort_keys=False))
     with open(os.path.join(folder, "taxonomy.json"), "w") as f:
         f.write(taxonomy.to_json())
-    sizes = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
-             if name != FILES}
+    sizes = {
+        name: os.path.getsize(os.path.join(folder, name))
+        for name in sorted(os.listdir(folder))
+        if name != FILES
+    }
     with open(os.path.join(folder, FILES), "w") as f:
         json.dump(sizes, f)
     return folder
@@ -88,8 +100,9 @@ class LoadedModel:
     epoch: int
 
 
-def restore_training(saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler, ema=None) -> tuple[int, int]:
+def restore_training(
+    saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, ema=None
+) -> tuple[int, int]:
     """Load a training checkpoint's state into a fresh model, optimizer (its parameter groups
     with their lrs), schedule and EMA; returns (first epoch to run, optimizer step). A checkpoint
     written without EMA starts the average from the restored weights."""
@@ -111,8 +124,9 @@ def load_model(path: str) -> LoadedModel:
     config = config_from_dict(state["config"])
     taxonomy = Taxonomy.from_dict(state["taxonomy"])
     # The saved architecture rebuilds the backbone without fetching its pretrained weights again.
-    model = build_model(config, taxonomy.sizes, state["text_dim"], state["backbone_arch"],
-                        parents=taxonomy.parents)
+    model = build_model(
+        config, taxonomy.sizes, state["text_dim"], state["backbone_arch"], parents=taxonomy.parents
+    )
     model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
     model.eval()
     return LoadedModel(model, config, taxonomy, int(state["epoch"]))
@@ -138,8 +152,11 @@ def is_complete(folder: str) -> bool:
 
 def latest_checkpoint(run_dir: str) -> str | None:
     """The newest complete checkpoint folder of a run (Ray names them by time), or None."""
-    entries = [e for e in storage.list_dir(run_dir)
-               if e.base_name.startswith("checkpoint_") and e.type.name == "Directory"]
+    entries = [
+        e
+        for e in storage.list_dir(run_dir)
+        if e.base_name.startswith("checkpoint_") and e.type.name == "Directory"
+    ]
     for entry in sorted(entries, key=lambda e: e.base_name, reverse=True):
         folder = storage.uri_of(run_dir, entry.path)
         if is_complete(folder):

@@ -13,11 +13,11 @@ import os
 from ray.train import DataConfig
 
 from cg_ray import storage, tracking
-from cg_ray.train.checkpoint import latest_checkpoint
 from cg_ray.config import Config
 from cg_ray.errors import UserError
 from cg_ray.secrets import redact_tree
 from cg_ray.taxonomy import Taxonomy
+from cg_ray.train.checkpoint import latest_checkpoint
 from cg_ray.train.worker import train_loop
 
 
@@ -37,8 +37,7 @@ class ValSplitDataConfig(DataConfig):
         output = [{} for _ in range(world_size)]
         for name, ds in datasets.items():
             if name == "train":
-                part = super().configure({name: ds}, world_size, worker_handles, worker_node_ids,
-                                         **kwargs)
+                part = super().configure({name: ds}, world_size, worker_handles, worker_node_ids, **kwargs)
                 for i in range(world_size):
                     output[i][name] = part[i][name]
                 continue
@@ -61,15 +60,20 @@ def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
     splits = split_summary(cfg.data.path)
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not splits.get(split):
-            raise UserError(f"dataset '{cfg.data.path}' has no clips in split '{split}' "
-                            f"(it has: {splits or 'none'})")
+            raise UserError(
+                f"dataset '{cfg.data.path}' has no clips in split '{split}' (it has: {splits or 'none'})"
+            )
     if splits[cfg.data.train_split] < cfg.train.num_workers:
-        raise UserError(f"{splits[cfg.data.train_split]} training clips cannot feed "
-                        f"train.num_workers={cfg.train.num_workers} workers")
+        raise UserError(
+            f"{splits[cfg.data.train_split]} training clips cannot feed "
+            f"train.num_workers={cfg.train.num_workers} workers"
+        )
     if cfg.model.sca.enabled and not has_scene_labels(cfg.data.path, cfg.data.train_split):
-        raise UserError(f"dataset '{cfg.data.path}' has no scene labels for every training clip: run "
-                        f"`cg-ray scenes` on it, or switch the scene loss off with "
-                        f"--set model.sca.enabled=false")
+        raise UserError(
+            f"dataset '{cfg.data.path}' has no scene labels for every training clip: run "
+            f"`cg-ray scenes` on it, or switch the scene loss off with "
+            f"--set model.sca.enabled=false"
+        )
     tables = load_text_tables(cfg.data.path, taxonomy) if cfg.model.tla.enabled else None
     if tables is None and cfg.model.head == "graph" and cfg.model.graph.text_init:
         from cg_ray.labels.text import FILENAME
@@ -94,28 +98,43 @@ def _resolve_decode(cfg: Config, use_gpu: bool) -> str:
 
 
 # Keys that may change when a run resumes; any other difference means another experiment.
-RESUMABLE_CHANGES = {"train.epochs", "train.max_failures", "train.log_every", "train.num_workers",
-                     "train.cpus_per_worker", "train.use_gpu", "train.keep_best", "data.path",
-                     "data.decode", "data.max_bad_fraction", "eval.batch_size", "eval.views",
-                     "run.tracking_uri",
-                     "run.register_as", "run.storage_path"}
+RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.max_failures",
+    "train.log_every",
+    "train.num_workers",
+    "train.cpus_per_worker",
+    "train.use_gpu",
+    "train.keep_best",
+    "data.path",
+    "data.decode",
+    "data.max_bad_fraction",
+    "eval.batch_size",
+    "eval.views",
+    "run.tracking_uri",
+    "run.register_as",
+    "run.storage_path",
+}
 
 
 def check_resumable(state: dict, cfg: Config, taxonomy: Taxonomy, where: str) -> None:
     """Refuse to continue a checkpoint of another experiment, naming what differs."""
     differences = Taxonomy.from_dict(state["taxonomy"]).differences(taxonomy)
     if differences:
-        raise UserError(f"cannot resume {where}: its taxonomy differs from the dataset's: "
-                        f"{differences[0]}")
+        raise UserError(f"cannot resume {where}: its taxonomy differs from the dataset's: {differences[0]}")
     old = tracking.flatten(state["config"])
     new = tracking.flatten(redact_tree(cfg.to_dict()))
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-                     and not k.startswith("tune."))  # search settings: not the run's
+    changed = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("tune.")
+    )  # search settings: not the run's
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-        raise UserError(f"cannot resume {where} with a different config ({shown}); use another "
-                        f"run.name to start a new run")
+        raise UserError(
+            f"cannot resume {where} with a different config ({shown}); use another "
+            f"run.name to start a new run"
+        )
 
 
 # The MLflow run of the run folder, written when the run starts: the checkpoints carry it too,
@@ -131,8 +150,10 @@ def _close_run_without_checkpoint(run_dir: str, uri: str) -> None:
         return
     old = json.loads(storage.read_text(marker))["mlflow_run_id"]
     if tracking.close_orphan(uri, old, "its driver stopped before the first complete checkpoint"):
-        print(f"MLflow run {old} of {run_dir} ended before its first checkpoint: marked KILLED; "
-              f"starting again", flush=True)
+        print(
+            f"MLflow run {old} of {run_dir} ended before its first checkpoint: marked KILLED; starting again",
+            flush=True,
+        )
 
 
 def _steps_per_epoch(cfg: Config, train_clips: int) -> int:
@@ -159,13 +180,18 @@ def _placement(cfg: Config, check_resources: bool):
     if check_resources and cfg.tune.check_resources:
         verdict = resources.check(need, view)
         if not verdict.now:
-            print(f"the run does not fit the live nodes yet: waiting for {verdict.waits_for}",
-                  flush=True)
+            print(f"the run does not fit the live nodes yet: waiting for {verdict.waits_for}", flush=True)
     return use_gpu, resources.PlacementWatch(need, 1, verdict.waits_for)
 
 
-def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
-          run_tags: dict | None = None, check_resources: bool = True) -> dict:
+def train(
+    cfg: Config,
+    resume: bool = False,
+    *,
+    callbacks: list | None = None,
+    run_tags: dict | None = None,
+    check_resources: bool = True,
+) -> dict:
     """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id.
 
     A run whose folder (run.storage_path/run.name) already holds checkpoints continues from the
@@ -177,9 +203,9 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from cg_ray.train.checkpoint import read_checkpoint
     from cg_ray.data.sampling import eval_sampling, training_sampling
     from cg_ray.data.stream import clip_dataset, split_summary
+    from cg_ray.train.checkpoint import read_checkpoint
 
     taxonomy, tables = check_inputs(cfg)
     storage_path = cfg.run.storage_path
@@ -203,8 +229,13 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
         print(f"resuming {cfg.run.name} after epoch {state['epoch']} (MLflow run {run_id})", flush=True)
     else:
         _close_run_without_checkpoint(run_dir, uri)
-        run_id = tracking.start_run(uri, cfg.run.experiment, cfg.run.name, cfg.to_dict(),
-                                    tags={"cg_ray.data": cfg.data.path, **(run_tags or {})})
+        run_id = tracking.start_run(
+            uri,
+            cfg.run.experiment,
+            cfg.run.name,
+            cfg.to_dict(),
+            tags={"cg_ray.data": cfg.data.path, **(run_tags or {})},
+        )
         storage.write_text(storage.join(run_dir, RUN_MARKER), json.dumps({"mlflow_run_id": run_id}))
         tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
         tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
@@ -217,13 +248,29 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
     d = cfg.data
     datasets = {
         # Decoded blocks of one batch each: the step's batches are then zero-copy views.
-        "train": clip_dataset(d.path, d.train_split, taxonomy, d.num_frames, d.image_size,
-                              d.scene_labels, shuffle_seed=cfg.train.seed,
-                              decode_batch_size=cfg.train.batch_size, decode=decode,
-                              sampling=training_sampling(cfg)),
-        "val": clip_dataset(d.path, d.val_split, taxonomy, d.num_frames, d.image_size, d.scene_labels,
-                            decode_batch_size=cfg.eval.batch_size, decode=decode,
-                            sampling=eval_sampling(cfg)),
+        "train": clip_dataset(
+            d.path,
+            d.train_split,
+            taxonomy,
+            d.num_frames,
+            d.image_size,
+            d.scene_labels,
+            shuffle_seed=cfg.train.seed,
+            decode_batch_size=cfg.train.batch_size,
+            decode=decode,
+            sampling=training_sampling(cfg),
+        ),
+        "val": clip_dataset(
+            d.path,
+            d.val_split,
+            taxonomy,
+            d.num_frames,
+            d.image_size,
+            d.scene_labels,
+            decode_batch_size=cfg.eval.batch_size,
+            decode=decode,
+            sampling=eval_sampling(cfg),
+        ),
     }
     # Ray Data re-seeds the shuffle on every execution (one per epoch) from a counter on the
     # dataset's context; starting it at the resumed epoch gives that epoch its own order again.
@@ -232,22 +279,33 @@ def train(cfg: Config, resume: bool = False, *, callbacks: list | None = None,
     total_steps = _steps_per_epoch(cfg, clips[d.train_split]) * cfg.train.epochs
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "taxonomy": taxonomy.to_dict(),
-                           "text_tables": tables, "tracking_uri": uri, "run_id": run_id,
-                           "total_steps": total_steps, "run_dir": run_dir,
-                           "epoch_clips": {"train": clips.get(d.train_split, 0),
-                                           "val": clips.get(d.val_split, 0)}},
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "taxonomy": taxonomy.to_dict(),
+            "text_tables": tables,
+            "tracking_uri": uri,
+            "run_id": run_id,
+            "total_steps": total_steps,
+            "run_dir": run_dir,
+            "epoch_clips": {"train": clips.get(d.train_split, 0), "val": clips.get(d.val_split, 0)},
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+            num_workers=cfg.train.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
         run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=storage.ray_storage(storage_path)[1],
+            name=cfg.run.name,
+            storage_path=storage.ray_storage(storage_path)[1],
             storage_filesystem=storage.ray_storage(storage_path)[0],  # s3: endpoint and keys from env
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=list(callbacks or []),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.keep_best, checkpoint_score_attribute="city_top1",
-                checkpoint_score_order="max")),
+                num_to_keep=cfg.train.keep_best,
+                checkpoint_score_attribute="city_top1",
+                checkpoint_score_order="max",
+            ),
+        ),
         datasets=datasets,
         dataset_config=ValSplitDataConfig(),
     )
@@ -273,8 +331,7 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> di
     if not storage.is_uri(storage_path):
         tracking.log_artifacts(uri, run_id, latest, "checkpoint")
         if cfg.run.register_as:
-            summary["registered_version"] = register_checkpoint(uri, run_id, best_path,
-                                                                cfg.run.register_as)
+            summary["registered_version"] = register_checkpoint(uri, run_id, best_path, cfg.run.register_as)
             summary["registered_model"] = f"models:/{cfg.run.register_as}/{summary['registered_version']}"
     tracking.end_run(uri, run_id)
     return summary
@@ -284,8 +341,9 @@ def _learning_curves(cfg: Config, uri: str, run_id: str, storage_path: str) -> s
     """learning_curves.png in the run folder and in the MLflow run; returns its path."""
     from cg_ray.report.curves import ACCURACY, LOSSES, learning_curves_png
 
-    png = learning_curves_png(tracking.metric_history(uri, run_id, LOSSES + ACCURACY),
-                              f"{cfg.run.name} ({run_id[:8]})")
+    png = learning_curves_png(
+        tracking.metric_history(uri, run_id, LOSSES + ACCURACY), f"{cfg.run.name} ({run_id[:8]})"
+    )
     path = storage.join(storage_path, cfg.run.name, "learning_curves.png")
     storage.write_bytes(path, png)
     tracking.log_bytes(uri, run_id, png, "learning_curves.png")
@@ -300,8 +358,11 @@ def _prune_unregistered(result, storage_path: str, name: str) -> None:
     run_dir = storage.join(storage_path, name)
     fs, _ = storage.filesystem(run_dir)
     for entry in storage.list_dir(run_dir):  # entry.path: inside the filesystem, as Ray's paths
-        if (entry.base_name.startswith("checkpoint_") and entry.type.name == "Directory"
-                and entry.path.rstrip("/") not in kept):
+        if (
+            entry.base_name.startswith("checkpoint_")
+            and entry.type.name == "Directory"
+            and entry.path.rstrip("/") not in kept
+        ):
             fs.delete_dir(entry.path)
 
 

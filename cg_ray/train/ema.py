@@ -46,13 +46,17 @@ class WeightEMA:
                 avg.copy_(value)
         self.updates += 1
 
-    def to(self, device: torch.device) -> "WeightEMA":
+    def to(self, device: torch.device) -> WeightEMA:
         self.module.to(device)
         return self
 
     def state_dict(self) -> dict:
-        return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay,
-                "warmup": self.warmup}
+        return {
+            "model": self.module.state_dict(),
+            "updates": self.updates,
+            "decay": self.decay,
+            "warmup": self.warmup,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["model"])

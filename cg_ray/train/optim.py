@@ -46,18 +46,31 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
     """The optimizer's parameter groups: one per (layer id, decayed or not), each with its lr,
     weight_decay and the `lr_scale` and `layer_id` it came from."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    num_layers = 1 + max((int(m.group(1)) for n, _ in named if n.startswith("backbone.")
-                          for m in [_LAYER.search(n)] if m), default=-1)
+    num_layers = 1 + max(
+        (int(m.group(1)) for n, _ in named if n.startswith("backbone.") for m in [_LAYER.search(n)] if m),
+        default=-1,
+    )
     skip = _no_decay_names(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in named:
-        no_decay = (param.ndim <= 1 or name.endswith(".bias") or name in skip
-                    or any(k in name for k in EMBEDDING_NAMES))
+        no_decay = (
+            param.ndim <= 1
+            or name.endswith(".bias")
+            or name in skip
+            or any(k in name for k in EMBEDDING_NAMES)
+        )
         layer = layer_id(name, num_layers)
         scale = cfg.layer_decay ** (num_layers + 1 - layer)
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "lr": cfg.lr * scale, "lr_scale": scale, "layer_id": layer,
-            "weight_decay": 0.0 if no_decay else cfg.weight_decay})
+        group = groups.setdefault(
+            (layer, no_decay),
+            {
+                "params": [],
+                "lr": cfg.lr * scale,
+                "lr_scale": scale,
+                "layer_id": layer,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            },
+        )
         group["params"].append(param)
     return [groups[key] for key in sorted(groups)]
 
@@ -81,6 +94,7 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
-                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))

@@ -1,10 +1,10 @@
 """The per-worker side of training: what every Ray Train worker runs (DDP).
 
-    train_loop()            one worker: model, optimizer, epochs, checkpoints, reports
-      train_epoch()         steps over this worker's shard of the training split
-        forward_backward()  forward, losses, backward (bf16 autocast on GPU)
-        optimizer_step()    clipping, optimizer and schedule step
-      evaluate_epoch()      this worker's shard of the val split -> accuracy counts
+train_loop()            one worker: model, optimizer, epochs, checkpoints, reports
+  train_epoch()         steps over this worker's shard of the training split
+    forward_backward()  forward, losses, backward (bf16 autocast on GPU)
+    optimizer_step()    clipping, optimizer and schedule step
+  evaluate_epoch()      this worker's shard of the val split -> accuracy counts
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ import torch
 import torch.distributed as dist
 
 from cg_ray import tracking
-from cg_ray.train.checkpoint import latest_checkpoint, restore_training, save_checkpoint
 from cg_ray.config import Config, config_from_dict
 from cg_ray.console import Progress
-from cg_ray.errors import UserError
-from cg_ray.evaluation import Accuracy, view_probs
 from cg_ray.data.augment import augment_batch
 from cg_ray.data.feed import DeviceFeed
+from cg_ray.errors import UserError
+from cg_ray.evaluation import Accuracy, view_probs
 from cg_ray.model.losses import compute_losses, text_targets
 from cg_ray.model.net import build_model
-from cg_ray.train.ema import WeightEMA, build_ema
-from cg_ray.train.optim import build_optimizer, build_schedule
 from cg_ray.secrets import redact
 from cg_ray.taxonomy import LEVELS, Taxonomy
+from cg_ray.train.checkpoint import latest_checkpoint, restore_training, save_checkpoint
+from cg_ray.train.ema import WeightEMA, build_ema
+from cg_ray.train.optim import build_optimizer, build_schedule
 
 
 @dataclass
@@ -69,7 +69,9 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, float]:
+def forward_backward(
+    state: TrainState, batch: dict[str, torch.Tensor], scale: float = 1.0
+) -> dict[str, float]:
     """Forward under autocast, losses, backward of loss * scale (scale = 1 / accumulation).
 
     Clips that failed to decode (valid = False) are left out of the loss; a batch without any
@@ -93,8 +95,11 @@ def forward_backward(state: TrainState, batch: dict[str, torch.Tensor], scale: f
         out.scene_logits = out.scene_logits[valid] if out.scene_logits is not None else None
         out.text_embedding = out.text_embedding[valid] if out.text_embedding is not None else None
     labels = {level: batch[level][valid] for level in LEVELS}
-    target = (text_targets(state.text_tables, labels, state.cfg.model.tla.levels)
-              if state.text_tables is not None else None)
+    target = (
+        text_targets(state.text_tables, labels, state.cfg.model.tla.levels)
+        if state.text_tables is not None
+        else None
+    )
     losses = compute_losses(out, labels, state.cfg.loss, batch["scene"][valid], target, state.parents)
     (losses["loss"] * scale).backward()
     return {k: float(v.detach()) for k, v in losses.items()}
@@ -130,8 +135,9 @@ def _with_last(iterable):
     yield current, True
 
 
-def train_epoch(state: TrainState, shard, epoch: int, rank: int,
-                progress: Progress | None = None) -> dict[str, float]:
+def train_epoch(
+    state: TrainState, shard, epoch: int, rank: int, progress: Progress | None = None
+) -> dict[str, float]:
     state.model.train()
     state.augment = None  # this epoch's augmentation draws come from its seeded RNG
     accum = state.cfg.train.grad_accum_steps
@@ -162,8 +168,12 @@ def train_epoch(state: TrainState, shard, epoch: int, rank: int,
     metrics = {f"train_{k}": totals[i] / world_batches for i, k in enumerate(keys)}
     seen, bad_total = totals[len(keys) + 1], totals[len(keys) + 2]
     world = dist.get_world_size() if dist.is_initialized() else 1
-    metrics.update(train_clips=seen, bad_clips=bad_total, lr=max(state.scheduler.get_last_lr()),
-                   train_clips_per_s=seen / max(totals[-1] / world, 1e-9))
+    metrics.update(
+        train_clips=seen,
+        bad_clips=bad_total,
+        lr=max(state.scheduler.get_last_lr()),
+        train_clips_per_s=seen / max(totals[-1] / world, 1e-9),
+    )
     metrics.update(_feed_metrics(feed, elapsed, clips + bad, state.device))
     return metrics
 
@@ -175,17 +185,24 @@ def _feed_metrics(feed: DeviceFeed, elapsed: float, rows: int, device: torch.dev
     world = dist.get_world_size() if dist.is_initialized() else 1
     warm = (rows - feed.first_rows) / max(elapsed - feed.first_s, 1e-9)
     wait, warm = _all_reduce(np.array([feed.wait_s / max(elapsed, 1e-9), warm]))
-    out = {"data_wait_fraction": wait / world, "train_clips_per_s_warm": warm,
-           "first_batch_s": feed.first_s}
+    out = {"data_wait_fraction": wait / world, "train_clips_per_s_warm": warm, "first_batch_s": feed.first_s}
     if device.type == "cuda":
         out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
 @torch.no_grad()
-def evaluate_epoch(model: torch.nn.Module, shard, taxonomy: Taxonomy, mode: str,
-                   batch_size: int, device: torch.device, bf16: bool = False,
-                   progress: Progress | None = None, views: int = 1) -> dict[str, float]:
+def evaluate_epoch(
+    model: torch.nn.Module,
+    shard,
+    taxonomy: Taxonomy,
+    mode: str,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+    progress: Progress | None = None,
+    views: int = 1,
+) -> dict[str, float]:
     """Accuracy counts of this worker's val shard, summed over workers; with `views` K > 1
     the batches hold K temporal clips per video (B, K, ...), whose softmax outputs are
     averaged before the evaluation mode ranks them."""
@@ -251,8 +268,18 @@ def train_loop(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     text_tables = {k: torch.tensor(v, device=device) for k, v in tables.items()} if tables else None
     bf16 = _uses_bf16(cfg, device)
-    state = TrainState(model, optimizer, scheduler, cfg, device, text_tables, bf16, step, ema,
-                       {k: torch.tensor(v, device=device) for k, v in taxonomy.parents.items()})
+    state = TrainState(
+        model,
+        optimizer,
+        scheduler,
+        cfg,
+        device,
+        text_tables,
+        bf16,
+        step,
+        ema,
+        {k: torch.tensor(v, device=device) for k, v in taxonomy.parents.items()},
+    )
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
     monitor = tracking.system_metrics(uri, run_id) if rank == 0 else None
     if rank == 0 and checkpoint is not None:
@@ -267,14 +294,28 @@ def train_loop(loop_config: dict) -> None:
         for epoch in range(start_epoch, cfg.train.epochs):
             # Randomness is a function of (seed, epoch, rank): a resumed epoch draws the same.
             _seed_everything(cfg.train.seed + 1000 * epoch + rank)
-            shown = _progress(f"epoch {epoch + 1}/{cfg.train.epochs}", "train", loop_config,
-                              rank, after=cfg.train.epochs - epoch - 1)
+            shown = _progress(
+                f"epoch {epoch + 1}/{cfg.train.epochs}",
+                "train",
+                loop_config,
+                rank,
+                after=cfg.train.epochs - epoch - 1,
+            )
             metrics = train_epoch(state, train_shard, epoch, rank, shown)
             # The bare module: a DDP forward syncs buffers, and val shards are uneven across workers.
-            metrics.update(evaluate_epoch(eval_module(state), val_shard, taxonomy, cfg.eval.mode,
-                                          cfg.eval.batch_size, device, bf16,
-                                          _progress(f"evaluate epoch {epoch + 1}", "val",
-                                                    loop_config, rank), views=cfg.eval.views))
+            metrics.update(
+                evaluate_epoch(
+                    eval_module(state),
+                    val_shard,
+                    taxonomy,
+                    cfg.eval.mode,
+                    cfg.eval.batch_size,
+                    device,
+                    bf16,
+                    _progress(f"evaluate epoch {epoch + 1}", "val", loop_config, rank),
+                    views=cfg.eval.views,
+                )
+            )
             metrics.update(epoch=epoch, step=state.step)
             _check_bad_fraction(metrics, cfg.data.max_bad_fraction)
             _report(state, metrics, taxonomy, text_dim, rank, loop_config)
@@ -283,8 +324,7 @@ def train_loop(loop_config: dict) -> None:
             monitor.finish()
 
 
-def _progress(label: str, split: str, loop_config: dict, rank: int,
-              after: int = 0) -> Progress | None:
+def _progress(label: str, split: str, loop_config: dict, rank: int, after: int = 0) -> Progress | None:
     """Rank 0's progress over its share of a split (the driver counted the split's clips)."""
     if rank != 0:
         return None
@@ -292,8 +332,7 @@ def _progress(label: str, split: str, loop_config: dict, rank: int,
 
     world = ray.train.get_context().get_world_size()
     share = -(-loop_config.get("epoch_clips", {}).get(split, 0) // world)
-    return Progress(f"{label} (rank 0 of {world})", share or None, stream=sys.stdout,
-                    passes_after=after)
+    return Progress(f"{label} (rank 0 of {world})", share or None, stream=sys.stdout, passes_after=after)
 
 
 def _newest(reported, folder: str | None):
@@ -310,34 +349,48 @@ def _newest(reported, folder: str | None):
 def _check_bad_fraction(metrics: dict, limit: float) -> None:
     seen = metrics["train_clips"] + metrics["bad_clips"]
     if seen and metrics["bad_clips"] / seen > limit:
-        raise RuntimeError(f"{UserError.__name__}: {int(metrics['bad_clips'])} of {int(seen)} "
-                           f"training clips could not be decoded (more than data.max_bad_fraction="
-                           f"{limit}); see the worker log for which")
+        raise RuntimeError(
+            f"{UserError.__name__}: {int(metrics['bad_clips'])} of {int(seen)} "
+            f"training clips could not be decoded (more than data.max_bad_fraction="
+            f"{limit}); see the worker log for which"
+        )
 
 
-def _report(state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int, rank: int,
-            loop_config: dict) -> None:
+def _report(
+    state: TrainState, metrics: dict, taxonomy: Taxonomy, text_dim: int, rank: int, loop_config: dict
+) -> None:
     """Checkpoint (rank 0 writes it), report to Ray Train, then log to MLflow: logging after
     the checkpoint is persisted means a resumed run never logs an epoch twice."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as folder:
         if rank == 0:
-            save_checkpoint(folder, model=_unwrap(state.model), optimizer=state.optimizer,
-                            epoch=int(metrics["epoch"]), metrics=metrics, config=state.cfg,
-                            taxonomy=taxonomy, text_dim=text_dim,
-                            extra={"mlflow_run_id": loop_config["run_id"], "step": state.step,
-                                   "mlflow_tracking_uri": redact(loop_config["tracking_uri"]),
-                                   "scheduler": state.scheduler.state_dict(),
-                                   "ema": state.ema.state_dict() if state.ema is not None else None})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder)
-                         if rank == 0 else None)
+            save_checkpoint(
+                folder,
+                model=_unwrap(state.model),
+                optimizer=state.optimizer,
+                epoch=int(metrics["epoch"]),
+                metrics=metrics,
+                config=state.cfg,
+                taxonomy=taxonomy,
+                text_dim=text_dim,
+                extra={
+                    "mlflow_run_id": loop_config["run_id"],
+                    "step": state.step,
+                    "mlflow_tracking_uri": redact(loop_config["tracking_uri"]),
+                    "scheduler": state.scheduler.state_dict(),
+                    "ema": state.ema.state_dict() if state.ema is not None else None,
+                },
+            )
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
+        )
     if rank == 0:
         # Idempotent: an epoch re-run after a failure is never logged twice.
-        tracking.log_epoch(loop_config["tracking_uri"], loop_config["run_id"], metrics,
-                           int(metrics["epoch"]))
-        shown = " ".join(f"{k}={v:.2f}" for k, v in metrics.items()
-                         if k.endswith("top1") or k == "train_loss")
+        tracking.log_epoch(loop_config["tracking_uri"], loop_config["run_id"], metrics, int(metrics["epoch"]))
+        shown = " ".join(
+            f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("top1") or k == "train_loss"
+        )
         print(f"epoch {int(metrics['epoch'])}: {shown}", flush=True)
 
 

@@ -39,8 +39,9 @@ class LastEpochASHA(ASHAScheduler):
             return self.CONTINUE  # on_trial_complete records the result for the rungs
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP and self._record:
-            storage.write_text(self._record, json.dumps(sorted(stopped_trials(self._record)
-                                                               | {trial.trial_id})))
+            storage.write_text(
+                self._record, json.dumps(sorted(stopped_trials(self._record) | {trial.trial_id}))
+            )
         return decision
 
 
@@ -69,10 +70,13 @@ def tune_config(cfg: Config, concurrency: int, search_dir: str):
 
     t = cfg.tune
     if t.scheduler == "asha":
-        scheduler = LastEpochASHA(record=storage.join(search_dir, STOPPED), time_attr=TIME_ATTR,
-                                  max_t=cfg.train.epochs,
-                                  grace_period=min(t.grace_period, cfg.train.epochs),
-                                  reduction_factor=t.reduction_factor)
+        scheduler = LastEpochASHA(
+            record=storage.join(search_dir, STOPPED),
+            time_attr=TIME_ATTR,
+            max_t=cfg.train.epochs,
+            grace_period=min(t.grace_period, cfg.train.epochs),
+            reduction_factor=t.reduction_factor,
+        )
     else:
         scheduler = FIFOScheduler()
     if t.search == "optuna":
@@ -82,7 +86,12 @@ def tune_config(cfg: Config, concurrency: int, search_dir: str):
     else:
         # A SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit.
         search_alg = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency)
-    return tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=scheduler,
-                           search_alg=search_alg, num_samples=t.num_samples,
-                           max_concurrent_trials=concurrency if t.search == "optuna" else None,
-                           trial_dirname_creator=_trial_dirname)
+    return tune.TuneConfig(
+        metric=t.metric,
+        mode=t.mode,
+        scheduler=scheduler,
+        search_alg=search_alg,
+        num_samples=t.num_samples,
+        max_concurrent_trials=concurrency if t.search == "optuna" else None,
+        trial_dirname_creator=_trial_dirname,
+    )

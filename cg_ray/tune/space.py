@@ -41,9 +41,11 @@ _MAX_COMBINATIONS = 256
 def check_tune_section(cfg) -> None:
     """Called by Config.validate: the tune settings and every key and value of the space."""
     t = cfg.tune
-    for key, value, allowed in (("tune.search", t.search, _SEARCHES),
-                                ("tune.scheduler", t.scheduler, _SCHEDULERS),
-                                ("tune.mode", t.mode, _MODES)):
+    for key, value, allowed in (
+        ("tune.search", t.search, _SEARCHES),
+        ("tune.scheduler", t.scheduler, _SCHEDULERS),
+        ("tune.mode", t.mode, _MODES),
+    ):
         if value not in allowed:
             raise UserError(f"config {key}={value!r}: must be one of {', '.join(allowed)}")
     for key, value in (("tune.num_samples", t.num_samples), ("tune.grace_period", t.grace_period)):
@@ -71,14 +73,19 @@ def _spec(key: str, spec: Any) -> tuple[str, list]:
     """(kind, arguments) of one entry, or a UserError naming what is wrong with it."""
     where = f"tune.space['{key}']"
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise UserError(f"{where}: expected one distribution like {{loguniform: [1e-4, 1e-2]}} "
-                        f"or {{choice: [1, 2]}}, got {spec!r}")
-    (kind, args), = spec.items()
+        raise UserError(
+            f"{where}: expected one distribution like {{loguniform: [1e-4, 1e-2]}} "
+            f"or {{choice: [1, 2]}}, got {spec!r}"
+        )
+    ((kind, args),) = spec.items()
     if kind not in KINDS:
         raise UserError(f"{where}: unknown distribution '{kind}' (known: {', '.join(KINDS)})")
     count = KINDS[kind][0]
-    if not isinstance(args, list) or (count is None and not args) or \
-            (count is not None and len(args) != count):
+    if (
+        not isinstance(args, list)
+        or (count is None and not args)
+        or (count is not None and len(args) != count)
+    ):
         wanted = "a non-empty list of values" if count is None else f"a list of {count} numbers"
         raise UserError(f"{where}: {kind} takes {wanted}, got {args!r}")
     if count is not None:
@@ -86,8 +93,11 @@ def _spec(key: str, spec: Any) -> tuple[str, list]:
         if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
             raise UserError(f"{where}: {kind} takes numbers, got {args!r}")
         if args[0] >= args[1] or (kind.startswith("log") and args[0] <= 0):
-            raise UserError(f"{where}: {kind} needs 0 < low < high" if kind.startswith("log")
-                            else f"{where}: {kind} needs low < high, got {args!r}")
+            raise UserError(
+                f"{where}: {kind} needs 0 < low < high"
+                if kind.startswith("log")
+                else f"{where}: {kind} needs low < high, got {args!r}"
+            )
     return kind, args
 
 
@@ -117,16 +127,23 @@ def check_space(cfg) -> None:
     for key, spec in cfg.tune.space.items():
         inside = sorted(k for k in leaves if k.startswith(key + "."))
         if inside:
-            raise UserError(f"tune.space: '{key}' is a section; name one of its fields "
-                            f"({', '.join(inside[:6])}{', ...' if len(inside) > 6 else ''})")
+            raise UserError(
+                f"tune.space: '{key}' is a section; name one of its fields "
+                f"({', '.join(inside[:6])}{', ...' if len(inside) > 6 else ''})"
+            )
         if key not in leaves:
             near = sorted(k for k in leaves if k.split(".")[-1] == key.split(".")[-1])
-            hint = f" (did you mean {', '.join(near)}?)" if near else \
-                " (a dotted path to a field, e.g. optim.lr or model.sca.heads)"
+            hint = (
+                f" (did you mean {', '.join(near)}?)"
+                if near
+                else " (a dotted path to a field, e.g. optim.lr or model.sca.heads)"
+            )
             raise UserError(f"tune.space: unknown config key '{key}'{hint}")
         if key.startswith(FIXED_SECTIONS) or key in FIXED_KEYS:
-            raise UserError(f"tune.space: '{key}' is fixed for a search (it decides where a trial "
-                            f"runs or what resources it takes); set it in the config instead")
+            raise UserError(
+                f"tune.space: '{key}' is fixed for a search (it decides where a trial "
+                f"runs or what resources it takes); set it in the config instead"
+            )
         kind, args = _spec(key, spec)
         options[key] = _candidates(kind, args)
         for value in options[key]:

@@ -14,9 +14,16 @@ from cg_ray.tune.space import apply_params
 META = "cg_ray_search.json"
 # What may change when a search resumes; anything else would make the restored trials and the
 # scheduler's state belong to another search.
-RESUMABLE = {"tune.max_concurrent", "tune.check_resources", "train.max_failures",
-             "train.log_every", "data.path", "eval.batch_size", "run.tracking_uri",
-             "run.storage_path"}
+RESUMABLE = {
+    "tune.max_concurrent",
+    "tune.check_resources",
+    "train.max_failures",
+    "train.log_every",
+    "data.path",
+    "eval.batch_size",
+    "run.tracking_uri",
+    "run.storage_path",
+}
 
 
 def existing_search(cfg: Config, search_dir: str, resume: bool) -> dict | None:
@@ -25,16 +32,20 @@ def existing_search(cfg: Config, search_dir: str, resume: bool) -> dict | None:
     meta_path = storage.join(search_dir, META)
     if storage.exists(meta_path):
         if not resume:
-            raise UserError(f"a search named '{cfg.run.name}' exists in {search_dir}: add --resume "
-                            f"to continue it, or give this one another run.name")
+            raise UserError(
+                f"a search named '{cfg.run.name}' exists in {search_dir}: add --resume "
+                f"to continue it, or give this one another run.name"
+            )
         meta = json.loads(storage.read_text(meta_path))
         _check_same_search(meta["config"], cfg, search_dir)
         return meta
     if resume:
         raise UserError(f"nothing to resume: no search under {search_dir}")
     if storage.is_dir(search_dir) and storage.list_dir(search_dir):
-        raise UserError(f"{search_dir} already holds other files (a training run named "
-                        f"'{cfg.run.name}'?): give the search its own run.name")
+        raise UserError(
+            f"{search_dir} already holds other files (a training run named "
+            f"'{cfg.run.name}'?): give the search its own run.name"
+        )
     return None
 
 
@@ -42,14 +53,20 @@ def open_parent(cfg: Config, search_dir: str, uri: str, meta: dict | None) -> st
     """The parent MLflow run: a resumed search's, reopened, or a new one with its meta file."""
     if meta is not None:
         tracking.reopen_run(uri, meta["parent_run_id"])
-        print(f"resuming search {cfg.run.name} (MLflow parent run {meta['parent_run_id']})",
-              flush=True)
+        print(f"resuming search {cfg.run.name} (MLflow parent run {meta['parent_run_id']})", flush=True)
         return meta["parent_run_id"]
-    parent = tracking.start_run(uri, cfg.run.experiment, cfg.run.name, cfg.to_dict(),
-                                tags={"cg_ray.kind": "search", "cg_ray.data": cfg.data.path})
+    parent = tracking.start_run(
+        uri,
+        cfg.run.experiment,
+        cfg.run.name,
+        cfg.to_dict(),
+        tags={"cg_ray.kind": "search", "cg_ray.data": cfg.data.path},
+    )
     tracking.log_text(uri, parent, cfg.to_yaml(), "config.yaml")
-    storage.write_text(storage.join(search_dir, META), json.dumps(
-        {"parent_run_id": parent, "tracking_uri": uri, "config": cfg.to_dict()}, indent=1))
+    storage.write_text(
+        storage.join(search_dir, META),
+        json.dumps({"parent_run_id": parent, "tracking_uri": uri, "config": cfg.to_dict()}, indent=1),
+    )
     return parent
 
 
@@ -58,8 +75,10 @@ def _check_same_search(saved: dict, cfg: Config, where: str) -> None:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE)
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-        raise UserError(f"cannot resume the search in {where} with a different config ({shown}); "
-                        f"use another run.name to start a new search")
+        raise UserError(
+            f"cannot resume the search in {where} with a different config ({shown}); "
+            f"use another run.name to start a new search"
+        )
 
 
 def error_line(error: BaseException | None) -> str | None:
@@ -87,8 +106,9 @@ def children(uri: str, parent_run_id: str) -> list:
     """The child runs of a search's parent run."""
     client = _client(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
 
 
 def trial_rows(cfg: Config, results, stopped: set[str]) -> list[dict]:
@@ -98,11 +118,25 @@ def trial_rows(cfg: Config, results, stopped: set[str]) -> list[dict]:
     for result in results:
         trial_id, metrics = _trial_id(result), result.metrics or {}
         epochs = int(metrics.get("epochs_done", 0))
-        status = ("failed" if result.error else "completed" if epochs >= cfg.train.epochs else
-                  "stopped_early" if trial_id in stopped else "interrupted")
-        rows.append({"trial_id": trial_id, "status": status, "epochs": epochs,
-                     cfg.tune.metric: metrics.get(cfg.tune.metric),
-                     "params": dict(result.config or {}), "error": error_line(result.error)})
+        status = (
+            "failed"
+            if result.error
+            else "completed"
+            if epochs >= cfg.train.epochs
+            else "stopped_early"
+            if trial_id in stopped
+            else "interrupted"
+        )
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "status": status,
+                "epochs": epochs,
+                cfg.tune.metric: metrics.get(cfg.tune.metric),
+                "params": dict(result.config or {}),
+                "error": error_line(result.error),
+            }
+        )
     return sorted(rows, key=lambda row: row["trial_id"])
 
 
@@ -122,8 +156,9 @@ def settle_children(uri: str, parent_run_id: str, rows: list[dict]) -> None:
         client.set_tag(run.info.run_id, "cg_ray.trial_status", row["status"])
 
 
-def write_best(cfg: Config, uri: str, parent_run_id: str, results, rows: list[dict],
-               search_dir: str, out: str | None) -> dict:
+def write_best(
+    cfg: Config, uri: str, parent_run_id: str, results, rows: list[dict], search_dir: str, out: str | None
+) -> dict:
     """The best trial's config as a ready-to-train YAML (in the search folder, and at `out`),
     recorded on the parent run, which is then closed."""
     metric = cfg.tune.metric
@@ -137,9 +172,11 @@ def write_best(cfg: Config, uri: str, parent_run_id: str, results, rows: list[di
     row = next(r for r in rows if r["trial_id"] == _trial_id(best))
     data = apply_params(cfg.to_dict(), best.config)
     data["run"]["name"] = f"{cfg.run.name}-best"
-    text = (f"# Best trial {row['trial_id']} of search '{cfg.run.name}' ({metric}="
-            f"{row[metric]:.4g} after {row['epochs']} epochs; MLflow run {row['run_id']}).\n"
-            f"# Train it: cg-ray train --config THIS_FILE\n" + config_from_dict(data).to_yaml())
+    text = (
+        f"# Best trial {row['trial_id']} of search '{cfg.run.name}' ({metric}="
+        f"{row[metric]:.4g} after {row['epochs']} epochs; MLflow run {row['run_id']}).\n"
+        f"# Train it: cg-ray train --config THIS_FILE\n" + config_from_dict(data).to_yaml()
+    )
     paths = [storage.join(search_dir, "best_config.yaml")] + ([out] if out else [])
     for path in paths:
         storage.write_text(path, text)
@@ -157,5 +194,8 @@ def _print_rows(rows: list[dict], metric: str) -> None:
     for row in rows:
         value = "-" if row[metric] is None else f"{row[metric]:.2f}"
         params = " ".join(f"{k}={v}" for k, v in row["params"].items())
-        print(f"trial {row['trial_id']} {row['status']:<13} epochs={row['epochs']} {metric}={value} "
-              f"{params}" + (f" error: {row['error']}" if row["error"] else ""), flush=True)
+        print(
+            f"trial {row['trial_id']} {row['status']:<13} epochs={row['epochs']} {metric}={value} "
+            f"{params}" + (f" error: {row['error']}" if row["error"] else ""),
+            flush=True,
+        )
