@@ -25,8 +25,10 @@ demo: $(STAMP)
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures stay whole); every test
+# that starts Ray has its own Ray temp dir and ports (tests/conftest.py).
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # ruff (lint and format check, configured in pyproject.toml) and mypy on the typed core
 lint: $(STAMP)
