@@ -27,13 +27,10 @@ from cg_ray.errors import UserError
 
 
 class Backbone(nn.Module):
-    """A clip encoder: (B, T, 3, H, W) normalized float -> (B, feature_dim)."""
+    """A clip encoder: (B, T, 3, H, W) normalized float -> (B, feature_dim). Each one also has
+    `arch() -> dict`, what rebuilds the same architecture (saved with every checkpoint)."""
 
     feature_dim: int
-
-    def arch(self) -> dict:
-        """What rebuilds the same architecture (saved with every checkpoint)."""
-        raise NotImplementedError
 
 
 Builder = Callable[[BackboneConfig, int, int, dict | None], Backbone]
