@@ -45,6 +45,7 @@ def test_s3_prepare_pack_train_evaluate(ray_session, s3, tmp_path, capsys):
     assert main(["pack", data, "--frames", "4", "--size", "32", "--clips-per-shard", "4"]) == 0
     assert "pack [####################] 19/19 clips" in capsys.readouterr().out  # progress
     report = json.loads(storage.read_text(f"{data}/shards/frames4_size32/pack_report.json"))
+    assert report["packed_now"] == 17  # the two skipped clips are not counted as packed
     reasons = {s["source"]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {f"{world}/{train[1]}", f"{world}/{train[2]}"}
     assert reasons[f"{world}/{train[2]}"] == f"clip '{world}/{train[2]}' does not exist"

@@ -124,9 +124,10 @@ def pack_shard(plan: pa.Table, opts: dict) -> pa.Table:
     start = time.perf_counter()
     path = plan.column("shard").to_pylist()[0]
     existing = _packed_frames(path) or {}
-    rows, skipped = [], []
+    rows, skipped, packed = [], [], 0
     for row in plan.to_pylist():
         frames, error = existing.get(row["clip_id"]) or pack_clip(row, options)
+        packed += row["clip_id"] not in existing and not error
         if error:
             skipped.append({"clip_id": row["clip_id"], "source": row["source"], "reason": error})
         rows.append(
@@ -141,7 +142,8 @@ def pack_shard(plan: pa.Table, opts: dict) -> pa.Table:
     return pa.table(
         {
             "shard": [path],
-            "clips": [len(rows) - len(existing)],
+            "rows": [len(rows)],
+            "clips": [packed],  # decoded and packed now: not relabelled, not skipped
             "skipped": [json.dumps(skipped)],
             "seconds": [time.perf_counter() - start],
         }
@@ -260,11 +262,12 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
             pack_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={"opts": asdict(opts)}, num_cpus=1
         )
         progress = Progress("pack", sum(p.num_rows for p in todo), stream=sys.stdout)
+        rows = 0
         for i, row in enumerate(summaries.iter_rows(), start=1):
-            packed += row["clips"]
+            rows, packed = rows + row["rows"], packed + row["clips"]
             skipped.extend(json.loads(row["skipped"]))
-            progress.update(packed + len(skipped), shards=f"{i}/{len(todo)}")
-        progress.close(packed + len(skipped), skipped=len(skipped))
+            progress.update(rows, shards=f"{i}/{len(todo)}")
+        progress.close(rows, skipped=len(skipped))
     report = _report(root, plans, table, opts, skipped, packed, time.perf_counter() - start)
     report["manifest"] = stamp
     storage.write_text(
