@@ -157,7 +157,19 @@ def system_metrics(uri: str, run_id: str, interval: float = 5.0):
     """Start logging CPU, memory (and GPU, where there is one) to the run; call .finish()."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri)
+    class Monitor(SystemMetricsMonitor):
+        def finish(self):
+            # MLflow drops the samples of the interval in progress at shutdown: a run (or the
+            # tail of one) shorter than one interval would have no system metrics.
+            if self._process is not None:
+                self._shutdown_event.set()
+                self._process.join()
+                pending = self.aggregate_metrics()
+                if pending:
+                    self.publish_metrics(pending)
+            super().finish()
+
+    monitor = Monitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri)
     monitor.start()
     return monitor
 

@@ -230,3 +230,15 @@ def test_a_run_whose_driver_died_before_any_checkpoint_is_closed_not_left_runnin
     assert "marked KILLED" in capsys.readouterr().out
     _close_run_without_checkpoint(str(run_dir), uri)  # ended already: left as it is
     assert own(capsys.readouterr().out) == ""
+
+
+def test_a_run_shorter_than_one_sampling_interval_still_gets_system_metrics(tmp_path):
+    """MLflow's monitor drops the interval in progress when it stops; on a fast run (or a fast
+    last epoch) that was every sample."""
+    from cg_ray import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = tracking.start_run(uri, "short", "short", {})
+    tracking.system_metrics(uri, run_id, interval=60).finish()
+    metrics = tracking.get_run(uri, run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
