@@ -87,7 +87,7 @@ def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(tiny_dataset, tm
                 break
             time.sleep(0.5)
         assert run_id, cluster.ray("job", "logs", "lost-node", "--address", cluster.dashboard).stdout[-3000:]
-        time.sleep(1.0)  # into the next epoch
+        time.sleep(0.2)  # into the next epoch (an epoch of the tiny world is about a second)
         os.kill(_raylet_pid(os.path.join(cluster.root, "worker")), signal.SIGKILL)
         killed_at = time.time()
         cluster._start(
