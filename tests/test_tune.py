@@ -50,19 +50,15 @@ def _config(data: str, out: Path, *extra: str):
 
 
 def _interrupt_after_first_epoch(out: Path, done: threading.Event) -> None:
-    """SIGUSR1 (Tune's graceful stop, like Ctrl-C) once a trial has logged its first epoch."""
-    meta = out / "runs" / "s3" / "cg_ray_search.json"
-    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    """SIGUSR1 (Tune's graceful stop, like Ctrl-C) as soon as the first trial has checkpointed
+    its first epoch: an epoch of the tiny world takes about a second, so the check is a file,
+    every 20 ms (Tune's own result files are written later, in bursts)."""
+    first_trial = out / "runs" / "s3" / "trials" / "s3-00000"
     while not done.is_set():
-        if meta.exists():
-            parent = json.loads(meta.read_text())["parent_run_id"]
-            runs = client.search_runs(
-                [client.get_run(parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'"
-            )
-            if any(client.get_metric_history(r.info.run_id, "city_top1") for r in runs):
-                signal.raise_signal(signal.SIGUSR1)
-                return
-        time.sleep(0.5)
+        if any(first_trial.glob("checkpoint_*")):
+            signal.raise_signal(signal.SIGUSR1)
+            return
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +97,13 @@ def test_interrupted_search_resumes_under_the_same_parent(searched):
     children = _children(client, summary["parent_run_id"])
     assert len(children) == summary["trials"] == 3  # the resumed trial kept its child run
     first = next(r for r in children if r.data.params["loss.scene"] == "0.0")
-    # It continued from its epoch-0 checkpoint: each epoch logged exactly once.
+    # It continued from its latest checkpoint (epoch 0's, or epoch 1's where the interrupt
+    # landed in the half second between that checkpoint and the trial's end): each epoch is
+    # logged exactly once.
     history = client.get_metric_history(first.info.run_id, "city_top1")
     assert sorted(m.step for m in history) == [0, 1]
-    assert [m.value for m in client.get_metric_history(first.info.run_id, "resumed_at_epoch")] == [1]
+    resumed_at = [m.value for m in client.get_metric_history(first.info.run_id, "resumed_at_epoch")]
+    assert resumed_at in ([1], [2])
 
 
 def test_each_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
