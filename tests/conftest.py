@@ -5,9 +5,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CG_RAY_PROGRESS", "0")
-# Ray Train's controller polls its workers every 2 s by default: each run ends (and its worker
-# group is seen started) up to that much later. The tests' runs are seconds long.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _free_port() -> int:
