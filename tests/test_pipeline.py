@@ -110,6 +110,25 @@ def test_evaluate_cli_on_the_checkpoint(trained, tiny_dataset, tmp_path, capsys)
     assert 100.0 * correct / 12 == pytest.approx(metrics["city_top1"])
 
 
+def test_resuming_a_finished_run_reports_its_last_epoch_again(trained):
+    """A run resumed after its last epoch was checkpointed (killed before it closed, or a search
+    trial stopped there) trains nothing and reports that epoch again: its metrics and a
+    checkpoint, in the same MLflow run, each epoch logged once."""
+    from mlflow.tracking import MlflowClient
+
+    from cg_ray.train.driver import train
+
+    result, cfg, out = trained
+    again = train(cfg, resume=True)
+    assert again["run_id"] == result["run_id"] and again["epoch"] == 1
+    assert again["city_top1"] == pytest.approx(result["city_top1"])
+    assert read_checkpoint(again["checkpoint"])["epoch"] == 1
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(result["run_id"], "city_top1")] == [0, 1]
+    assert [m.value for m in client.get_metric_history(result["run_id"], "resumed_at_epoch")] == [2]
+
+
 def test_demo_learns_far_above_chance(ray_session, tmp_path):
     from cg_ray.demo import run_demo
 

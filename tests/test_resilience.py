@@ -52,13 +52,13 @@ def overrides(data, out, name, **extra):
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def wait_for(predicate, timeout, what):
+def wait_for(predicate, timeout, what, every=0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -101,7 +101,7 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
     )
     run_dir = f"{out}/runs/killed"
     try:
-        wait_for(lambda: checkpoints(run_dir) or driver.poll() is not None, 240, "a checkpoint")
+        wait_for(lambda: checkpoints(run_dir) or driver.poll() is not None, 240, "a checkpoint", every=0.02)
         assert driver.poll() is None, "the driver ended before it could be killed"
         family = [driver.pid] + [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
     finally:
@@ -116,7 +116,10 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(leftovers, timeout=30)
-    assert len(checkpoints(run_dir)) == 1
+    # Killed after its first checkpoint; an epoch of the tiny world is under a second, so the
+    # second may have landed too (a resume then trains nothing and reports the last epoch again).
+    kept = len(checkpoints(run_dir))
+    assert kept in (1, 2)
 
     resumed = train(load_config(DEMO, args))
     uri = f"sqlite:///{out}/mlflow.db"
@@ -128,7 +131,7 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
     assert runs[0].info.status == "FINISHED"
     assert [step for step, _ in history(uri, resumed["run_id"])] == [0, 1]
     assert resumed["epoch"] == 1
-    assert [s for s, _ in history(uri, resumed["run_id"], "resumed_at_epoch")] == [1]
+    assert [s for s, _ in history(uri, resumed["run_id"], "resumed_at_epoch")] == [kept]
     # Exact resume: the interrupted run ends where the uninterrupted one does.
     for key in COMPARED:
         assert resumed[key] == pytest.approx(baseline[key], rel=1e-6, abs=1e-6), key

@@ -12,7 +12,7 @@ from cg_ray.resources import ClusterView, NodeType
 from cg_ray.tune.scheduling import LastEpochASHA, expected_trials, stopped_trials
 from cg_ray.tune.search import plan_concurrency, trial_config, trial_needs
 from cg_ray.tune.space import apply_params, tune_space
-from cg_ray.tune.trials import error_line
+from cg_ray.tune.trials import error_line, settle_children
 
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
 
@@ -167,6 +167,39 @@ def test_asha_leaves_a_trial_alone_at_its_last_epoch(tmp_path):
     assert asha.on_trial_result(None, weak, {"epochs_done": 1, "city_top1": 10.0}) == "STOP"
     assert asha.on_trial_result(None, good, {"epochs_done": 2, "city_top1": 60.0}) == "CONTINUE"
     assert stopped_trials(record) == {weak.trial_id}
+
+
+def test_the_search_settles_each_child_run_as_it_judged_the_trial(tmp_path):
+    """A trial ASHA stopped whose own train() ended its run FAILED (the stop reached the trainer
+    mid-fit) or left it RUNNING ends FINISHED; a failed trial's run ends FAILED."""
+    from cg_ray import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = tracking.start_run(uri, "search", "s", {}, tags={"cg_ray.kind": "search"})
+    ended = {"t_00000": "FAILED", "t_00001": None, "t_00002": "FINISHED", "t_00003": "FAILED"}
+    verdict = {
+        "t_00000": "stopped_early",
+        "t_00001": "stopped_early",
+        "t_00002": "completed",
+        "t_00003": "failed",
+    }
+    for trial_id, status in ended.items():
+        tags = {"mlflow.parentRunId": parent, "cg_ray.trial_id": trial_id}
+        child = tracking.start_run(uri, "search", trial_id, {}, tags=tags)
+        if status:
+            tracking.end_run(uri, child, status)
+    rows = [
+        {"trial_id": t, "status": s, "error": "boom" if s == "failed" else None} for t, s in verdict.items()
+    ]
+    settle_children(uri, parent, rows)
+    runs = {row["trial_id"]: tracking.get_run(uri, row["run_id"]) for row in rows}
+    assert {t: r.info.status for t, r in runs.items()} == {
+        "t_00000": "FINISHED",
+        "t_00001": "FINISHED",
+        "t_00002": "FINISHED",
+        "t_00003": "FAILED",
+    }
+    assert {t: r.data.tags["cg_ray.trial_status"] for t, r in runs.items()} == verdict
 
 
 def test_expected_trials_count_grid_points():

@@ -291,6 +291,11 @@ def train_loop(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     try:
+        if checkpoint is not None and start_epoch >= cfg.train.epochs:
+            # Resumed after its last epoch was checkpointed (stopped or killed before the run
+            # closed): nothing to train; that epoch is reported again, so that Ray Train's result
+            # and a search (whose trial would otherwise end without a result) see it finished.
+            _report(state, saved["metrics"], taxonomy, text_dim, rank, loop_config)
         for epoch in range(start_epoch, cfg.train.epochs):
             # Randomness is a function of (seed, epoch, rank): a resumed epoch draws the same.
             _seed_everything(cfg.train.seed + 1000 * epoch + rank)

@@ -116,8 +116,9 @@ def _cluster(cfg: Config, wanted: int) -> tuple[bool, ClusterView]:
 # -- the Tuner -------------------------------------------------------------------------------------
 
 
-def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: bool):
-    """A new Tuner for the search, or the interrupted one restored from its folder."""
+def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: bool, callbacks: list):
+    """A new Tuner for the search, or the interrupted one restored from its folder (with the
+    callbacks it was created with: Tune keeps its RunConfig)."""
     from ray import tune
 
     fs, path = storage.ray_storage(search_root)
@@ -139,6 +140,7 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
             storage_path=path,
             storage_filesystem=fs,
             verbose=1,
+            callbacks=callbacks,
             # A trial whose node went away (spot, scale-down) starts again and
             # resumes its training run from its latest checkpoint.
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
@@ -146,8 +148,11 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
     )
 
 
-def search(cfg: Config, resume: bool = False, best_config_out: str | None = None) -> dict:
-    """Run (or with resume, continue) the search of cfg.tune; returns its summary."""
+def search(
+    cfg: Config, resume: bool = False, best_config_out: str | None = None, callbacks: list | None = None
+) -> dict:
+    """Run (or with resume, continue) the search of cfg.tune; returns its summary. callbacks:
+    ray.tune.Callback objects the Tuner calls in this process (a new search's only)."""
     from ray import tune
 
     from cg_ray.train.driver import check_inputs
@@ -186,7 +191,7 @@ def search(cfg: Config, resume: bool = False, best_config_out: str | None = None
     )
     try:
         with watch:
-            results = _tuner(cfg, trainable, concurrency, root, resumed).fit()
+            results = _tuner(cfg, trainable, concurrency, root, resumed, list(callbacks or [])).fit()
     except BaseException:
         tracking.end_run(uri, parent_run_id, "KILLED")  # --resume reopens it
         raise

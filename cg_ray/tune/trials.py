@@ -141,9 +141,12 @@ def trial_rows(cfg: Config, results, stopped: set[str]) -> list[dict]:
 
 
 def settle_children(uri: str, parent_run_id: str, rows: list[dict]) -> None:
-    """Close each trial's child run and tag it cg_ray.trial_status; adds its run_id to its row.
-    A trial ASHA stopped had its training cut off, so its run is still RUNNING: FINISHED now;
-    a failed trial's run: FAILED."""
+    """Close each trial's child run as the search judged the trial, tag it cg_ray.trial_status,
+    and add its run_id to its row: a failed trial's run FAILED, any other FINISHED.
+
+    The search's verdict wins over what the trial's own code left: a trial ASHA stopped had
+    its training cut off, so its run is still RUNNING, or, when the stop reached the trainer
+    while it was fitting, already ended FAILED by train()'s error path."""
     client = _client(uri)
     runs = {r.data.tags.get("cg_ray.trial_id"): r for r in children(uri, parent_run_id)}
     for row in rows:
@@ -151,8 +154,9 @@ def settle_children(uri: str, parent_run_id: str, rows: list[dict]) -> None:
         row["run_id"] = run.info.run_id if run else None
         if run is None:
             continue
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "FAILED" if row["error"] else "FINISHED")
+        status = "FAILED" if row["status"] == "failed" else "FINISHED"
+        if run.info.status != status:
+            client.set_terminated(run.info.run_id, status)
         client.set_tag(run.info.run_id, "cg_ray.trial_status", row["status"])
 
 
