@@ -24,7 +24,6 @@ import torch.distributed as dist
 from cg_ray import tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.console import Progress
-from cg_ray.data.augment import augment_batch
 from cg_ray.data.feed import DeviceFeed
 from cg_ray.errors import UserError
 from cg_ray.evaluation import Accuracy, view_probs
@@ -78,6 +77,10 @@ def forward_backward(
     valid clip still runs backward (of zero) so that DDP's gradient sync stays in step."""
     valid = batch["valid"]
     if state.cfg.data.augment.enabled:  # uint8, in place, before the model normalizes
+        # Imported here: torchvision's transforms pull in torch._dynamo, 1.4 s of every
+        # training worker's start-up when nothing is augmented.
+        from cg_ray.data.augment import augment_batch
+
         if state.augment is None:
             state.augment = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
         if batch["video"].device.type == "cpu":
