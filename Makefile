@@ -25,9 +25,12 @@ demo: $(STAMP)
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
-# One test at a time: two xdist workers (`-n 2 --dist loadfile`, which tests/conftest.py supports:
-# own Ray temp dir and S3 port per worker) ran two real clusters at once on 2 cores and timed
-# out three cluster tests. test-fast runs in parallel: `make test-fast` is about 70 s.
+# One test at a time (about 33 min on 2 cores). In parallel, on 2 cores, the cluster tests fail:
+# `-n 2 --dist loadfile` (two real clusters at once) timed out three of them; `-n 2 --dist
+# loadgroup` with the four own-cluster files in one group, beside the session's Ray, timed out
+# the autoscaler's scale-down; `-n 3` (load average 54) timed out Ray's node start-up.
+# tests/conftest.py keeps each xdist worker apart (own Ray temp dir and S3 port), so test-fast
+# runs in parallel: `make test-fast` is about 70 s.
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 

@@ -146,7 +146,7 @@ class LocalCluster:
                 proc.send_signal(signal.SIGTERM)
         for proc in reversed(self.procs):
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)  # then killed, with what is left
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         _kill_leftovers(self.root)
