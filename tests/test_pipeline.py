@@ -112,14 +112,28 @@ def test_evaluate_cli_on_the_checkpoint(trained, tiny_dataset, tmp_path, capsys)
 
 def test_resuming_a_finished_run_reports_its_last_epoch_again(trained):
     """A run resumed after its last epoch was checkpointed (killed before it closed, or a search
-    trial stopped there) trains nothing and reports that epoch again: its metrics and a
-    checkpoint, in the same MLflow run, each epoch logged once."""
+    trial stopped there) trains nothing and reports that epoch again, with a checkpoint, to the
+    trainer's callbacks (a search's trial would otherwise end without a result); the same MLflow
+    run, each epoch logged once."""
+    import ray.train
     from mlflow.tracking import MlflowClient
 
     from cg_ray.train.driver import train
 
     result, cfg, out = trained
-    again = train(cfg, resume=True)
+    reports = str(out / "reports.jsonl")
+
+    class ReportLog(ray.train.UserCallback):  # runs in the Ray Train controller: a file
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(reports, "a") as f:
+                f.write(
+                    json.dumps({"epoch": metrics[0]["epoch"], "checkpoint": checkpoint is not None}) + "\n"
+                )
+
+    again = train(cfg, resume=True, callbacks=[ReportLog()])
+    assert [json.loads(line) for line in Path(reports).read_text().splitlines()] == [
+        {"epoch": 1, "checkpoint": True}
+    ]
     assert again["run_id"] == result["run_id"] and again["epoch"] == 1
     assert again["city_top1"] == pytest.approx(result["city_top1"])
     assert read_checkpoint(again["checkpoint"])["epoch"] == 1
