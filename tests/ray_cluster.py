@@ -3,7 +3,12 @@ a worker node), each with its own resources, temp dir and ports; the dashboard a
 127.0.0.1 (Ray advertises the machine's address for the nodes themselves, whatever
 --node-ip-address says); token authentication on, with a token of the test's own (not
 ~/.ray/auth_token). Stopped by the pids this module started, never
-with `ray stop`, which would stop every Ray on the machine."""
+with `ray stop`, which would stop every Ray on the machine.
+
+Tests poll the cluster (nodes, a job's status and logs) through the dashboard's REST API from
+the test's own process, with the token as `ray` sends it: a `ray` CLI call is a new Python
+process of over a CPU-second, and a loop of them took a whole core of two from the cluster
+under test."""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 BIN = os.path.dirname(sys.executable)  # the venv's bin: ray, python
 
@@ -44,8 +52,9 @@ class LocalCluster:
     def __init__(self, head_cpus: int, worker_cpus: int, root: str | None = None):
         self.root = root or tempfile.mkdtemp(prefix="r7c-", dir="/tmp")
         token_path = os.path.join(self.root, "auth_token")
+        self.token = secrets.token_hex(32)
         with open(token_path, "w") as f:
-            f.write(secrets.token_hex(32))
+            f.write(self.token)
         self.env = dict(
             os.environ,
             RAY_AUTH_MODE="token",
@@ -119,14 +128,42 @@ class LocalCluster:
             cwd=cwd,
         )
 
+    def api(self, path: str, params: dict | None = None):
+        """GET the dashboard's REST API (what the `ray` CLI asks, in this process); its JSON."""
+        url = self.dashboard + path + (f"?{urllib.parse.urlencode(params, doseq=True)}" if params else "")
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
     def alive_nodes(self) -> list[dict]:
-        out = self.ray(
-            "list", "nodes", "--address", self.dashboard, "--format", "json", "--filter", "state=ALIVE"
-        )
-        try:  # before the first node registers, Ray prints "No resource in the cluster"
-            return json.loads(out.stdout) if out.returncode == 0 else []
-        except json.JSONDecodeError:
+        """The alive nodes as `ray list nodes --filter state=ALIVE` lists them ([] before the
+        dashboard answers)."""
+        query = {"filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE", "limit": 1000}
+        try:
+            return self.api("/api/v0/nodes", query)["data"]["result"]["result"]
+        except (OSError, KeyError, ValueError):  # not up yet (URLError is an OSError)
             return []
+
+    def job_status(self, job_id: str) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED; UNKNOWN while the server does not know
+        the job (yet) or does not answer."""
+        try:
+            return self.api(f"/api/jobs/{job_id}")["status"]
+        except (OSError, KeyError, ValueError):
+            return "UNKNOWN"
+
+    def wait_job(self, job_id: str, timeout: float = 400) -> str:
+        """The job's end status, or TIMEOUT."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.job_status(job_id)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(2)
+        return "TIMEOUT"
+
+    def job_logs(self, job_id: str) -> str:
+        return self.api(f"/api/jobs/{job_id}/logs")["logs"]
 
     def wait_nodes(self, count: int, timeout: float = 180) -> None:
         deadline = time.time() + timeout

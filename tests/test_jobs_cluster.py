@@ -6,10 +6,8 @@ README's `make submit JOB=train CONFIG=configs/demo.yaml` succeeds from a shell 
 RAY_AUTH_MODE, and a shell without any token gets one line saying what to set."""
 
 import json
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,26 +15,6 @@ from ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _status(cluster, job_id: str) -> str:
-    out = cluster.ray("job", "status", job_id, "--address", cluster.dashboard)
-    text = out.stdout + out.stderr
-    # "Status for job 'ID': RUNNING" while it runs; "Job 'ID' succeeded|failed|stopped" at the end.
-    found = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
-        r"Job '[^']+' (succeeded|failed|stopped)", text
-    )
-    return found.group(1).upper() if found else "UNKNOWN"
-
-
-def _wait(cluster, job_id: str, timeout: float = 400) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = _status(cluster, job_id)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        time.sleep(3)
-    return "TIMEOUT"
 
 
 def _train_worker_nodes(cluster) -> set[str]:
@@ -101,8 +79,8 @@ def test_training_job_runs_on_both_nodes(tiny_dataset, tmp_path):
             cwd=str(ROOT),
         )
         assert submitted.returncode == 0, submitted.stderr
-        status = _wait(cluster, job_id)
-        logs = cluster.ray("job", "logs", job_id, "--address", cluster.dashboard).stdout
+        status = cluster.wait_job(job_id)
+        logs = cluster.job_logs(job_id)
         assert status == "SUCCEEDED", logs[-3000:]
         assert "epoch 0: " in logs and "city_top1=" in logs
         metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -17,7 +17,6 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from ray_cluster import LocalCluster
-from test_jobs_cluster import _wait
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +85,7 @@ def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(tiny_dataset, tm
                 run_id = runs[0].info.run_id
                 break
             time.sleep(0.5)
-        assert run_id, cluster.ray("job", "logs", "lost-node", "--address", cluster.dashboard).stdout[-3000:]
+        assert run_id, cluster.job_logs("lost-node")[-3000:]
         time.sleep(0.2)  # into the next epoch (an epoch of the tiny world is about a second)
         os.kill(_raylet_pid(os.path.join(cluster.root, "worker")), signal.SIGKILL)
         killed_at = time.time()
@@ -95,8 +94,8 @@ def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(tiny_dataset, tm
             "replacement",
             os.path.join(cluster.root, "replacement"),
         )
-        status = _wait(cluster, "lost-node", timeout=600)
-        logs = cluster.ray("job", "logs", "lost-node", "--address", cluster.dashboard).stdout
+        status = cluster.wait_job("lost-node", timeout=600)
+        logs = cluster.job_logs("lost-node")
     assert status == "SUCCEEDED", logs[-4000:]
     experiment = client.get_experiment_by_name("cg_ray-demo")
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]

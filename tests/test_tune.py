@@ -1,6 +1,7 @@
 """`cg-ray tune` end to end on a real local Ray: a 3-trial search that is interrupted after its
-first epoch and resumed, ASHA stopping trials, one MLflow child run per trial under one parent,
-and the best trial's config trained with `cg-ray train`.
+first epoch and resumed, ASHA stopping trials (whose autoscaler requests go with them), one
+MLflow child run per trial under one parent, and the best trial's config trained with
+`cg-ray train`.
 
 Determinism: the trials run one at a time (max_concurrent 1) over a grid of scene-loss weights
 (0, 3, 4) and the search minimizes train_loss, which the scene weight raises by ~3 per unit: the
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -140,6 +142,15 @@ def test_each_trial_is_a_child_run_and_asha_stops_the_weak_ones(searched):
         len(stopped),
         0,
     )
+
+
+def test_no_ended_trial_leaves_an_autoscaler_request_behind(searched):
+    """ASHA stopped weight 4's trial from outside: its training run's controller died with the
+    trial's actor, and Ray Train's request for its workers would stay 180 s with the
+    autoscaler (keeping, or launching, nodes for nothing) had the search not withdrawn it."""
+    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    left = ray.get(coordinator.__ray_call__.remote(lambda self: sorted(self._ongoing_reqs)))
+    assert not [requester for requester in left if requester.startswith("train-")], left
 
 
 def test_best_config_trains_with_cg_ray_train(searched, tmp_path, capsys):

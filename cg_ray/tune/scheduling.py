@@ -4,7 +4,9 @@ ones (and records which), the search algorithm, and how many trials a search hol
 from __future__ import annotations
 
 import json
+import time
 
+from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
@@ -14,14 +16,85 @@ from cg_ray.config import Config
 # ASHA counts epochs done; Tune's own training_iteration restarts at 1 in a resumed trial.
 TIME_ATTR = "epochs_done"
 STOPPED = "stopped_early.json"
+# The Ray Train run behind a trial's results (its autoscaling request is named after it).
+TRAIN_RUN = "train_run_id"
 
 
 class EpochReport(TuneReportCallback):
-    """Forwards rank 0's metrics of every epoch to Tune, with `epochs_done` (epoch + 1)."""
+    """Forwards rank 0's metrics of every epoch to Tune, with `epochs_done` (epoch + 1) and the
+    id of the Ray Train run (`train_run_id`)."""
 
     def after_report(self, run_context, metrics, checkpoint):
-        first = dict(metrics[0], **{TIME_ATTR: int(metrics[0]["epoch"]) + 1})
+        first = dict(metrics[0], **{TIME_ATTR: int(metrics[0]["epoch"]) + 1, TRAIN_RUN: run_context.run_id})
         super().after_report(run_context, [first] + list(metrics[1:]), checkpoint)
+
+
+class ReleaseEndedTrials(tune.Callback):
+    """Withdraws the autoscaler request of each trial's training run once the trial has ended.
+
+    Ray Train asks the autoscaler for a run's workers (renewed every 20 s, lapsing 180 s after
+    the last renewal) and withdraws the request when the run's controller shuts down. A trial
+    that Tune ends from outside (ASHA stops it, it fails and is retried, the search is
+    interrupted) has its actor removed, and the controller dies with that actor without
+    withdrawing it: for 3 minutes the autoscaler would keep, or even launch, nodes for a trial
+    that no longer exists. The request is withdrawn when the trial ends and again after the
+    controller's renewal interval (by then the controller is gone), and for every trial when
+    the search ends."""
+
+    AGAIN_AFTER_S = (0.0, 5.0, 25.0)
+
+    def __init__(self):
+        self._due: dict[str, list[float]] = {}  # Ray Train run id -> when to withdraw
+
+    def _ended(self, trial) -> None:
+        run_id = (trial.last_result or {}).get(TRAIN_RUN)
+        if run_id:
+            now = time.monotonic()
+            self._due[run_id] = [now + s for s in self.AGAIN_AFTER_S]
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+        self._withdraw()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial)
+        self._withdraw()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._ended(trial)  # the retry is a new training run with a request of its own
+        self._withdraw()
+
+    def on_step_end(self, iteration, trials, **info):
+        self._withdraw()
+
+    def on_experiment_end(self, trials, **info):
+        # Tune has removed every trial actor by now, those of an interrupted search included
+        # (their trials neither completed nor failed).
+        for trial in trials:
+            self._ended(trial)
+        self._withdraw(everything=True)
+
+    def _withdraw(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        for run_id, times in list(self._due.items()):
+            if not everything and times[0] > now:
+                continue
+            withdraw_train_request(run_id)
+            while times and (everything or times[0] <= now):
+                times.pop(0)
+            if not times:
+                del self._due[run_id]
+
+
+def withdraw_train_request(run_id: str) -> None:
+    """Withdraw the autoscaler request of Ray Train run `run_id` (a no-op when it has none).
+    Ray 2.60's Train names it `train-<run id>` (ScalingPolicy.after_controller_start); the
+    client logs a warning, never raises, when the coordinator cannot be reached."""
+    from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+        TrainAutoscalingCoordinatorClient,
+    )
+
+    TrainAutoscalingCoordinatorClient(f"train-{run_id}").cancel_resource_request()
 
 
 class LastEpochASHA(ASHAScheduler):

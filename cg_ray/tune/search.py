@@ -30,7 +30,14 @@ from cg_ray.resources import (
     resolve_use_gpu,
     training_need,
 )
-from cg_ray.tune.scheduling import STOPPED, EpochReport, expected_trials, stopped_trials, tune_config
+from cg_ray.tune.scheduling import (
+    STOPPED,
+    EpochReport,
+    ReleaseEndedTrials,
+    expected_trials,
+    stopped_trials,
+    tune_config,
+)
 from cg_ray.tune.space import apply_params, tune_space
 from cg_ray.tune.trials import existing_search, open_parent, settle_children, trial_rows, write_best
 
@@ -140,7 +147,7 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
             storage_path=path,
             storage_filesystem=fs,
             verbose=1,
-            callbacks=callbacks,
+            callbacks=[ReleaseEndedTrials(), *callbacks],
             # A trial whose node went away (spot, scale-down) starts again and
             # resumes its training run from its latest checkpoint.
             failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
