@@ -38,6 +38,29 @@ import pytest  # noqa: E402 (after the environment above, which Ray's processes 
 from cg_ray.taxonomy import Taxonomy  # noqa: E402
 
 
+# Files that start Ray clusters of their own (multi-node, autoscaling, a fresh local Ray as a user's
+# command does). `make test` runs two pytest-xdist workers: these files one after another on one,
+# the session's Ray and everything else on the other (each file whole, so that its module fixtures
+# are built once). Two of these clusters at once, or either beside more than the session's Ray,
+# overload 2 cores: Ray's node start-up and the autoscaler's scale-down time out.
+OWN_CLUSTERS = {"test_autoscaling.py", "test_jobs_cluster.py", "test_lost_node.py", "test_readme_search.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (--dist loadgroup): the own-cluster files one group, every other file its own;
+    the own-cluster group first, then the slow files, so that short files fill in at the end."""
+    for item in items:
+        group = "own-clusters" if item.path.name in OWN_CLUSTERS else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        return 0 if item.path.name in OWN_CLUSTERS else 1 if item.path in slow_files else 2
+
+    items.sort(key=rank)  # stable, by whole files: each file's tests stay together and in order
+
+
 @pytest.fixture
 def small_taxonomy() -> Taxonomy:
     """4 cities, 3 states, 2 countries, 2 continents (ids follow sorted names)."""
