@@ -25,14 +25,12 @@ demo: $(STAMP)
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
-# One test at a time (about 33 min on 2 cores). In parallel, on 2 cores, the cluster tests fail:
-# `-n 2 --dist loadfile` (two real clusters at once) timed out three of them; `-n 2 --dist
-# loadgroup` with the four own-cluster files in one group, beside the session's Ray, timed out
-# the autoscaler's scale-down; `-n 3` (load average 54) timed out Ray's node start-up.
-# tests/conftest.py keeps each xdist worker apart (own Ray temp dir and S3 port), so test-fast
-# runs in parallel: `make test-fast` is about 70 s.
+# Two pytest-xdist workers, whole files each: the files that start Ray clusters of their own
+# (tests/conftest.py, OWN_CLUSTERS) one after another on one worker, the session's Ray and every
+# other file on the other. Two own clusters at once overload 2 cores (Ray's node start-up and the
+# autoscaler's scale-down time out), so more workers only help on a bigger machine.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --no-loadscope-reorder
 
 # ruff (lint and format check, configured in pyproject.toml) and mypy on the typed core
 lint: $(STAMP)
@@ -45,7 +43,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --no-loadscope-reorder
 
 # make submit JOB=train CONFIG=configs/demo.yaml RAY_ADDRESS=http://HEAD:8265 [ARGS="--set k=v ..."]
 #   [RUNTIME_ENV=jobs/runtime_env.dev.yaml]: submits jobs/$(JOB).py, follows its logs, and exits

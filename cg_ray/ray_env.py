@@ -64,6 +64,7 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
         # refuses a driver runtime_env that names them again unless told to merge.
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(runtime_env=runtime_env, log_to_driver=True)
+        keep_cluster_helpers_here()
         return
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999))
     port = _free_port()
@@ -83,6 +84,24 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = os.environ.get("CG_RAY_PROGRESS", "1") == "1"
+
+
+def keep_cluster_helpers_here() -> None:
+    """Start Ray's cluster-wide helper actors from this driver, so that they live on its node.
+
+    Ray Data's stats actor and the autoscaling coordinator (Ray Train's and Ray Data's requests to
+    the autoscaler) are detached 0-CPU actors that Ray pins to the node of whichever process
+    first asks for them. In a search that is a trial on a worker node, and a node that hosts an
+    actor is never idle: the autoscaler would keep it (a GPU node, say) for as long as the
+    cluster lives. Asked for here first, they stay on the driver's node (the head, for a job);
+    where they exist already, nothing changes."""
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+    from ray.data._internal.stats import get_or_create_stats_actor
+
+    get_or_create_stats_actor()
+    get_or_create_autoscaling_coordinator()
 
 
 def pool_plan(resources: dict, actors: int | None = None) -> dict:

@@ -37,28 +37,38 @@ import pytest  # noqa: E402 (after the environment above, which Ray's processes 
 
 from cg_ray.taxonomy import Taxonomy  # noqa: E402
 
-
 # Files that start Ray clusters of their own (multi-node, autoscaling, a fresh local Ray as a user's
 # command does). `make test` runs two pytest-xdist workers: these files one after another on one,
-# the session's Ray and everything else on the other (each file whole, so that its module fixtures
-# are built once). Two of these clusters at once, or either beside more than the session's Ray,
-# overload 2 cores: Ray's node start-up and the autoscaler's scale-down time out.
-OWN_CLUSTERS = {"test_autoscaling.py", "test_jobs_cluster.py", "test_lost_node.py", "test_readme_search.py"}
+# the session's Ray and everything else on the other (whole files, so that a module's fixtures
+# are built once). Two of these clusters at once overload 2 cores: Ray's node start-up and the
+# autoscaler's scale-down time out.
+OWN_CLUSTERS = {"test_autoscaling.py", "test_jobs_cluster.py", "test_readme_search.py"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist (--dist loadgroup): the own-cluster files one group, every other file its own;
-    the own-cluster group first, then the slow files, so that short files fill in at the end."""
-    for item in items:
-        group = "own-clusters" if item.path.name in OWN_CLUSTERS else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
-
+    """The own-cluster files first, then the other slow files, then the rest (whole files, in
+    order), so that under xdist the long units start first and short files fill in at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
 
     def rank(item) -> int:
         return 0 if item.path.name in OWN_CLUSTERS else 1 if item.path in slow_files else 2
 
-    items.sort(key=rank)  # stable, by whole files: each file's tests stay together and in order
+    items.sort(key=rank)  # stable: each file's tests stay together and in their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole files to each xdist worker (as --dist loadfile), the own-cluster files as one unit.
+    (pytest-xdist's own --dist loadgroup does not group under pytest 9.2: it renames items by a
+    field that pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesOwnClustersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "own-clusters" if os.path.basename(path) in OWN_CLUSTERS else path
+
+    return FilesOwnClustersTogether(config, log)
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@ provider: real raylets on this machine with the declared resources), started onc
 
 - a 0-CPU head and one worker type of 2 CPUs (min 0, max 2), as cluster/kuberay/rayjob-tune.yaml
   and cluster/aws.yaml are shaped: a run that no node type could host is refused at once with
-  the numbers (and no node is launched for it); `cg-ray train` with 2 workers waits for the
-  autoscaler, saying for what, then runs; the RayJob's entrypoint (its command line, on the tiny
-  world) starts, the autoscaler adds workers, 3 trials finish under one MLflow parent, no
-  resource request outlives the trial ASHA stopped, and the workers go away afterwards;
+  the numbers (and no node is launched for it); the RayJob's entrypoint (its command line, on
+  the tiny world) starts, the autoscaler adds workers, 3 trials finish under one MLflow parent,
+  no resource request outlives the trial ASHA stopped, Ray's helper actors stay on the head, and
+  the workers go away afterwards;
+  then, from zero workers again, `cg-ray train` with 2 workers waits for the autoscaler, saying
+  for what, and runs (in this order, the search's scale-down is the only wait for one);
 - a head and a GPU worker type: `train.use_gpu: auto` asks for GPUs before any GPU node exists
   (the placement group asks for them; the fake node has no CUDA, so the test stops there).
 
@@ -86,26 +88,6 @@ def test_a_run_no_node_type_can_host_is_refused_at_once(cluster, tiny_dataset, t
     assert len(cluster.alive_nodes()) == 1  # nothing was launched for it
 
 
-def test_training_waits_for_the_autoscaler_then_runs(cluster, tiny_dataset, tmp_path):
-    cluster.wait_for(lambda nodes: len(nodes) == 1, timeout=240)  # from zero workers
-    submit(
-        cluster,
-        "train-2",
-        [
-            python(),
-            str(ROOT / "jobs/train.py"),
-            *_train_args(tiny_dataset, tmp_path, "train-2", "train.num_workers=2"),
-        ],
-        cwd=str(ROOT),
-    )
-    status = cluster.wait_job("train-2", timeout=500)
-    logs = cluster.job_logs("train-2")
-    assert status == "SUCCEEDED", logs[-3000:]
-    # 2 workers of 1 CPU and a whole CPU for Ray Data: two 2-CPU nodes, none alive at first.
-    assert "the run does not fit the live nodes yet: waiting for 2 nodes with 2 CPUs (type worker)" in logs
-    assert "epoch 0: " in logs
-
-
 def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, tiny_dataset, tmp_path):
     rayjob = yaml.safe_load((ROOT / "cluster/kuberay/rayjob-tune.yaml").read_text())
     storage = tmp_path / "storage"
@@ -158,6 +140,18 @@ def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, 
     assert len(parents) == 1 and len(children) == 3, logs[-8000:]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert (storage / "search-best.yaml").exists()
+    # Ray's detached helper actors (Ray Data's stats, the autoscaling coordinator) live on the
+    # head, where the driver asked for them first: on a worker node (where a trial would have
+    # created them) they keep that node from ever idling out.
+    head = next(node["node_id"] for node in cluster.alive_nodes() if node["is_head_node"])
+    query = {"filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE", "detail": "true"}
+    actors = cluster.api("/api/v0/actors", {**query, "limit": 1000})["data"]["result"]["result"]
+    helpers = {
+        actor["class_name"]: actor["node_id"]
+        for actor in actors
+        if actor["class_name"] in ("_StatsActor", "_AutoscalingCoordinatorActor")
+    }
+    assert len(helpers) == 2 and set(helpers.values()) == {head}, helpers
     # No resource request outlives its trial: Ray Train's own for a trial ASHA stopped would
     # last 180 s after its controller died with the trial; the search withdraws it (test_tune
     # has the trial that is always stopped).
@@ -172,6 +166,26 @@ def test_the_rayjob_search_scales_up_runs_three_trials_and_scales_down(cluster, 
     # The workers idle out (idle_timeout_minutes 0.5) and the autoscaler removes them.
     scaled_down = cluster.wait_for(lambda nodes: len(nodes) == 1, timeout=240)
     print(f"FIGURE search end -> workers removed: {scaled_down:.1f} s")
+
+
+def test_training_waits_for_the_autoscaler_then_runs(cluster, tiny_dataset, tmp_path):
+    cluster.wait_for(lambda nodes: len(nodes) == 1, timeout=240)  # from zero workers
+    submit(
+        cluster,
+        "train-2",
+        [
+            python(),
+            str(ROOT / "jobs/train.py"),
+            *_train_args(tiny_dataset, tmp_path, "train-2", "train.num_workers=2"),
+        ],
+        cwd=str(ROOT),
+    )
+    status = cluster.wait_job("train-2", timeout=500)
+    logs = cluster.job_logs("train-2")
+    assert status == "SUCCEEDED", logs[-3000:]
+    # 2 workers of 1 CPU and a whole CPU for Ray Data: two 2-CPU nodes, none alive at first.
+    assert "the run does not fit the live nodes yet: waiting for 2 nodes with 2 CPUs (type worker)" in logs
+    assert "epoch 0: " in logs
 
 
 def test_use_gpu_auto_asks_for_gpus_before_any_gpu_node_exists(tiny_dataset, tmp_path):
