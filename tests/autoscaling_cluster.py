@@ -114,36 +114,5 @@ class AutoscalingHead(LocalCluster):
         _kill_leftovers(self.root)
 
 
-def submit(
-    cluster: LocalCluster, job_id: str, command: list[str], cwd: str, env_vars: dict | None = None
-) -> None:
-    """`ray job submit --no-wait` of a command (run with the venv's python on the head)."""
-    runtime_env = json.dumps(
-        {
-            "env_vars": {
-                "CG_RAY_PROGRESS": "0",
-                "RAY_USAGE_STATS_ENABLED": "0",
-                "MLFLOW_DISABLE_TELEMETRY": "true",
-                **(env_vars or {}),
-            }
-        }
-    )
-    out = cluster.ray(
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard,
-        "--no-wait",
-        "--submission-id",
-        job_id,
-        "--runtime-env-json",
-        runtime_env,
-        "--",
-        *command,
-        cwd=cwd,
-    )
-    assert out.returncode == 0, out.stderr
-
-
 def python() -> str:
     return os.path.join(BIN, "python")

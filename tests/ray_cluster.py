@@ -189,6 +189,37 @@ class LocalCluster:
         _kill_leftovers(self.root)
 
 
+def submit(
+    cluster: LocalCluster,
+    job_id: str,
+    command: list[str],
+    cwd: str,
+    env_vars: dict | None = None,
+    runtime_env_file: str | None = None,
+) -> None:
+    """`ray job submit --no-wait` of a command: with `runtime_env_file` (as users submit, e.g.
+    jobs/runtime_env.dev.yaml), else with a runtime_env of the quiet variables and `env_vars`."""
+    if runtime_env_file:
+        runtime_env = ["--runtime-env", runtime_env_file]
+    else:
+        quiet = {"CG_RAY_PROGRESS": "0", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        runtime_env = ["--runtime-env-json", json.dumps({"env_vars": {**quiet, **(env_vars or {})}})]
+    out = cluster.ray(
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--no-wait",
+        "--submission-id",
+        job_id,
+        *runtime_env,
+        "--",
+        *command,
+        cwd=cwd,
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def _kill_leftovers(root: str) -> None:
     import psutil
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from autoscaling_cluster import AutoscalingHead, python, submit
+from autoscaling_cluster import AutoscalingHead, python
 from mlflow.tracking import MlflowClient
+from ray_cluster import submit
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

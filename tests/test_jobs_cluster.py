@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
-from ray_cluster import LocalCluster
+from ray_cluster import LocalCluster, submit
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,49 +56,27 @@ def _train_worker_nodes(cluster) -> set[str]:
     return {actor["node_id"] for actor in json.loads(out.stdout)}
 
 
+def _train_job(cluster, job_id: str, data: str, out: Path, sets: dict) -> None:
+    """`ray job submit` of jobs/train.py as a user submits it (the dev runtime_env: the checkout
+    travels): the demo config, the tiny world, its run, MLflow store and metrics under `out`."""
+    values = {
+        "data.path": data,
+        **sets,
+        "run.storage_path": f"{out}/runs",
+        "run.tracking_uri": f"sqlite:///{out}/mlflow.db",
+    }
+    args = [word for key, value in values.items() for word in ("--set", f"{key}={value}")]
+    command = ["python", "jobs/train.py", "--config", "configs/demo.yaml", *args]
+    command += ["--metrics-out", f"{out}/metrics.json"]
+    submit(cluster, job_id, command, cwd=str(ROOT), runtime_env_file="jobs/runtime_env.dev.yaml")
+
+
 def test_training_job_runs_on_both_nodes(cluster, tiny_dataset, tmp_path):
     node_ids = {node["node_id"] for node in cluster.alive_nodes()}
     assert len(node_ids) == 2
     job_id = "cg-ray-train-two-nodes"
-    args = [
-        "--config",
-        "configs/demo.yaml",
-        "--set",
-        f"data.path={tiny_dataset}",
-        "--set",
-        "train.num_workers=2",
-        "--set",
-        "train.cpus_per_worker=2",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        f"run.storage_path={tmp_path}/runs",
-        "--set",
-        "run.name=two-nodes",
-        "--set",
-        f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "--metrics-out",
-        f"{tmp_path}/metrics.json",
-    ]
-    submitted = cluster.ray(
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard,
-        "--no-wait",
-        "--submission-id",
-        job_id,
-        "--runtime-env",
-        "jobs/runtime_env.dev.yaml",
-        "--",
-        "python",
-        "jobs/train.py",
-        *args,
-        cwd=str(ROOT),
-    )
-    assert submitted.returncode == 0, submitted.stderr
+    sets = {"train.num_workers": 2, "train.cpus_per_worker": 2, "train.epochs": 1, "train.batch_size": 8}
+    _train_job(cluster, job_id, tiny_dataset, tmp_path, {**sets, "run.name": "two-nodes"})
     status = cluster.wait_job(job_id)
     logs = cluster.job_logs(job_id)
     assert status == "SUCCEEDED", logs[-3000:]
@@ -191,47 +169,14 @@ def _raylet_pid(node_dir: str) -> int:
 def test_a_lost_worker_node_costs_at_most_the_epoch_in_progress(cluster, tiny_dataset, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    args = [
-        "--config",
-        "configs/demo.yaml",
-        "--set",
-        f"data.path={tiny_dataset}",
-        "--set",
-        "train.num_workers=2",
-        "--set",
-        "train.cpus_per_worker=2",
-        "--set",
-        f"train.epochs={EPOCHS}",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "train.max_failures=1",
-        "--set",
-        f"run.storage_path={tmp_path}/runs",
-        "--set",
-        "run.name=lost-node",
-        "--set",
-        f"run.tracking_uri={uri}",
-        "--metrics-out",
-        f"{tmp_path}/metrics.json",
-    ]
-    out = cluster.ray(
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard,
-        "--no-wait",
-        "--submission-id",
+    sets = {"train.num_workers": 2, "train.cpus_per_worker": 2, "train.epochs": EPOCHS, "train.batch_size": 4}
+    _train_job(
+        cluster,
         "lost-node",
-        "--runtime-env",
-        "jobs/runtime_env.dev.yaml",
-        "--",
-        "python",
-        "jobs/train.py",
-        *args,
-        cwd=str(ROOT),
+        tiny_dataset,
+        tmp_path,
+        {**sets, "train.max_failures": 1, "run.name": "lost-node"},
     )
-    assert out.returncode == 0, out.stderr
     # Wait for epoch 1 to be logged, then kill the worker node while epoch 2 runs.
     run_id, deadline = None, time.time() + 400
     while time.time() < deadline:
