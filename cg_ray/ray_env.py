@@ -70,6 +70,11 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     port = _free_port()
     env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by a local ray.init only
+    # Ray prestarts a worker per CPU for the first driver, without its runtime_env; this
+    # driver's tasks and actors all carry one, so those workers would never run anything.
+    no_prestart = "RAY_prestart_worker_first_driver" not in os.environ  # unless the user set it
+    if no_prestart:
+        os.environ["RAY_prestart_worker_first_driver"] = "0"  # read by the raylet it starts
     try:
         ray.init(
             num_cpus=num_cpus,
@@ -81,6 +86,8 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
         )
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        if no_prestart:
+            os.environ.pop("RAY_prestart_worker_first_driver", None)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = os.environ.get("CG_RAY_PROGRESS", "1") == "1"

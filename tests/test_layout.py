@@ -115,3 +115,15 @@ def test_every_package_says_what_it_owns():
         if init.parent.name == "geodata":
             continue  # package data only
         assert doc and len(doc) > 30, f"{init.relative_to(ROOT.parent)} needs a docstring"
+
+
+def test_what_rays_helper_actors_unpickle_imports_no_torch():
+    """Ray Train's dataset manager unpickles the split config, Ray Data's coordinators and tasks
+    the pipeline's functions: torch there would cost every run a CPU-second and half a GB of
+    memory per helper actor (the split config once lived beside the worker loop)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cg_ray.train.splits, cg_ray.data.stream; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -179,7 +179,7 @@ def test_gpu_decoding_streams_the_same_batches(packed):
 def test_workers_get_disjoint_parts_and_equal_steps(packed):
     """15 training clips in shards of 4, 4, 4, 3 over 2 workers: the same number of batches on
     each (the odd clip is left out), disjoint clips, both epochs."""
-    from cg_ray.train.driver import ValSplitDataConfig
+    from cg_ray.train.splits import ValSplitDataConfig
 
     data, _, _ = packed
     taxonomy = load_taxonomy(str(data))

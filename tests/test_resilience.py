@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,9 +89,13 @@ def test_same_seed_same_metrics(baseline, tiny_dataset, out):
 
 
 def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_dataset, out):
+    """`cg-ray train` joined to a running Ray (as a job's driver on a cluster is), killed with
+    SIGKILL after its first checkpoint; Ray ends the run's actors with their driver, and the
+    same command resumes it in the same MLflow run and ends where an uninterrupted run ends."""
+    import ray
+
     args = overrides(tiny_dataset, out, "killed")
-    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="cgk-", dir="/tmp"), CG_RAY_PROGRESS="0")
-    env.pop("RAY_ADDRESS", None)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, CG_RAY_PROGRESS="0")
     cmd = [sys.executable, "-m", "cg_ray", "train", "--config", DEMO]
     for item in args:
         cmd += ["--set", item]
@@ -105,10 +108,9 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
         assert driver.poll() is None, "the driver ended before it could be killed"
         family = [driver.pid] + [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and any process it started
     driver.wait()
-    # Ray daemons of that driver may have left its process group: stop them by pid, and wait,
-    # so that no second cluster lingers beside the session's.
+    # Anything of that driver that left its process group: stopped by pid, and waited for.
     leftovers = [psutil.Process(pid) for pid in family if psutil.pid_exists(pid)]
     for proc in leftovers:
         try:
