@@ -15,6 +15,9 @@ QUIET_ENV = {
 }
 
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
 def quiet_environment() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -69,6 +72,10 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999))
     port = _free_port()
     env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+    # Ray Train watches for nodes being drained (a spot node reclaimed) with an actor of its
+    # own per run; nothing drains the one node of a local Ray, so that actor would only cost a
+    # process per run. (On a cluster it stays.)
+    env_vars[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by a local ray.init only
     # Ray prestarts a worker per CPU for the first driver, without its runtime_env; this
     # driver's tasks and actors all carry one, so those workers would never run anything.

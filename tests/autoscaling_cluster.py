@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
 
-from ray_cluster import BIN, LocalCluster, _kill_leftovers, free_port
+from ray_cluster import BIN, LocalCluster, free_port, stop
 
 HEAD_TYPE = "ray.head.default"
 
@@ -103,15 +101,7 @@ class AutoscalingHead(LocalCluster):
         raise TimeoutError(f"cluster condition not met in {timeout} s; see {self.root}/*.log")
 
     def __exit__(self, *exc) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)  # then killed, with what is left
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        _kill_leftovers(self.root)
+        stop(self.procs, self.root)
 
 
 def python() -> str:

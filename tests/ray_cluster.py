@@ -175,17 +175,25 @@ class LocalCluster:
         raise TimeoutError(f"{count} Ray nodes not up in {timeout} s; see {self.root}/*.log")
 
     def __exit__(self, *exc) -> None:
-        # `ray start --block` takes its node's processes down when it is terminated; anything
-        # left (a worker process) belongs to this cluster's process group or temp dir.
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=10)  # then killed, with what is left
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        _kill_leftovers(self.root)
+        stop(self.procs, self.root)
+
+
+def stop(procs: list[subprocess.Popen], root: str, grace: float = 3) -> None:
+    """Stop `ray start --block` processes and their nodes: SIGTERM, `grace` seconds (their own
+    graceful stop takes over 10 s, for clusters thrown away), then SIGKILL to each process group
+    and to every process whose command line names this cluster's folder (raylets, GCS,
+    dashboards, the nodes an autoscaler launched)."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _kill_leftovers(root)
 
 
 def submit(

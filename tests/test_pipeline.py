@@ -50,6 +50,22 @@ def test_training_reports_metrics_and_checkpoint(trained):
         assert os.path.exists(os.path.join(result["checkpoint"], name))
 
 
+def test_a_run_on_a_local_ray_starts_no_preemption_watcher(trained):
+    """Ray Train's per-run actor that watches for drained nodes is off on a local Ray (nothing
+    drains its one node): a process less per run. The run's controller is listed, so the
+    listing itself works."""
+    import ray
+    from ray.util.state import list_actors
+
+    def count(name):
+        actors = list_actors(
+            address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", name)], limit=10000
+        )
+        return len(actors)
+
+    assert count("TrainController") >= 1 and count("PreemptionWatcher") == 0
+
+
 def test_training_is_tracked_in_mlflow(trained):
     from mlflow.tracking import MlflowClient
 

@@ -233,7 +233,7 @@ def mlflow_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn workers
         try:
-            server.wait(timeout=60)
+            server.wait(timeout=3)  # uvicorn waits ~15 s for the client's idle keep-alive
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
