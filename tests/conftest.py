@@ -89,15 +89,13 @@ def ray_session(tmp_path_factory):
     so a stale cluster elsewhere on the machine is never joined."""
     import tempfile
 
-    import ray
-
-    from cg_ray.ray_env import init_ray
+    from cg_ray.ray_env import init_ray, shutdown_ray
 
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="cgr-", dir="/tmp"))
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(min_cpus=4)
     yield
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture(scope="session")

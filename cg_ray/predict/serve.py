@@ -480,7 +480,7 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
 
     import ray
 
-    from cg_ray.ray_env import init_ray
+    from cg_ray.ray_env import init_ray, shutdown_ray
 
     replicas = options.autoscale[1] if options.autoscale else options.replicas
     init_ray(min_cpus=replicas * (1 + options.cpus_per_replica), metrics_port=options.metrics_port)
@@ -520,7 +520,7 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
             if not remote:
                 serve.shutdown()
         finally:
-            ray.shutdown()
+            shutdown_ray()
     print("cg-ray serve: stopped", file=out, flush=True)
 
 
