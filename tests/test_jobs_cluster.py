@@ -198,15 +198,15 @@ def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epo
     assert "epoch 0: " in logs and "city_top1=" in logs
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epoch"] == EPOCHS - 1 and Path(metrics["checkpoint"]).is_dir()
-    stamps = {m.step: m.timestamp / 1000 for m in history}
-    normal = [
-        stamps[e + 1] - stamps[e] for e in range(EPOCHS - 1) if not stamps[e] <= killed_at <= stamps[e + 1]
-    ]
-    (hit,) = [e for e in range(EPOCHS - 1) if stamps[e] <= killed_at <= stamps[e + 1]]
-    lost = stamps[hit + 1] - stamps[hit] - (sum(normal) / len(normal) if normal else 0)
+    stamps = [m.timestamp / 1000 for m in sorted(history, key=lambda m: m.step)]
+    # The epochs logged after the kill carry its cost (the one it hit, or the next when the hit
+    # one was already being logged); those logged before it set the pace.
+    first_after = next(e for e in range(EPOCHS) if stamps[e] > killed_at)
+    pace = (stamps[first_after - 1] - stamps[0]) / (first_after - 1)
+    after = stamps[-1] - stamps[first_after - 1]
     print(
-        f"\nFIGURE worker node killed {killed_at - stamps[hit]:.1f} s into epoch {hit + 1}: "
-        f"that epoch took {stamps[hit + 1] - stamps[hit]:.1f} s against "
-        f"{sum(normal) / max(len(normal), 1):.1f} s for the others: {lost:.1f} s lost "
-        f"(the epoch's work so far, the restart, waiting for the replacement node)"
+        f"\nFIGURE worker node killed {killed_at - stamps[first_after - 1]:.1f} s after epoch "
+        f"{first_after - 1} was logged: epochs {first_after}-{EPOCHS - 1} took {after:.1f} s against "
+        f"{pace:.1f} s each before: {after - (EPOCHS - first_after) * pace:.1f} s lost (the "
+        f"epoch's work so far, the restart, waiting for the replacement node)"
     )
