@@ -72,25 +72,20 @@ def _train_job(cluster, job_id: str, data: str, out: Path, sets: dict) -> None:
     submit(cluster, job_id, command, cwd=str(ROOT), runtime_env_file="jobs/runtime_env.dev.yaml")
 
 
+def _make_submit(env: dict, *variables: str) -> subprocess.CompletedProcess:
+    """`make submit JOB=train VARIABLES...` from the checkout, as a user types it (-o: the venv
+    counts as installed, so a test installs nothing)."""
+    command = ["make", "-s", "-o", ".venv/.installed", "submit", "JOB=train", *variables]
+    return subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=400)
+
+
 def test_make_submit_follows_the_job_and_finds_the_token(cluster, tiny_dataset, tmp_path):
     # make submit: follows the job and fails with it (here: a config file that is not there).
-    made = subprocess.run(
-        [
-            "make",
-            "-s",
-            "-o",
-            ".venv/.installed",
-            "submit",
-            "JOB=train",
-            "CONFIG=/nonexistent/search.yaml",
-            f"RAY_ADDRESS={cluster.dashboard}",
-            "RUNTIME_ENV=jobs/runtime_env.dev.yaml",
-        ],
-        cwd=ROOT,
-        env=cluster.env,
-        text=True,
-        capture_output=True,
-        timeout=300,
+    made = _make_submit(
+        cluster.env,
+        "CONFIG=/nonexistent/search.yaml",
+        f"RAY_ADDRESS={cluster.dashboard}",
+        "RUNTIME_ENV=jobs/runtime_env.dev.yaml",
     )
     assert made.returncode != 0
     assert "config file '/nonexistent/search.yaml' does not exist" in made.stdout
@@ -99,25 +94,13 @@ def test_make_submit_follows_the_job_and_finds_the_token(cluster, tiny_dataset, 
     # The README's example as written: the default runtime_env (only jobs/ travels), from a
     # shell without RAY_AUTH_MODE (the token found as Ray's CLI finds it), CONFIG travels.
     shell = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
-    readme = subprocess.run(
-        [
-            "make",
-            "-s",
-            "-o",
-            ".venv/.installed",
-            "submit",
-            "JOB=train",
-            "CONFIG=configs/demo.yaml",
-            f"RAY_ADDRESS={cluster.dashboard}",
-            f"ARGS=--set data.path={tiny_dataset} --set train.epochs=1 --set train.num_workers=1 "
-            f"--set run.storage_path={tmp_path}/runs2 --set run.name=readme "
-            f"--set run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        ],
-        cwd=ROOT,
-        env=shell,
-        text=True,
-        capture_output=True,
-        timeout=400,
+    readme = _make_submit(
+        shell,
+        "CONFIG=configs/demo.yaml",
+        f"RAY_ADDRESS={cluster.dashboard}",
+        f"ARGS=--set data.path={tiny_dataset} --set train.epochs=1 --set train.num_workers=1 "
+        f"--set run.storage_path={tmp_path}/runs2 --set run.name=readme "
+        f"--set run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
     )
     assert readme.returncode == 0, readme.stdout[-3000:] + readme.stderr[-2000:]
     assert "_config/demo.yaml" in readme.stderr and ": SUCCEEDED" in readme.stderr
