@@ -89,18 +89,18 @@ def with_config(env: dict, args: list[str]) -> tuple[dict, list[str]]:
     if working_dir and "://" not in working_dir and full.startswith(working_dir + os.sep):
         args[index] = prefix + os.path.relpath(full, working_dir)
         return env, args
-    staged = tempfile.mkdtemp(prefix="cg-ray-job-")
-    if working_dir and "://" not in working_dir:
+    if working_dir and "://" in working_dir:
+        raise SystemExit(
+            f"submit: cannot add {path} to the remote working_dir {working_dir}: "
+            f"give --config as a URI the nodes can read"
+        )
+    staged = tempfile.mkdtemp(prefix="cg-ray-job-")  # removed by submit() once uploaded
+    if working_dir:
         shutil.copytree(
             working_dir,
             staged,
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns(*env.get("excludes", []), ".git", ".venv"),
-        )
-    elif working_dir:
-        raise SystemExit(
-            f"submit: cannot add {path} to the remote working_dir {working_dir}: "
-            f"give --config as a URI the nodes can read"
         )
     os.makedirs(os.path.join(staged, "_config"))
     shutil.copy(full, os.path.join(staged, "_config", os.path.basename(full)))
@@ -139,10 +139,10 @@ def submit(job: str, address: str, env: dict, args: list[str], submission_id: st
     use_auth_token()
     staged, args = with_config(env, args)
     command = entrypoint(job, env, args)  # a staged working_dir keeps the script's place
-    env = staged
+    copy = staged["working_dir"] if staged.get("working_dir") != env.get("working_dir") else None
     try:
         client = JobSubmissionClient(address)
-        job_id = client.submit_job(entrypoint=command, runtime_env=env, submission_id=submission_id)
+        job_id = client.submit_job(entrypoint=command, runtime_env=staged, submission_id=submission_id)
     except AuthenticationError:
         print(f"submit: {AUTH_HINT.format(address=address)}", file=sys.stderr)
         return 2
@@ -152,6 +152,9 @@ def submit(job: str, address: str, env: dict, args: list[str], submission_id: st
             return 2
         print(f"submit: cannot submit to {address}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    finally:  # submit_job has uploaded the staged copy (or failed): it is not needed here
+        if copy:
+            shutil.rmtree(copy, ignore_errors=True)
     print(f"submitted {job_id}: {command}", file=sys.stderr, flush=True)
     try:
         asyncio.run(_follow(client, job_id))

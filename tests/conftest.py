@@ -5,6 +5,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CG_RAY_PROGRESS", "0")
+if not os.environ.get("CG_RAY_CACHE"):  # registry models fetched by tests: not into ~/.cache
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["CG_RAY_CACHE"] = tempfile.mkdtemp(prefix="cg_ray-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CG_RAY_CACHE"], True)
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -390,6 +391,7 @@ def test_the_config_file_travels_with_the_job(tmp_path):
     ).read_text()
     assert (Path(staged["working_dir"]) / "train.py").exists()  # the job scripts, as before
     assert submit.entrypoint("train", env, args) == "python train.py --config _config/demo.yaml --set a=b"
+    shutil.rmtree(staged["working_dir"])  # submit() removes it once uploaded (test_jobs_cluster)
     dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
     same, args = submit.with_config(dev, [f"--config={ROOT}/configs/search.yaml"])
     assert same == dev and args == ["--config=configs/search.yaml"]

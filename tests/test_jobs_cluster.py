@@ -1,16 +1,17 @@
 """Real multi-node runs on one machine, on one cluster for the module: a Ray head and a second
 node started with `ray start` (3 CPUs each, token auth).
 
-- `make submit` of a failing job exits non-zero, the README's `make submit JOB=train
-  CONFIG=configs/demo.yaml` succeeds from a shell without RAY_AUTH_MODE, and a shell without any
-  token gets one line saying what to set.
-- Last (it kills a node): a training job submitted with `ray job submit` to the head's job
-  server and followed through its REST API; its two workers (2 CPUs each) cannot share a 3-CPU
-  node, so they run on both. Then the worker node is lost mid-epoch (a spot node reclaimed: its
-  raylet killed by pid). Ray Train restarts the worker group (train.max_failures: 1) on the
-  nodes that remain plus the one that replaces it (started here as the autoscaler would), from
-  the latest checkpoint, in the same MLflow run, and every epoch is logged exactly once; the
-  head alone cannot host both workers again, so the run waits (saying so) for the new node. The
+- `make submit` of a failing job exits non-zero, and a shell without any token gets one line
+  saying what to set.
+- Last (it kills a node): the README's `make submit JOB=train CONFIG=configs/demo.yaml` of a
+  training job, as written (the default runtime_env, the config staged beside jobs/ and the
+  staged copy removed once uploaded, a shell without RAY_AUTH_MODE), following the job to
+  SUCCEEDED. Its two workers (2 CPUs each) cannot share a 3-CPU node, so they run on both. Then
+  the worker node is lost mid-epoch (a spot node reclaimed: its raylet killed by pid). Ray
+  Train restarts the worker group (train.max_failures: 1) on the nodes that remain plus the one
+  that replaces it (started here as the autoscaler would), from the latest checkpoint, in the
+  same MLflow run, and every epoch is logged exactly once; the head alone cannot host both
+  workers again, so the run waits (saying so) for the new node. The
   epoch time lost is printed (run with -s)."""
 
 import json
@@ -24,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
-from ray_cluster import LocalCluster, submit
+from ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,53 +58,27 @@ def _train_worker_nodes(cluster) -> set[str]:
     return {actor["node_id"] for actor in json.loads(out.stdout)}
 
 
-def _train_job(cluster, job_id: str, data: str, out: Path, sets: dict) -> None:
-    """`ray job submit` of jobs/train.py as a user submits it (the dev runtime_env: the checkout
-    travels): the demo config, the tiny world, its run, MLflow store and metrics under `out`."""
-    values = {
-        "data.path": data,
-        **sets,
-        "run.storage_path": f"{out}/runs",
-        "run.tracking_uri": f"sqlite:///{out}/mlflow.db",
-    }
-    args = [word for key, value in values.items() for word in ("--set", f"{key}={value}")]
-    command = ["python", "jobs/train.py", "--config", "configs/demo.yaml", *args]
-    command += ["--metrics-out", f"{out}/metrics.json"]
-    submit(cluster, job_id, command, cwd=str(ROOT), runtime_env_file="jobs/runtime_env.dev.yaml")
-
-
-def _make_submit(env: dict, *variables: str) -> subprocess.CompletedProcess:
+def _make_submit(env: dict, *variables: str, **popen) -> subprocess.Popen:
     """`make submit JOB=train VARIABLES...` from the checkout, as a user types it (-o: the venv
     counts as installed, so a test installs nothing)."""
     command = ["make", "-s", "-o", ".venv/.installed", "submit", "JOB=train", *variables]
-    return subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=400)
+    return subprocess.Popen(command, cwd=ROOT, env=env, text=True, **popen)
 
 
-def test_make_submit_follows_the_job_and_finds_the_token(cluster, tiny_dataset, tmp_path):
+def test_make_submit_fails_with_its_job_and_asks_for_a_missing_token(cluster, tmp_path):
     # make submit: follows the job and fails with it (here: a config file that is not there).
     made = _make_submit(
         cluster.env,
         "CONFIG=/nonexistent/search.yaml",
         f"RAY_ADDRESS={cluster.dashboard}",
         "RUNTIME_ENV=jobs/runtime_env.dev.yaml",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    stdout, stderr = made.communicate(timeout=400)
     assert made.returncode != 0
-    assert "config file '/nonexistent/search.yaml' does not exist" in made.stdout
-    assert ": FAILED" in made.stderr
-
-    # The README's example as written: the default runtime_env (only jobs/ travels), from a
-    # shell without RAY_AUTH_MODE (the token found as Ray's CLI finds it), CONFIG travels.
-    shell = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
-    readme = _make_submit(
-        shell,
-        "CONFIG=configs/demo.yaml",
-        f"RAY_ADDRESS={cluster.dashboard}",
-        f"ARGS=--set data.path={tiny_dataset} --set train.epochs=1 --set train.num_workers=1 "
-        f"--set run.storage_path={tmp_path}/runs2 --set run.name=readme "
-        f"--set run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-    )
-    assert readme.returncode == 0, readme.stdout[-3000:] + readme.stderr[-2000:]
-    assert "_config/demo.yaml" in readme.stderr and ": SUCCEEDED" in readme.stderr
+    assert "config file '/nonexistent/search.yaml' does not exist" in stdout
+    assert ": FAILED" in stderr
 
     # No token anywhere (no RAY_AUTH_*, an empty home): one line saying what to set.
     bare = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
@@ -137,22 +112,10 @@ def _raylet_pid(node_dir: str) -> int:
     raise LookupError(f"no raylet of {node_dir}")
 
 
-def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epoch(
-    cluster, tiny_dataset, tmp_path
-):
-    node_ids = {node["node_id"] for node in cluster.alive_nodes()}
-    assert len(node_ids) == 2
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    sets = {"train.num_workers": 2, "train.cpus_per_worker": 2, "train.epochs": EPOCHS, "train.batch_size": 4}
-    _train_job(
-        cluster,
-        "lost-node",
-        tiny_dataset,
-        tmp_path,
-        {**sets, "train.max_failures": 1, "run.name": "lost-node"},
-    )
-    # Wait for epoch 1 to be logged, then kill the worker node while epoch 2 runs.
+def _lose_a_node_mid_run(cluster, client, made, tmp_path, node_ids) -> tuple[str, float]:
+    """Wait for epoch 1 to be logged, see a worker on each node, kill the worker node while
+    epoch 2 runs, start its replacement (as the autoscaler would) and wait for the job: (the
+    run's id, when the node was killed)."""
     run_id, deadline = None, time.time() + 400
     while time.time() < deadline:
         experiment = client.get_experiment_by_name("cg_ray-demo")
@@ -161,7 +124,7 @@ def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epo
             run_id = runs[0].info.run_id
             break
         time.sleep(0.5)
-    assert run_id, cluster.job_logs("lost-node")[-3000:]
+    assert run_id, (tmp_path / "out.log").read_text()[-3000:] + (tmp_path / "err.log").read_text()
     assert _train_worker_nodes(cluster) == node_ids  # one worker on each node
     time.sleep(0.2)  # into the next epoch (an epoch of the tiny world is about a second)
     os.kill(_raylet_pid(os.path.join(cluster.root, "worker")), signal.SIGKILL)
@@ -171,9 +134,54 @@ def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epo
         "replacement",
         os.path.join(cluster.root, "replacement"),
     )
-    status = cluster.wait_job("lost-node", timeout=600)
-    logs = cluster.job_logs("lost-node")
-    assert status == "SUCCEEDED", logs[-4000:]
+    made.wait(timeout=600)
+    return run_id, killed_at
+
+
+def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epoch(
+    cluster, tiny_dataset, tmp_path
+):
+    node_ids = {node["node_id"] for node in cluster.alive_nodes()}
+    assert len(node_ids) == 2
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    sets = {
+        "data.path": tiny_dataset,
+        "train.num_workers": 2,
+        "train.cpus_per_worker": 2,
+        "train.epochs": EPOCHS,
+        "train.batch_size": 4,
+        "train.max_failures": 1,
+        "run.name": "lost-node",
+        "run.storage_path": f"{tmp_path}/runs",
+        "run.tracking_uri": uri,
+    }
+    # The README's `make submit` as written: the default runtime_env (only jobs/ travels, with
+    # CONFIG staged beside it), from a shell without RAY_AUTH_MODE (the token found as Ray's CLI
+    # finds it); it follows the job to its end.
+    shell = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+    shell["TMPDIR"] = str(tmp_path / "tmp")  # where submit stages the copy it uploads
+    (tmp_path / "tmp").mkdir()
+    args = " ".join(f"--set {key}={value}" for key, value in sets.items())
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        made = _make_submit(
+            shell,
+            "CONFIG=configs/demo.yaml",
+            f"RAY_ADDRESS={cluster.dashboard}",
+            f"ARGS={args} --metrics-out {tmp_path}/metrics.json",
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        run_id, killed_at = _lose_a_node_mid_run(cluster, client, made, tmp_path, node_ids)
+    finally:
+        if made.poll() is None:
+            os.killpg(made.pid, signal.SIGKILL)
+    logs, submitted = (tmp_path / "out.log").read_text(), (tmp_path / "err.log").read_text()
+    assert made.returncode == 0, logs[-4000:] + submitted[-2000:]
+    assert "_config/demo.yaml" in submitted and ": SUCCEEDED" in submitted
+    assert not list((tmp_path / "tmp").glob("cg-ray-job-*"))  # the staged copy went once uploaded
     experiment = client.get_experiment_by_name("cg_ray-demo")
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]
     history = client.get_metric_history(run_id, "city_top1")

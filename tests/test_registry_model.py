@@ -134,3 +134,46 @@ def test_mlflow_models_serve_answers_with_probabilities(registered):
             assert len(prediction[f"{level}_top_k"]) == 2
             probs = prediction[f"{level}_top_k_probs"]
             assert all(0 <= p <= 1 for p in probs) and prediction[f"{level}_prob"] > 0
+
+
+def test_a_registry_model_is_fetched_once_into_the_cache(registered, tmp_path, monkeypatch):
+    """`models:/geo/1`, `models:/geo@champion` and `models:/geo/latest` name one version: it is
+    downloaded once into $CG_RAY_CACHE and read from there after (here with the run's artifacts
+    moved away), and nothing half-fetched is left behind by a reference that fails."""
+    from mlflow import MlflowClient
+
+    from cg_ray.errors import UserError
+    from cg_ray.predict.registry import resolve_checkpoint
+    from cg_ray.train.checkpoint import read_checkpoint
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CG_RAY_CACHE", str(cache))
+    uri = registered["uri"]
+    MlflowClient(uri).set_registered_model_alias("geo", "champion", "1")
+    folder = resolve_checkpoint("models:/geo/1", uri)
+    assert folder.startswith(str(cache / "models"))
+    assert read_checkpoint(folder)["epoch"] == read_checkpoint(registered["ckpt"])["epoch"]
+    assert (Path(folder) / "checkpoint.pt").read_bytes() == (
+        Path(registered["ckpt"]) / "checkpoint.pt"
+    ).read_bytes()
+    artifacts = registered["root"] / "artifacts"
+    artifacts.rename(artifacts.with_name("away"))
+    try:
+        assert resolve_checkpoint("models:/geo@champion", uri) == folder
+        assert resolve_checkpoint("models:/geo/latest", uri) == folder
+        monkeypatch.setenv("CG_RAY_CACHE", str(tmp_path / "cold"))  # a machine without the copy
+        with pytest.raises(UserError, match=r"cannot fetch models:/geo@champion from the registry"):
+            resolve_checkpoint("models:/geo@champion", uri)
+        assert not list((tmp_path / "cold" / "models").iterdir())  # no half-fetched copy
+        monkeypatch.setenv("CG_RAY_CACHE", str(cache))
+    finally:
+        artifacts.with_name("away").rename(artifacts)
+    with pytest.raises(UserError, match=r"cannot find models:/nope@x in the registry at sqlite:///"):
+        resolve_checkpoint("models:/nope@x", uri)
+    with pytest.raises(UserError, match=r"cannot fetch models:/geo/7 from the registry"):
+        resolve_checkpoint("models:/geo/7", uri)
+    assert len(list((cache / "models").iterdir())) == 1  # the one version, no staging folder
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CG_RAY_CACHE", str(tmp_path / "file"))
+    with pytest.raises(UserError, match=r"model cache: .*set \$CG_RAY_CACHE to a writable folder"):
+        resolve_checkpoint("models:/geo/1", uri)
