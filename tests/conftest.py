@@ -6,12 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CG_RAY_PROGRESS", "0")
 if not os.environ.get("CG_RAY_CACHE"):  # registry models fetched by tests: not into ~/.cache
-    import atexit
-    import shutil
-    import tempfile
+    from tmpdirs import short_tmpdir
 
-    os.environ["CG_RAY_CACHE"] = tempfile.mkdtemp(prefix="cg_ray-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["CG_RAY_CACHE"], True)
+    os.environ["CG_RAY_CACHE"] = short_tmpdir("cg_ray-test-cache-")
 
 
 def _free_port() -> int:
@@ -94,11 +91,11 @@ def small_taxonomy() -> Taxonomy:
 def ray_session(tmp_path_factory):
     """One local Ray for the whole session (starting one costs seconds), in its own temp dir
     so a stale cluster elsewhere on the machine is never joined."""
-    import tempfile
+    from tmpdirs import short_tmpdir
 
     from cg_ray.ray_env import init_ray, shutdown_ray
 
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="cgr-", dir="/tmp"))
+    os.environ.setdefault("RAY_TMPDIR", short_tmpdir("cgr-"))
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(min_cpus=4)
     yield

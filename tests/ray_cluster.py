@@ -19,10 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
+
+from tmpdirs import short_tmpdir
 
 BIN = os.path.dirname(sys.executable)  # the venv's bin: ray, python
 
@@ -49,7 +50,7 @@ class LocalCluster:
     """`with LocalCluster(head_cpus=3, worker_cpus=3) as c:` c.gcs, c.dashboard, c.env."""
 
     def __init__(self, head_cpus: int, worker_cpus: int, root: str | None = None):
-        self.root = root or tempfile.mkdtemp(prefix="r7c-", dir="/tmp")
+        self.root = root or short_tmpdir("r7c-")
         token_path = os.path.join(self.root, "auth_token")
         self.token = secrets.token_hex(32)
         with open(token_path, "w") as f:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from predict_helpers import CITIES, mp4_world, train_tiny_checkpoint
+from tmpdirs import short_tmpdir
 
 
 def free_port() -> int:
@@ -104,7 +104,7 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
     (status 0, "stopped" printed) at the end."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "CG_RAY_SERVE_TOKEN")}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-serve-", dir="/tmp")
+    env["RAY_TMPDIR"] = short_tmpdir("cgr-serve-")
     env["PYTHONUNBUFFERED"] = "1"
     log_path = os.path.join(env["RAY_TMPDIR"], "serve.log")
     command = [

@@ -5,10 +5,10 @@ import importlib.util
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+from tmpdirs import short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def test_without_a_gpu_it_says_so_in_one_line(capsys):
 @pytest.mark.slow
 def test_make_gpu_check_cpu_runs_every_step(tmp_path):
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="cgr-gct-", dir="/tmp")}
+    env = {**os.environ, "RAY_TMPDIR": short_tmpdir("cgr-gct-")}
     env.pop("RAY_ADDRESS", None)
     # -o: the venv counts as installed (a test installs nothing, even after pyproject.toml changed)
     proc = subprocess.run(

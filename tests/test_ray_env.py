@@ -3,11 +3,11 @@
 import os
 import subprocess
 import sys
-import tempfile
 
 import psutil
 import pytest
 import ray
+from tmpdirs import short_tmpdir
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ time.sleep(2)
 
 @pytest.mark.slow
 def test_a_worker_stuck_at_exit_goes_with_its_local_ray():
-    env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="cgr-", dir="/tmp"))
+    env = dict(os.environ, RAY_TMPDIR=short_tmpdir("cgr-"))
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
         [sys.executable, "-c", STUCK_AT_EXIT], env=env, capture_output=True, text=True, timeout=300

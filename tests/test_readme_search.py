@@ -12,12 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from output import own
+from tmpdirs import short_tmpdir
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def test_the_readme_search_runs_on_a_laptop(tiny_dataset, tmp_path):
     os.symlink(tiny_dataset, tmp_path / "demo_out" / "data")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     # Its own local Ray, never the session's (a short path: Ray's socket paths are limited).
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-", dir="/tmp")
+    env["RAY_TMPDIR"] = short_tmpdir("cgr-")
     cg_ray = os.path.join(os.path.dirname(sys.executable), "cg-ray")
     done = subprocess.run(
         [cg_ray, *README_COMMAND.split()[1:]],
