@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cg-ray demo --out $(DEMO_DIR)
 
-# Debian's chromium for tests/test_serve_page.py (driven by Playwright; no browser download).
+# Debian's chromium for tests/test_serve.py (driven by Playwright; no browser download).
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
