@@ -290,3 +290,21 @@ def test_bench_data_cli_writes_its_figures(packed, tmp_path):
     assert figures["source"] == "shards" and figures["clips"] >= 24
     assert figures["clips_per_s"] > 0 and figures["peak_rss_mb"] > 0 and figures["clips_per_cpu_s"] > 0
     assert set(figures["cpu_ms_per_clip"]) == {"driver", "workers", "ray_daemons"}
+
+
+def test_a_read_only_batch_becomes_tensors_of_their_own():
+    """Ray hands batches over as read-only views of its object store: torch.from_numpy warned
+    on every run ("not writable ... undefined behavior"), and an in-place op on such a tensor
+    would write into the shared buffer. The feed gives the step tensors of their own."""
+    import warnings
+
+    from cg_ray.data.feed import FeedCollate
+
+    clips = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    clips.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = FeedCollate()({"clip": clips, "clip_id": np.array(["a", "b"], dtype=object)})
+    out["clip"] += 1  # in place: the source stays as it was
+    assert out["clip"].sum().item() == int(clips.sum()) + 24 and clips[0, 0, 0] == 0
+    assert list(out["clip_id"]) == ["a", "b"]

@@ -78,22 +78,10 @@ def out(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_dataset, ray_session, out):
-    return train(load_config(DEMO, overrides(tiny_dataset, out, "baseline")))
-
-
-def test_same_seed_same_metrics(baseline, served):
-    """The baseline's config trained again (tracked on the MLflow server instead: where a run
-    is logged changes nothing of it) gives the same metrics, bit for bit."""
-    again = served
-    for key in COMPARED:
-        assert again[key] == baseline[key], key
-
-
-def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_dataset, out):
-    """`cg-ray train` joined to a running Ray (as a job's driver on a cluster is), killed with
-    SIGKILL after its first checkpoint; Ray ends the run's actors with their driver, and the
-    same command resumes it in the same MLflow run and ends where an uninterrupted run ends."""
+def killed(tiny_dataset, ray_session, out):
+    """The baseline's config run by `cg-ray train` joined to a running Ray (as a job's driver on
+    a cluster is), killed with SIGKILL after its first checkpoint, then resumed by the same
+    command: (checkpoints there at the kill, the resumed run's result, its arguments)."""
     import ray
 
     args = overrides(tiny_dataset, out, "killed")
@@ -124,8 +112,26 @@ def test_driver_killed_after_first_checkpoint_then_resumed(baseline, tiny_datase
     # second may have landed too (a resume then trains nothing and reports the last epoch again).
     kept = len(checkpoints(run_dir))
     assert kept in (1, 2)
+    return kept, train(load_config(DEMO, args)), args
 
-    resumed = train(load_config(DEMO, args))
+
+def test_same_seed_same_metrics(baseline, killed, out):
+    """The baseline's config trained again from scratch, in another process and tracked in
+    another store (where a run is logged changes nothing of it): its first epoch, logged before
+    the kill, has the baseline's metrics, bit for bit."""
+    _, resumed, _ = killed
+    again = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    first = MlflowClient(baseline["tracking"])
+    for key in COMPARED:
+        ours = [m.value for m in again.get_metric_history(resumed["run_id"], key) if m.step == 0]
+        theirs = [m.value for m in first.get_metric_history(baseline["run_id"], key) if m.step == 0]
+        assert len(ours) == len(theirs) == 1 and ours == theirs, key
+
+
+def test_driver_killed_after_first_checkpoint_then_resumed(baseline, killed, out):
+    """Ray ends the killed driver's actors with it; the same command resumes the run in the
+    same MLflow run and ends where the uninterrupted baseline ends."""
+    kept, resumed, args = killed
     uri = f"sqlite:///{out}/mlflow.db"
     runs = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("resilience").experiment_id],
@@ -247,20 +253,21 @@ SECRET = "Zq8-super-secret-Xv2"
 
 
 @pytest.fixture(scope="module")
-def served(mlflow_server, tiny_dataset, ray_session, out):
-    """The baseline's config, tracked on the MLflow server through a URI with a user and a
-    password, with a secret in the environment, and registered as `geo`."""
+def baseline(mlflow_server, tiny_dataset, ray_session, out):
+    """The baseline: the tiny world's run, tracked on the MLflow server through a URI with a
+    user and a password, with a secret in the environment, and registered as `geo`."""
     uri = mlflow_server.replace("http://", "http://alice:pa55-w0rd-99@")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
         cfg = load_config(
-            DEMO, overrides(tiny_dataset, out, "served") + [f"run.tracking_uri={uri}", "run.register_as=geo"]
+            DEMO,
+            overrides(tiny_dataset, out, "baseline") + [f"run.tracking_uri={uri}", "run.register_as=geo"],
         )
-        return train(cfg)
+        return {**train(cfg), "tracking": mlflow_server}
 
 
-def test_mlflow_server_registry_and_no_secrets(mlflow_server, served, tiny_dataset, tmp_path, monkeypatch):
-    result = served
+def test_mlflow_server_registry_and_no_secrets(mlflow_server, baseline, tiny_dataset, tmp_path, monkeypatch):
+    result = baseline
     assert result["registered_model"] == "models:/geo/1"
 
     client = MlflowClient(mlflow_server)

@@ -42,7 +42,10 @@ class FeedCollate(NumpyBatchCollateFn):
             if key in JPEG_COLUMNS or value.dtype.kind in "OUS":
                 out[key] = value
                 continue
-            tensor = torch.from_numpy(np.ascontiguousarray(value))
+            array = np.ascontiguousarray(value)
+            if not array.flags.writeable:  # a zero-copy view of Ray's object store: the step's own copy
+                array = array.copy()
+            tensor = torch.from_numpy(array)
             out[key] = tensor.pin_memory() if self.pin else tensor
         return out
 
