@@ -10,8 +10,9 @@ node started with `ray start` (3 CPUs each, token auth).
   the worker node is lost mid-epoch (a spot node reclaimed: its raylet killed by pid). Ray
   Train restarts the worker group (train.max_failures: 1) on the nodes that remain plus the one
   that replaces it (started here as the autoscaler would), from the latest checkpoint, in the
-  same MLflow run, and every epoch is logged exactly once; the head alone cannot host both
-  workers again, so the run waits (saying so) for the new node. The
+  same MLflow run, and every epoch is logged exactly once, keeping the best checkpoint and
+  the latest (train.keep_best: 1); the head alone cannot host both workers again, so the run
+  waits (saying so) for the new node. A worker killed alone takes the same path. The
   epoch time lost is printed (run with -s)."""
 
 import json
@@ -26,6 +27,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from ray_cluster import LocalCluster
+
+from cg_ray.train.checkpoint import is_complete, read_checkpoint
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +155,7 @@ def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epo
         "train.epochs": EPOCHS,
         "train.batch_size": 4,
         "train.max_failures": 1,
+        "train.keep_best": 1,
         "run.name": "lost-node",
         "run.storage_path": f"{tmp_path}/runs",
         "run.tracking_uri": uri,
@@ -189,6 +193,14 @@ def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epo
     assert "epoch 0: " in logs and "city_top1=" in logs
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epoch"] == EPOCHS - 1 and Path(metrics["checkpoint"]).is_dir()
+    assert client.get_metric_history(run_id, "resumed_at_epoch"), "no restart was recorded"
+    # Best-k retention across the restart (keep_best 1): the best checkpoint by city_top1 and the
+    # latest, nothing else.
+    folders = [str(p) for p in (tmp_path / "runs" / "lost-node").glob("checkpoint_*") if is_complete(str(p))]
+    kept = {read_checkpoint(folder)["epoch"] for folder in folders}
+    per_epoch = {m.step: m.value for m in history}
+    assert EPOCHS - 1 in kept and len(kept) == len(folders) <= 2, folders
+    assert max(per_epoch[e] for e in kept) == max(per_epoch.values())
     stamps = [m.timestamp / 1000 for m in sorted(history, key=lambda m: m.step)]
     # The epochs logged after the kill carry its cost (the one it hit, or the next when the hit
     # one was already being logged); those logged before it set the pace.
