@@ -463,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         gpu_name = None
     os.environ.setdefault("CG_RAY_PROGRESS", "0")
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="cgr-gc-", dir="/tmp"))
+    if not os.environ.get("RAY_TMPDIR"):  # made only when needed (short: Ray socket paths)
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-gc-", dir="/tmp")
     scratch = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="cg-gpu-check-")
     run = Run(args, gpu_name)

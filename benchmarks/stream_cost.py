@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     os.environ.setdefault("CG_RAY_PROGRESS", "0")
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="cgr-sc-", dir="/tmp"))
+    if not os.environ.get("RAY_TMPDIR"):  # made only when needed (short: Ray socket paths)
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-sc-", dir="/tmp")
     from packed_synthetic import write_packed_dataset
 
     from cg_ray.data.bench import bench_data

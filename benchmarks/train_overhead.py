@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     os.environ.setdefault("CG_RAY_PROGRESS", "0")
-    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="cgr-oh-", dir="/tmp"))
+    if not os.environ.get("RAY_TMPDIR"):  # made only when needed (short: Ray socket paths)
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-oh-", dir="/tmp")
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="cg-overhead-"))
 
     import torch

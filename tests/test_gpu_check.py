@@ -46,6 +46,7 @@ def test_make_gpu_check_cpu_runs_every_step(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "RAY_TMPDIR": short_tmpdir("cgr-gct-")}
     env.pop("RAY_ADDRESS", None)
+    before = set(os.listdir("/tmp"))
     # -o: the venv counts as installed (a test installs nothing, even after pyproject.toml changed)
     proc = subprocess.run(
         ["make", "-s", "-o", ".venv/.installed", "gpu-check", "CPU=1", f"OUT={out}"],
@@ -56,6 +57,7 @@ def test_make_gpu_check_cpu_runs_every_step(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not [p for p in os.listdir("/tmp") if p.startswith("cgr-gc-") and p not in before]  # it used ours
     print(proc.stdout[proc.stdout.find("gpu-check on") :])  # the table, with pytest -s
     result = json.loads(out.read_text())
     steps = result["steps"]
