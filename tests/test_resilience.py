@@ -116,8 +116,9 @@ def killed(tiny_dataset, ray_session, out):
 
 def test_same_seed_same_metrics(baseline, killed, out):
     """The baseline's config trained again from scratch, in another process and tracked in
-    another store (where a run is logged changes nothing of it): its first epoch, logged before
-    the kill, has the baseline's metrics, bit for bit."""
+    another store (where a run is logged changes nothing of it): its first epoch, computed
+    before the kill (and logged then, or from its checkpoint by the resume), has the baseline's
+    metrics, bit for bit."""
     _, resumed, _ = killed
     again = MlflowClient(f"sqlite:///{out}/mlflow.db")
     first = MlflowClient(baseline["tracking"])
