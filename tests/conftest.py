@@ -95,7 +95,8 @@ def ray_session(tmp_path_factory):
 
     from cg_ray.ray_env import init_ray, shutdown_ray
 
-    os.environ.setdefault("RAY_TMPDIR", short_tmpdir("cgr-"))
+    if not os.environ.get("RAY_TMPDIR"):  # made only when needed
+        os.environ["RAY_TMPDIR"] = short_tmpdir("cgr-")
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(min_cpus=4)
     yield
