@@ -74,7 +74,9 @@ def _pyfunc_class():
 
             self.loaded = load_model(context.artifacts[CHECKPOINT_ARTIFACT])
 
-        def predict(self, context, model_input, params=None):
+        # Typed input (a numpy array, for which MLflow infers nothing: the logged signature
+        # stays the one register_checkpoint gives), or MLflow warns at every load.
+        def predict(self, context, model_input: np.ndarray, params=None):
             import pandas as pd
 
             from cg_ray.predict.predictor import Predictor
