@@ -75,7 +75,8 @@ class Progress:
     A terminal gets a bar redrawn at most 5 times a second; other streams a line every `every`
     seconds (default $CG_RAY_PROGRESS_EVERY, else 30) and one at close. Rate and ETA are
     measured over this pass; with `passes_after` (epochs still to come after this one) the line
-    also shows the whole run's ETA.
+    also shows the whole run's ETA. A total is taken as an estimate: once the count passes it,
+    the line counts up without a bar or ETA (never "12/6 clips").
     """
 
     def __init__(
@@ -105,6 +106,10 @@ class Progress:
     def line(self) -> str:
         rate = self.rate()
         parts = [self.label]
+        if self.total and self.done > self.total:
+            # The total was an estimate (a worker's share of a split taken unequally, as the
+            # val split is) and the count has passed it: count up from here, as with no total.
+            self.total = None
         if self.total:
             width = 20
             filled = min(width, int(width * self.done / self.total))

@@ -76,6 +76,21 @@ def test_unknown_total_counts_up():
     assert out.getvalue() == "batch predict 8 clips 4.0 clips/s\n"
 
 
+def test_a_count_past_its_estimated_total_counts_up():
+    # Rank 0's share of the val split is an estimate (the split is taken unequally): a worker
+    # that evaluates more than its share must not show "12/6 clips" or a negative ETA.
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("evaluate epoch 1 (rank 0 of 2)", total=6, stream=out, every=0, clock=clock)
+    clock.now += 1
+    progress.update(4)
+    clock.now += 1
+    progress.update(12)
+    progress.close(12)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "evaluate epoch 1 (rank 0 of 2) [#############.......] 4/6 clips 4.0 clips/s ETA 0:00"
+    assert lines[1:] == ["evaluate epoch 1 (rank 0 of 2) 12 clips 6.0 clips/s"] * 2
+
+
 def test_learning_curves_png_draws_every_logged_curve():
     import numpy as np
     from PIL import Image
