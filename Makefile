@@ -26,9 +26,10 @@ browser:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
 # Two pytest-xdist workers, whole files each: the files that start Ray clusters of their own
-# (tests/conftest.py, OWN_CLUSTERS) one after another on one worker, the session's Ray and every
-# other file on the other. Two own clusters at once overload 2 cores (Ray's node start-up and the
-# autoscaler's scale-down time out), so more workers only help on a bigger machine.
+# (tests/conftest.py, OWN_CLUSTERS) one after another on one worker, the heaviest other files
+# first on the other, the short ones on whichever is free. Two own clusters at once overload 2
+# cores (Ray's node start-up and the autoscaler's scale-down time out), and the CPUs are busy
+# 95 % of the time with two workers, so more workers only help on a bigger machine.
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 --no-loadscope-reorder
 

@@ -48,8 +48,8 @@ from cg_ray.taxonomy import Taxonomy  # noqa: E402
 
 # Files that start Ray clusters of their own (multi-node, autoscaling, a fresh local Ray as a user's
 # command does). `make test` runs two pytest-xdist workers: these files one after another on one,
-# the session's Ray and everything else on the other (whole files, so that a module's fixtures
-# are built once). Two of these clusters at once overload 2 cores: Ray's node start-up and the
+# the other files on the other, then on whichever is free (whole files, so that a module's
+# fixtures are built once). Two of these clusters at once overload 2 cores: Ray's node start-up and the
 # autoscaler's scale-down time out.
 OWN_CLUSTERS = {"test_autoscaling.py", "test_jobs_cluster.py", "test_readme_search.py"}
 
