@@ -76,7 +76,8 @@ class Progress:
     seconds (default $CG_RAY_PROGRESS_EVERY, else 30) and one at close. Rate and ETA are
     measured over this pass; with `passes_after` (epochs still to come after this one) the line
     also shows the whole run's ETA. A total is taken as an estimate: once the count passes it,
-    the line counts up without a bar or ETA (never "12/6 clips").
+    and at the close when the count differs from it, the line shows the count without a bar or
+    ETA (never "12/6 clips", nor a pass ending at "4/6").
     """
 
     def __init__(
@@ -136,6 +137,8 @@ class Progress:
     def close(self, done: int | None = None, **extras) -> None:
         if done is not None:
             self.done = done
+        if self.total and self.done != self.total:  # an estimate, and the pass is over: the count
+            self.total = None
         self.extras.update(extras)
         self.passes_after = 0
         if self.enabled:

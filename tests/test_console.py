@@ -89,6 +89,13 @@ def test_a_count_past_its_estimated_total_counts_up():
     lines = out.getvalue().splitlines()
     assert lines[0] == "evaluate epoch 1 (rank 0 of 2) [#############.......] 4/6 clips 4.0 clips/s ETA 0:00"
     assert lines[1:] == ["evaluate epoch 1 (rank 0 of 2) 12 clips 6.0 clips/s"] * 2
+    # ... and one that evaluates less than its share ends with its count, not a bar at 4/6.
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("evaluate epoch 1 (rank 1 of 2)", total=6, stream=out, every=0, clock=clock)
+    clock.now += 1
+    progress.update(4)
+    progress.close(4)
+    assert out.getvalue().splitlines()[-1] == "evaluate epoch 1 (rank 1 of 2) 4 clips 4.0 clips/s"
 
 
 def test_learning_curves_png_draws_every_logged_curve():
