@@ -39,10 +39,11 @@ def quiet() -> bool:
 def quiet_mode(on: bool):
     """`--quiet` for one command: no progress here, nor in the Ray workers it starts (cg_ray.
     ray_env passes the variable on); the environment is restored afterwards."""
-    names = (QUIET_ENV, "CG_RAY_PROGRESS")  # CG_RAY_PROGRESS: Ray Data's own bars (ray_env)
+    # CG_RAY_PROGRESS=1 turns Ray Data's own bars on (cg_ray.ray_env); --quiet turns them off.
+    names = (QUIET_ENV, "CG_RAY_PROGRESS", "RAY_DATA_DISABLE_PROGRESS_BARS")
     before = {name: os.environ.get(name) for name in names}
     if on:
-        os.environ.update({QUIET_ENV: "1", "CG_RAY_PROGRESS": "0"})
+        os.environ.update({QUIET_ENV: "1", "CG_RAY_PROGRESS": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     try:
         yield
     finally:

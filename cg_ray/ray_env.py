@@ -19,9 +19,19 @@ QUIET_ENV = {
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
+# Ray Data's own progress bars: off unless CG_RAY_PROGRESS=1. cg_ray's lines (cg_ray.console)
+# cover every long command. Ray Data's bars come from its coordinator actors, prefixed with
+# "(pid=...)" and full of cursor codes, and even a local demo wrote 1,800 such lines.
+# RAY_DATA_DISABLE_PROGRESS_BARS is read by Ray Data in each process, so the setting reaches
+# every process of a run: the driver, Tune's trial actors, Ray Data's split coordinators.
+RAY_DATA_BARS = "RAY_DATA_DISABLE_PROGRESS_BARS"
+
+
 def quiet_environment() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    if RAY_DATA_BARS not in os.environ:  # a user's own setting stays
+        os.environ[RAY_DATA_BARS] = "0" if os.environ.get("CG_RAY_PROGRESS") == "1" else "1"
 
 
 def _free_port() -> int:
@@ -42,9 +52,12 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     import ray
 
     quiet_environment()
+    from ray.data import DataContext  # this process, where Ray Data may be imported already
+
+    DataContext.get_current().enable_progress_bars = os.environ[RAY_DATA_BARS] == "0"
     if ray.is_initialized():
         return
-    env_vars = {k: os.environ[k] for k in QUIET_ENV if k in os.environ}
+    env_vars = {k: os.environ[k] for k in (*QUIET_ENV, RAY_DATA_BARS) if k in os.environ}
     for key in (
         "CG_RAY_QUIET",
         "CG_RAY_PROGRESS_EVERY",
@@ -97,9 +110,6 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
         if no_prestart:
             os.environ.pop("RAY_prestart_worker_first_driver", None)
     atexit.register(shutdown_ray, exiting=True)  # runs before Ray's own (registered at import)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = os.environ.get("CG_RAY_PROGRESS", "1") == "1"
 
 
 def shutdown_ray(exiting: bool = False) -> None:

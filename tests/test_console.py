@@ -115,3 +115,21 @@ def test_learning_curves_png_draws_every_logged_curve():
     assert image.shape == (450, 1200, 3)
     empty = np.asarray(Image.open(io.BytesIO(learning_curves_png({}, "run"))).convert("RGB"))
     assert (image != empty).any(axis=2).sum() > 2000  # the curves and legends are drawn
+
+
+def test_ray_datas_own_bars_are_off_unless_asked_for(monkeypatch):
+    """Every process of a run reads RAY_DATA_DISABLE_PROGRESS_BARS (cg_ray passes it on to
+    Ray's workers): cg_ray sets it from CG_RAY_PROGRESS, and leaves a user's own value alone."""
+    from cg_ray.ray_env import quiet_environment
+
+    for progress, own, expected in [(None, None, "1"), ("1", None, "0"), ("0", None, "1"), (None, "0", "0")]:
+        for name, value in (("CG_RAY_PROGRESS", progress), ("RAY_DATA_DISABLE_PROGRESS_BARS", own)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        quiet_environment()
+        assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == expected, (progress, own)
+    with quiet_mode(True):  # --quiet turns them off too
+        assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1"
+    assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "0"

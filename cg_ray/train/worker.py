@@ -399,7 +399,10 @@ def _report(
         shown = " ".join(
             f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("top1") or k == "train_loss"
         )
-        print(f"epoch {int(metrics['epoch'])}: {shown}", flush=True)
+        # Written, not printed: Ray Train turns a worker's print into a log record and also
+        # tees it to stdout, so each printed line reached the driver twice.
+        sys.stdout.write(f"epoch {int(metrics['epoch'])}: {shown}\n")
+        sys.stdout.flush()
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
