@@ -187,7 +187,7 @@ def test_training_waits_for_the_autoscaler_then_runs(cluster, tiny_dataset, tmp_
     assert status == "SUCCEEDED", logs[-3000:]
     # 2 workers of 1 CPU and a whole CPU for Ray Data: two 2-CPU nodes, none alive at first.
     assert "the run does not fit the live nodes yet: waiting for 2 nodes with 2 CPUs (type worker)" in logs
-    assert "epoch 0: " in logs
+    assert "epoch 1/1: train_loss=" in logs
 
 
 def test_use_gpu_auto_asks_for_gpus_before_any_gpu_node_exists(tiny_dataset, tmp_path):

@@ -401,7 +401,8 @@ def _report(
         )
         # Written, not printed: Ray Train turns a worker's print into a log record and also
         # tees it to stdout, so each printed line reached the driver twice.
-        sys.stdout.write(f"epoch {int(metrics['epoch'])}: {shown}\n")
+        # Counted as the progress lines count (epoch 1/6), where MLflow's steps start at 0.
+        sys.stdout.write(f"epoch {int(metrics['epoch']) + 1}/{state.cfg.train.epochs}: {shown}\n")
         sys.stdout.flush()
 
 
