@@ -132,7 +132,10 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
                     f"cg-ray serve exited with {process.returncode}:\n{server.log()[-3000:]}"
                 )
             try:
-                if server.request("/healthz", timeout=5).status == 200 and "ready" in server.log():
+                # our own ready line (it names the metrics URL), not Ray Serve's "Application 'cg_ray' is
+                # ready", which comes before it
+                ready = re.search(r"cg-ray serve: \S+ ready", server.log())
+                if ready and server.request("/healthz", timeout=5).status == 200:
                     break
             except OSError:
                 pass
