@@ -127,3 +127,29 @@ def test_what_rays_helper_actors_unpickle_imports_no_torch():
     code = "import sys, cg_ray.train.splits, cg_ray.data.stream; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_ci_lints_before_it_tests():
+    """`.ci/run` runs `make lint` (ruff check, ruff format --check, mypy on the typed core) before
+    `make test`, and pre-commit runs the same tools; the tree is ruff-clean as committed."""
+    import re
+    import subprocess
+    import sys
+
+    import tomllib
+
+    repo = ROOT.parent
+    steps = re.findall(r"^make (\w+)", (repo / ".ci/run").read_text(), flags=re.M)
+    assert steps == ["lint", "test"]
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", (repo / "Makefile").read_text(), flags=re.M)
+    assert lint, "Makefile has no lint target"
+    assert [line.split()[0] for line in lint.group(1).splitlines()] == ["$(BIN)/ruff"] * 2 + ["$(BIN)/mypy"]
+    assert "ruff format --check" in lint.group(1)
+    typed = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["mypy"]["files"]
+    assert {"cg_ray/model", "cg_ray/evaluation.py", "cg_ray/taxonomy.py", "cg_ray/config.py"} <= set(typed)
+    hooks = (repo / ".pre-commit-config.yaml").read_text()
+    assert all(f"entry: .venv/bin/{tool}" in hooks for tool in ("ruff check", "ruff format", "mypy"))
+    ruff = [sys.executable, "-m", "ruff"]
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run(ruff + args, cwd=repo, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
