@@ -32,7 +32,7 @@ from cg_ray.train.checkpoint import is_complete, read_checkpoint
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-EPOCHS = 4
+EPOCHS = 5
 
 
 @pytest.fixture(scope="module")
@@ -115,23 +115,42 @@ def _raylet_pid(node_dir: str) -> int:
     raise LookupError(f"no raylet of {node_dir}")
 
 
-def _lose_a_node_mid_run(cluster, client, made, tmp_path, node_ids) -> tuple[str, float]:
-    """Wait for epoch 1 to be logged, see a worker on each node, kill the worker node while
-    epoch 2 runs, start its replacement (as the autoscaler would) and wait for the job: (the
-    run's id, when the node was killed)."""
-    run_id, deadline = None, time.time() + 400
+def _logged_epochs(client) -> tuple[str | None, int]:
+    """The run's id and how many epochs it has logged so far (None, 0 before it starts)."""
+    experiment = client.get_experiment_by_name("cg_ray-demo")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    if not runs:
+        return None, 0
+    return runs[0].info.run_id, len(client.get_metric_history(runs[0].info.run_id, "city_top1"))
+
+
+def _wait_for_epochs(client, count: int, tmp_path, timeout: float = 400) -> str:
+    deadline = time.time() + timeout
     while time.time() < deadline:
-        experiment = client.get_experiment_by_name("cg_ray-demo")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "city_top1")) >= 2:
-            run_id = runs[0].info.run_id
-            break
-        time.sleep(0.5)
-    assert run_id, (tmp_path / "out.log").read_text()[-3000:] + (tmp_path / "err.log").read_text()
+        run_id, logged = _logged_epochs(client)
+        if logged >= count:
+            return run_id
+        time.sleep(0.2)
+    raise AssertionError(
+        f"epoch {count} was not logged in {timeout:.0f} s:\n"
+        + (tmp_path / "out.log").read_text()[-3000:]
+        + (tmp_path / "err.log").read_text()
+    )
+
+
+def _lose_a_node_mid_run(cluster, client, made, tmp_path, node_ids) -> tuple[str, float]:
+    """See a worker on each node once epoch 1 is logged, kill the worker node as soon as epoch 2
+    is (the slow `ray list actors` done before, so on a loaded machine the kill still lands with
+    epochs to go), start its replacement (as the autoscaler would) and wait for the job: (the
+    run's id, when the node was killed)."""
+    _wait_for_epochs(client, 1, tmp_path)
     assert _train_worker_nodes(cluster) == node_ids  # one worker on each node
+    run_id = _wait_for_epochs(client, 2, tmp_path)
     time.sleep(0.2)  # into the next epoch (an epoch of the tiny world is about a second)
     os.kill(_raylet_pid(os.path.join(cluster.root, "worker")), signal.SIGKILL)
     killed_at = time.time()
+    logged = _logged_epochs(client)[1]
+    assert logged < EPOCHS, f"the run had logged all {EPOCHS} epochs before its node was lost"
     cluster._start(
         [f"--address={cluster.gcs}", "--num-cpus=3"],
         "replacement",
