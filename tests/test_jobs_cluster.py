@@ -146,7 +146,7 @@ def _lose_a_node_mid_run(cluster, client, made, tmp_path, node_ids) -> tuple[str
     _wait_for_epochs(client, 1, tmp_path)
     assert _train_worker_nodes(cluster) == node_ids  # one worker on each node
     run_id = _wait_for_epochs(client, 2, tmp_path)
-    time.sleep(0.2)  # into the next epoch (an epoch of the tiny world is about a second)
+    time.sleep(0.2)  # into the next epoch (an epoch here takes about 3 s)
     os.kill(_raylet_pid(os.path.join(cluster.root, "worker")), signal.SIGKILL)
     killed_at = time.time()
     logged = _logged_epochs(client)[1]
