@@ -3,8 +3,12 @@ train/evaluate -> tracking). Imports inside functions count: they run too."""
 
 import ast
 import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "cg_ray"
 
@@ -121,9 +125,6 @@ def test_what_rays_helper_actors_unpickle_imports_no_torch():
     """Ray Train's dataset manager unpickles the split config, Ray Data's coordinators and tasks
     the pipeline's functions: torch there would cost every run a CPU-second and half a GB of
     memory per helper actor (the split config once lived beside the worker loop)."""
-    import subprocess
-    import sys
-
     code = "import sys, cg_ray.train.splits, cg_ray.data.stream; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
@@ -132,12 +133,6 @@ def test_what_rays_helper_actors_unpickle_imports_no_torch():
 def test_ci_lints_before_it_tests():
     """`.ci/run` runs `make lint` (ruff check, ruff format --check, mypy on the typed core) before
     `make test`, and pre-commit runs the same tools; the tree is ruff-clean as committed."""
-    import re
-    import subprocess
-    import sys
-
-    import tomllib
-
     repo = ROOT.parent
     steps = re.findall(r"^make (\w+)", (repo / ".ci/run").read_text(), flags=re.M)
     assert steps == ["lint", "test"]
