@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -301,6 +302,21 @@ class TuneConfig:
     excluded), qrandint [low, high, q], choice [values], grid [values]."""
 
 
+def _storage_attempts() -> int:
+    from cg_ray.storage_errors import ATTEMPTS_ENV, DEFAULT_ATTEMPTS
+
+    value = os.environ.get(ATTEMPTS_ENV, "")
+    return int(value) if value.isdigit() else DEFAULT_ATTEMPTS
+
+
+@dataclass
+class StorageConfig:
+    max_attempts: int = field(default_factory=_storage_attempts)
+    """Attempts of each object-storage request before it fails (throttling, 5xx, dropped
+    connections; exponential back-off, waits doubling from 50 ms: about 25 s in all at 10), in
+    every process of the run; default: $CG_RAY_STORAGE_MAX_ATTEMPTS, else 10."""
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -319,6 +335,8 @@ class Config:
     """Where the run lives: name, storage, MLflow."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """`cg-ray tune`: the search space and how trials are scheduled."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Object storage: how hard a request is retried."""
 
     @classmethod
     def from_dict(cls, data: dict) -> Config:
@@ -357,6 +375,7 @@ class Config:
             "optim.lr": self.optim.lr,
             "train.grad_accum_steps": self.train.grad_accum_steps,
             "train.keep_best": self.train.keep_best,
+            "storage.max_attempts": self.storage.max_attempts,
             "eval.views": self.eval.views,
         }
         for key, number in positive.items():

@@ -27,6 +27,18 @@ PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 RAY_DATA_BARS = "RAY_DATA_DISABLE_PROGRESS_BARS"
 
 
+RETRIED_IO_ERRORS = (
+    "AWS Error SLOW_DOWN",
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error UNKNOWN (HTTP status 500)",
+    "AWS Error UNKNOWN (HTTP status 502)",
+    "AWS Error UNKNOWN (HTTP status 503)",
+    "AWS Error UNKNOWN (HTTP status 504)",
+)
+
+
 def quiet_environment() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -54,12 +66,18 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     quiet_environment()
     from ray.data import DataContext  # this process, where Ray Data may be imported already
 
-    DataContext.get_current().enable_progress_bars = os.environ[RAY_DATA_BARS] == "0"
+    context = DataContext.get_current()
+    context.enable_progress_bars = os.environ[RAY_DATA_BARS] == "0"
+    # Ray Data retries its own reads on these messages; add the 5xx a HEAD request gets (no
+    # body, so the SDK calls it UNKNOWN) and the other 5xx. Our own reads inside map_batches go
+    # through cg_ray.storage, whose retry policy every process builds for itself.
+    context.retried_io_errors = list(dict.fromkeys([*context.retried_io_errors, *RETRIED_IO_ERRORS]))
     if ray.is_initialized():
         return
     env_vars = {k: os.environ[k] for k in (*QUIET_ENV, RAY_DATA_BARS) if k in os.environ}
     for key in (
         "CG_RAY_QUIET",
+        "CG_RAY_STORAGE_MAX_ATTEMPTS",
         "CG_RAY_PROGRESS_EVERY",
         "MLFLOW_TRACKING_URI",
         "AWS_ENDPOINT_URL",
@@ -70,6 +88,9 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     ):
         if key in os.environ:
             env_vars[key] = os.environ[key]
+    for key, value in os.environ.items():  # the tracking outbox's timings, MLflow's HTTP retries
+        if key.startswith(("CG_RAY_TRACKING_", "MLFLOW_HTTP_REQUEST_")):
+            env_vars[key] = value
     runtime_env = {"env_vars": env_vars}
     # Ray's helpers in worker processes (Train V2's placement-group cleaner, which frees the
     # resources of a trial Tune stopped; the state API) find their cluster by RAY_ADDRESS, else

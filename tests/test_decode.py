@@ -9,6 +9,7 @@ from PIL import Image
 
 from cg_ray.data.decode import ClipError, count_frames, decode_clip, list_frames, sample_indices
 from cg_ray.data.synthetic import _mp4
+from cg_ray.storage_errors import ObjectMissing
 
 
 def write_grey_frames(folder, values, fmt="JPEG", suffix=".jpg"):
@@ -117,8 +118,10 @@ def test_empty_and_missing_clips_raise(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClipError, match="empty.*no frames"):
         decode_clip(str(tmp_path / "empty"), num_frames=4, size=8)
-    with pytest.raises(ClipError, match="nowhere.*does not exist"):
+    # Missing is the store's fault, not the clip's (never counted as bad data): one line, fix it.
+    with pytest.raises(ObjectMissing, match="nowhere.*listed in the manifest but does not exist"):
         decode_clip(str(tmp_path / "nowhere"), num_frames=4, size=8)
+    assert not issubclass(ObjectMissing, ClipError)
 
 
 def test_video_seeks_to_the_sampled_frames(tmp_path):

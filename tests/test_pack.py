@@ -28,19 +28,21 @@ OPTIONS = PackOptions(num_frames=T, image_size=S, clips_per_shard=4, min_frames=
 @pytest.fixture(scope="module")
 def packed(ray_session, tmp_path_factory):
     """3 cities x 6 clips (15 train, 3 val); after prepare, four training clips go bad: a
-    corrupt JPEG, a truncated JPEG, a deleted clip and one cut to 3 frames."""
+    corrupt JPEG, a truncated JPEG, a clip emptied of its frames and one cut to 3 frames. (A
+    clip deleted outright is the store's fault, not bad data: test_a_missing_clip_stops_pack.)"""
     root = tmp_path_factory.mktemp("pack")
     make_world(str(root / "world"), cities=3, clips_per_city=6, frames=10, size=(32, 24), seed=2)
     data = root / "data"
     prepare("cityguessr", str(root / "world"), str(data))
     train = [r for r in pq.read_table(data / "manifest.parquet").to_pylist() if r["split"] == "train"]
     bad = {row["clip_id"]: row["source"] for row in train[:4]}
-    corrupt, truncated, missing, short = bad.values()
+    corrupt, truncated, empty, short = bad.values()
     with open(os.path.join(corrupt, "4.jpg"), "wb") as f:  # 4.jpg is one of the 4 sampled
         f.write(b"this is not a jpeg")
     frame = open(os.path.join(truncated, "7.jpg"), "rb").read()
     open(os.path.join(truncated, "7.jpg"), "wb").write(frame[: len(frame) // 3])
-    shutil.rmtree(missing)
+    for name in os.listdir(empty):
+        os.remove(os.path.join(empty, name))
     for n in range(4, 11):
         os.remove(os.path.join(short, f"{n}.jpg"))
     report = pack(str(data), OPTIONS, log=lambda line: None)
@@ -62,16 +64,35 @@ def all_rows(data):
 
 def test_bad_clips_are_skipped_and_reported(packed):
     data, report, bad = packed
-    corrupt, truncated, missing, short = bad
+    corrupt, truncated, empty, short = bad
     reasons = {s["clip_id"]: s["reason"] for s in report["skipped"]}
     assert set(reasons) == set(bad) and report["clips"] == 18
     assert reasons[corrupt].startswith(f"cannot decode frame '{bad[corrupt]}/4.jpg': ")
     assert reasons[truncated].startswith(f"cannot decode frame '{bad[truncated]}/7.jpg': ")
-    assert reasons[missing] == f"clip '{bad[missing]}' does not exist"
+    assert reasons[empty] == f"clip '{bad[empty]}' has no frames (no .jpg/.jpeg/.png files)"
     assert reasons[short] == f"clip '{bad[short]}' has 3 frames, fewer than the 4 required (min_frames)"
     saved = json.loads((data / "shards" / f"frames{T}_size{S}" / "pack_report.json").read_text())
     assert saved["skipped"] == report["skipped"]
     assert {s["source"] for s in saved["skipped"]} == set(bad.values())
+
+
+def test_a_missing_clip_stops_pack_with_one_line(ray_session, tmp_path, capsys):
+    """A clip the manifest lists but the store no longer has is not bad data: counting it as
+    one would train on fewer clips than the dataset has. pack stops at once, naming it."""
+    from cg_ray.cli import main
+
+    make_world(str(tmp_path / "world"), cities=2, clips_per_city=3, frames=6, size=(16, 16), seed=3)
+    prepare("cityguessr", str(tmp_path / "world"), str(tmp_path / "data"))
+    gone = pq.read_table(tmp_path / "data" / "manifest.parquet").column("source")[0].as_py()
+    shutil.rmtree(gone)
+    capsys.readouterr()
+    code = main(["pack", str(tmp_path / "data"), "--frames", "4", "--size", "16", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        f"cg-ray pack: error: storage: clip '{gone}' is listed in the manifest but does not exist: "
+        f"restore it, or run `cg-ray prepare` again"
+    ]
 
 
 def test_every_clip_is_in_exactly_one_shard(packed):

@@ -82,14 +82,14 @@ def decode_jpeg_at(data: bytes, size: int) -> np.ndarray:
 
 
 def _decode_frame(path: str, size: int) -> np.ndarray:
+    # Reading is storage's business (a fault there is retried or stops the run, never a bad
+    # clip); only bytes that were read and do not decode make the clip bad.
+    data = storage.read_bytes(path)
     try:
-        data = storage.read_bytes(path)
         if data[:3] == b"\xff\xd8\xff":  # JPEG magic, whatever the file is called
             return decode_jpeg_at(data, size)
         with Image.open(io.BytesIO(data)) as image:  # PNG and anything else PIL reads
             return _resize(image, size)
-    except FileNotFoundError:
-        raise ClipError(f"frame '{path}' does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ClipError(f"cannot decode frame '{path}': {exc}") from None
 
@@ -260,19 +260,20 @@ def decode_clip(
     Without `sampling` frames are spread evenly over the whole clip (uniform); with one, the
     frames it picks, shaped sampling.leading + (T, size, size, 3) (`rng`: its random draws). A
     clip shorter than T repeats frames, one shorter than `min_frames` is refused. Raises
-    ClipError (naming the source) when the clip is missing, too short, empty or corrupt.
+    ClipError (naming the source) when the clip is too short, empty or corrupt; a storage error
+    (cg_ray.storage_errors) when it cannot be read.
     """
     sampling = sampling or Sampling("uniform", num_frames)
-    try:
-        if frames is not None:
-            paths = [storage.join(source, name) for name in frames]
-            return _decode_frame_files(source, paths, sampling, size, min_frames, rng)
-        if storage.is_dir(source):
-            return _decode_frame_files(source, list_frames(source), sampling, size, min_frames, rng)
-        if not storage.exists(source):
-            raise ClipError(f"clip '{source}' does not exist")
-    except ClipError:
-        raise
-    except OSError as exc:  # storage errors: permissions, network, bad credentials
-        raise ClipError(f"cannot read clip '{source}': {exc}") from None
+    # Storage errors (cg_ray.storage_errors) pass through: a clip the manifest lists but the
+    # store does not have, or a store that keeps failing, is not bad data.
+    if frames is not None:
+        paths = [storage.join(source, name) for name in frames]
+        return _decode_frame_files(source, paths, sampling, size, min_frames, rng)
+    if storage.is_dir(source):
+        return _decode_frame_files(source, list_frames(source), sampling, size, min_frames, rng)
+    if not storage.exists(source):
+        raise storage.ObjectMissing(
+            f"storage: clip '{source}' is listed in the manifest but does not exist: restore it, "
+            f"or run `cg-ray prepare` again"
+        )
     return read_video(source, num_frames, size, min_frames, sampling, rng)[0]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from cg_ray import storage
 from cg_ray.data.decode import ClipError, frame_count
+from cg_ray.storage_errors import ObjectMissing
 from cg_ray.data.tables import (
     NUM_SCENES,
     dirs,
@@ -187,7 +188,7 @@ def video_rows(source: str, skipped: Skipped, opts: PrepareOptions) -> Iterator[
             num_frames, counted = frame_count(path)
             if num_frames == 0:
                 raise ClipError(f"video '{path}' has no frames")
-        except ClipError as exc:
+        except (ClipError, ObjectMissing) as exc:  # listed but absent or unreadable: the list's fault
             skipped.append({"clip_id": clip_id, "source": path, "reason": str(exc)})
             continue
         stem = posixpath.splitext(given_path)[0]
@@ -281,7 +282,7 @@ def prepare(
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout '{layout}'; known layouts: {', '.join(sorted(LAYOUTS))}")
     if not storage.exists(source):
-        raise UserError(f"source '{source}' does not exist")
+        raise UserError(f"source '{source}' does not exist{storage.why_missing(source)}")
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction} must be in [0, 1)")
     spec = LAYOUTS[layout]

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from cg_ray import storage
 from cg_ray.console import Progress
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.storage_errors import StorageError, StorageUnavailable
 from cg_ray.data.packed_sampling import PACK_KINDS
 from cg_ray.data.sampling import Sampling
 from cg_ray.data.shards import LABEL_COLUMNS, PACK_SCHEMA, REPORT, manifest_stamp, pack_dir, shard_path
@@ -86,6 +87,8 @@ def pack_clip(row: dict, opts: PackOptions) -> tuple[list[bytes], str | None]:
             min_frames=opts.min_frames,
             sampling=Sampling(opts.sampling, opts.num_frames),
         )
+    except (StorageError, StorageUnavailable):
+        raise  # the store's fault, not the clip's: retried, then the job stops
     except ClipError as exc:
         return [], str(exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must not kill the pack job
@@ -94,6 +97,11 @@ def pack_clip(row: dict, opts: PackOptions) -> tuple[list[bytes], str | None]:
 
 
 def _write_atomically(table: pa.Table, path: str) -> None:
+    with storage.errors_named(path):
+        _write_table(table, path)
+
+
+def _write_table(table: pa.Table, path: str) -> None:
     fs, inner = storage.filesystem(path)
     fs.create_dir(
         posixpath.dirname(inner) if storage.is_uri(path) else os.path.dirname(inner), recursive=True
@@ -113,7 +121,8 @@ def _packed_frames(path: str) -> dict[str, tuple[list[bytes], str | None]] | Non
     if not storage.exists(path):
         return None
     fs, inner = storage.filesystem(path)
-    table = pq.read_table(inner, columns=["clip_id", "frames", "error"], filesystem=fs)
+    with storage.errors_named(path):
+        table = pq.read_table(inner, columns=["clip_id", "frames", "error"], filesystem=fs)
     return {r["clip_id"]: (r["frames"], r["error"]) for r in table.to_pylist()}
 
 
@@ -215,7 +224,8 @@ def _clear_temporaries(root: str) -> None:
 def _skipped_in(path: str) -> list[dict]:
     """The clips a finished shard holds without frames, read from its small columns only."""
     fs, inner = storage.filesystem(path)
-    table = pq.read_table(inner, columns=["clip_id", "error"], filesystem=fs)
+    with storage.errors_named(path):
+        table = pq.read_table(inner, columns=["clip_id", "error"], filesystem=fs)
     return [{"clip_id": r["clip_id"], "reason": r["error"]} for r in table.to_pylist() if r["error"]]
 
 

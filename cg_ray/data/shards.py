@@ -212,7 +212,8 @@ def read_and_decode(
 
     make_batch = jpeg_batch if decode == "gpu" else decode_packed_batch
     for path in item["path"]:
-        table = pq.read_table(str(path), columns=STREAM_COLUMNS, filesystem=filesystem)
+        with storage.errors_named(str(path)):
+            table = pq.read_table(str(path), columns=STREAM_COLUMNS, filesystem=filesystem)
         if seed is not None and table.num_rows:
             table = table.take(pa.array(epoch_rng(seed, str(path)).permutation(table.num_rows)))
         for start in range(0, table.num_rows, batch_size):

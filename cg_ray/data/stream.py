@@ -28,7 +28,7 @@ def manifest_path(data_path: str) -> str:
     path = storage.join(data_path, "manifest.parquet")
     if not storage.exists(path):
         raise UserError(
-            f"'{data_path}' is not a prepared dataset (no manifest.parquet); "
+            f"'{data_path}' is not a prepared dataset (no manifest.parquet{storage.why_missing(data_path)}); "
             f"run `cg-ray prepare SOURCE --out {data_path}` first"
         )
     return path

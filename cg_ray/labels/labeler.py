@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.storage_errors import StorageError, StorageUnavailable
 from cg_ray.labels.hierarchy import NUM_SCENES, clip_label, frame_categories
 from cg_ray.labels.places import MEAN, STD, PlacesWeights, places_model
 
@@ -28,6 +29,8 @@ def decode_clips(batch: dict[str, np.ndarray], *, num_frames: int, image_size: i
         names = json.loads(frames) if frames else None
         try:
             video[i] = decode_clip(str(source), num_frames, image_size, frames=names)
+        except (StorageError, StorageUnavailable):
+            raise  # the store's fault, not the clip's: retried, then the job stops
         except ClipError as exc:
             errors[i] = str(exc)
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop the job

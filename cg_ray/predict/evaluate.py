@@ -29,6 +29,7 @@ class DatasetProbs:
     probs: dict[str, np.ndarray]  # level -> (N, n_level)
     bad_clips: int
     seconds: float
+    split_clips: int = 0  # what the manifest lists for the split: evaluated + bad, always
 
 
 @torch.no_grad()
@@ -96,12 +97,21 @@ def predict_split(
     progress.close(len(ids) + bad, bad=bad)
     if not ids:
         raise UserError(f"no clip of split '{split}' in '{data_path}' could be decoded")
+    listed = split_summary(data_path)[split]
+    if len(ids) + bad != listed:
+        # Metrics over a subset that is not the split (minus its bad clips) would change with
+        # whatever lost them: refuse rather than report them.
+        raise RuntimeError(
+            f"evaluate: {len(ids)} clips evaluated and {bad} bad, but split '{split}' of "
+            f"'{data_path}' lists {listed}: clips were lost on the way; no metrics reported"
+        )
     return DatasetProbs(
         ids,
         {lvl: np.concatenate(labels[lvl]) for lvl in LEVELS},
         {lvl: np.concatenate(probs[lvl]) for lvl in LEVELS},
         bad,
         time.perf_counter() - start,
+        listed,
     )
 
 
@@ -115,6 +125,7 @@ def metrics_for(result: DatasetProbs, loaded: LoadedModel, mode: str) -> dict[st
         **accuracy.metrics(),
         "num_clips": len(result.clip_ids),
         "bad_clips": result.bad_clips,
+        "split_clips": result.split_clips,
         "clips_per_s": len(result.clip_ids) / max(result.seconds, 1e-9),
     }
 
