@@ -9,8 +9,9 @@ names them): a transient fault (throttling, 5xx, a dropped connection, a timeout
 one policy, exponential back-off for $CG_RAY_STORAGE_MAX_ATTEMPTS attempts (default 10) in every
 process; when those run out it is StorageUnavailable. The SDK's default strategy does the
 retrying (waits doubling from 50 ms; not the "standard" one, whose retry quota runs dry under
-sustained throttling and then stops retrying at all: measured at 30% faults). A permanent fault (access denied, no such
-bucket or key, bad credentials) is StorageError at once. Neither is ever a bad clip.
+sustained throttling and then stops retrying at all: measured at 30% faults). A permanent
+fault (access denied, no such bucket or key, bad credentials) is StorageError at once.
+Neither is ever a bad clip.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cg_ray.storage_errors import (
 )
 
 __all__ = ["ObjectMissing", "StorageError", "StorageUnavailable"]
+
 
 def max_attempts() -> int:
     """Attempts per object-storage request: $CG_RAY_STORAGE_MAX_ATTEMPTS, else 10."""

@@ -100,7 +100,9 @@ def classify(exc: OSError, path: str, attempts: int) -> StorageError | StorageUn
             f"or allow more attempts with $CG_RAY_STORAGE_MAX_ATTEMPTS"
         )
     if isinstance(exc, FileNotFoundError) or any(m in detail for m in MISSING):
-        return ObjectMissing(f"storage: '{named}' does not exist ({detail}); restore it, or prepare the dataset again")
+        return ObjectMissing(
+            f"storage: '{named}' does not exist ({detail}); restore it, or prepare the dataset again"
+        )
     if isinstance(exc, PermissionError):
         return StorageError(f"storage: '{named}': permission denied ({detail})")
     for marker, meaning, todo in PERMANENT:

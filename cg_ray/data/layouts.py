@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 
 from cg_ray import storage
 from cg_ray.data.decode import ClipError, frame_count
-from cg_ray.storage_errors import ObjectMissing
 from cg_ray.data.tables import (
     NUM_SCENES,
     dirs,
@@ -32,6 +31,7 @@ from cg_ray.data.tables import (
     val_count,
 )
 from cg_ray.errors import UserError
+from cg_ray.storage_errors import ObjectMissing
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 __all__ = [

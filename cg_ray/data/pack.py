@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 from cg_ray import storage
 from cg_ray.console import Progress
 from cg_ray.data.decode import ClipError, decode_clip
-from cg_ray.storage_errors import StorageError, StorageUnavailable
 from cg_ray.data.packed_sampling import PACK_KINDS
 from cg_ray.data.sampling import Sampling
 from cg_ray.data.shards import LABEL_COLUMNS, PACK_SCHEMA, REPORT, manifest_stamp, pack_dir, shard_path
 from cg_ray.errors import UserError
+from cg_ray.storage_errors import StorageError, StorageUnavailable
 from cg_ray.taxonomy import LEVELS
 
 PLAN = "pack_plan.json"
