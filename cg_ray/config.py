@@ -313,8 +313,8 @@ def _storage_attempts() -> int:
 class StorageConfig:
     max_attempts: int = field(default_factory=_storage_attempts)
     """Attempts of each object-storage request before it fails (throttling, 5xx, dropped
-    connections; exponential back-off, waits doubling from 50 ms: about 25 s in all at 10), in
-    every process of the run; default: $CG_RAY_STORAGE_MAX_ATTEMPTS, else 10."""
+    connections; exponential back-off, waits doubling from 50 ms to 25.6 s: about 51 s in all at
+    12), in every process of the run; default: $CG_RAY_STORAGE_MAX_ATTEMPTS, else 12."""
 
 
 @dataclass

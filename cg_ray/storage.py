@@ -6,7 +6,7 @@ store works.
 
 Object stores fail in ordinary ways, and cg_ray tells three outcomes apart (cg_ray.storage_errors
 names them): a transient fault (throttling, 5xx, a dropped connection, a timeout) is retried by
-one policy, exponential back-off for $CG_RAY_STORAGE_MAX_ATTEMPTS attempts (default 10) in every
+one policy, exponential back-off for $CG_RAY_STORAGE_MAX_ATTEMPTS attempts (default 12) in every
 process; when those run out it is StorageUnavailable. The SDK's default strategy does the
 retrying (waits doubling from 50 ms; not the "standard" one, whose retry quota runs dry under
 sustained throttling and then stops retrying at all: measured at 30% faults). A permanent
@@ -40,7 +40,7 @@ __all__ = ["ObjectMissing", "StorageError", "StorageUnavailable"]
 
 
 def max_attempts() -> int:
-    """Attempts per object-storage request: $CG_RAY_STORAGE_MAX_ATTEMPTS, else 10."""
+    """Attempts per object-storage request: $CG_RAY_STORAGE_MAX_ATTEMPTS, else 12."""
     value = os.environ.get(ATTEMPTS_ENV, "")
     if not value:
         return DEFAULT_ATTEMPTS
@@ -83,7 +83,8 @@ class RetryingS3(pafs.FileSystemHandler):
     @property
     def fs(self) -> pafs.S3FileSystem:
         if self._fs is None:
-            retry = pafs.AwsDefaultS3RetryStrategy(max_attempts=max_attempts())
+            # The default strategy's max_attempts counts retries, after the first request.
+            retry = pafs.AwsDefaultS3RetryStrategy(max_attempts=max_attempts() - 1)
             self._fs = pafs.S3FileSystem(**self.options, retry_strategy=retry)
         return self._fs
 

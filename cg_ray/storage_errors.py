@@ -17,7 +17,7 @@ from cg_ray.errors import UserError
 # The retry policy's one setting, read by every process that touches object storage (Ray passes
 # it on to its workers: cg_ray.ray_env). Kept here, free of pyarrow, so the config can show it.
 ATTEMPTS_ENV = "CG_RAY_STORAGE_MAX_ATTEMPTS"
-DEFAULT_ATTEMPTS = 10
+DEFAULT_ATTEMPTS = 12
 
 # Retried by the SDK (and by Ray Data for its own reads); still failing after the whole budget.
 TRANSIENT = (
