@@ -47,12 +47,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --no-loadscope-reorder
 
 # make submit JOB=train CONFIG=configs/demo.yaml RAY_ADDRESS=http://HEAD:8265 [ARGS="--set k=v ..."]
-#   [RUNTIME_ENV=jobs/runtime_env.dev.yaml]: submits jobs/$(JOB).py, follows its logs, and exits
-#   non-zero unless the job SUCCEEDED.
+#   [RUNTIME_ENV=jobs/runtime_env.dev.yaml] [RETRIES=N]: submits jobs/$(JOB).py, follows its logs,
+#   and exits non-zero unless the job SUCCEEDED. RETRIES=N submits a lost job (its head, node or
+#   driver lost; not one that failed on its own) again, up to N times, with --resume auto.
 RUNTIME_ENV ?= jobs/runtime_env.yaml
 submit: $(STAMP)
-	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate|serve CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...]" >&2; exit 2; }
-	$(BIN)/python jobs/submit.py $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate|serve CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...] [RETRIES=N]" >&2; exit 2; }
+	$(BIN)/python jobs/submit.py $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) $(if $(RETRIES),--retries $(RETRIES)) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core_pipeline.py

@@ -16,6 +16,7 @@ The last line of stdout is one JSON object with the figures.
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -83,6 +84,7 @@ def pipeline(endpoint: str, bucket: str, tmp: str, env: dict) -> tuple[float, di
     from cg_ray.data.synthetic import make_world
 
     world, data = f"s3://{bucket}/world", f"s3://{bucket}/prep"
+    os.makedirs(tmp, exist_ok=True)
     make_world(world, cities=3, clips_per_city=6, frames=8, size=(32, 32), seed=5)
     train = ["train", "--config", DEMO, "--metrics-out", f"{tmp}/train.json"]
     for key, value in {
@@ -131,6 +133,8 @@ def main() -> None:
 
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
 
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -193,7 +193,8 @@ def cmd_evaluate(args) -> None:
     _write_json(args.metrics_out, {"mode": modes[0], **metrics})
     print(format_table({modes[0]: metrics}))
     print(
-        f"{metrics['num_clips']} clips, {metrics['bad_clips']} skipped, {metrics['clips_per_s']:.1f} clips/s"
+        f"evaluated {metrics['num_clips']} of the {metrics['split_clips']} clips of split "
+        f"'{args.split}' ({metrics['bad_clips']} bad, skipped), {metrics['clips_per_s']:.1f} clips/s"
     )
     if args.report:
         print(
@@ -298,6 +299,13 @@ def cmd_config_check(args) -> None:
             print(f"{path}: {exc}")
     if bad:
         raise UserError(f"{bad} of {len(args.files)} config files are invalid")
+
+
+def cmd_tracking_sync(args) -> None:
+    from cg_ray.predict.pyfunc import register_checkpoint
+    from cg_ray.tracking_sync import sync
+
+    print(json.dumps(sync(args.run_dir, args.tracking_uri, args.wait, register_checkpoint)))
 
 
 def cmd_demo(args) -> None:
@@ -587,7 +595,8 @@ cg-ray train --config configs/demo.yaml --set data.path=demo_out/data
 cg-ray train --config configs/demo.yaml --set data.path=s3://work/cg68k \\
     --set run.storage_path=s3://work/runs --metrics-out m.json
 cg-ray train --config configs/cityguessr68k.yaml --set train.epochs=3 train.num_workers=4
-cg-ray train --config configs/demo.yaml --resume""",
+cg-ray train --config configs/demo.yaml --resume
+cg-ray train --config configs/demo.yaml --resume auto""",
         cmd_train,
     )
     _config_options(p)
@@ -598,8 +607,12 @@ cg-ray train --config configs/demo.yaml --resume""",
     )
     p.add_argument(
         "--resume",
-        action="store_true",
-        help="continue run.name from its latest checkpoint (an error if there is none)",
+        nargs="?",
+        const="must",
+        choices=["must", "auto"],
+        help="continue run.name from its latest checkpoint: --resume (= must) is an error if "
+        "there is none; --resume auto starts a new run then (so does no --resume: a run folder "
+        "with checkpoints is always continued)",
     )
     p.add_argument(
         "--register-as", metavar="NAME", help="register the best checkpoint in the MLflow model registry"
@@ -617,7 +630,8 @@ child run under one parent); the best trial's config is written as YAML.""",
         """
 cg-ray tune --config configs/demo.yaml --set data.path=demo_out/data --num-samples 3
 cg-ray tune --config configs/search.yaml --num-samples 16 --best-config-out best.yaml
-cg-ray tune --config configs/search.yaml --resume""",
+cg-ray tune --config configs/search.yaml --resume
+cg-ray tune --config configs/search.yaml --resume auto""",
         cmd_tune,
     )
     _config_options(p)
@@ -629,7 +643,13 @@ cg-ray tune --config configs/search.yaml --resume""",
         help="trials at once (tune.max_concurrent; default: what the cluster fits)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue the interrupted search run.storage_path/run.name"
+        "--resume",
+        nargs="?",
+        const="must",
+        choices=["must", "auto"],
+        help="continue the interrupted search run.storage_path/run.name: --resume (= must) is "
+        "an error if there is none; --resume auto starts a new search then (for jobs that "
+        "restart themselves)",
     )
     p.add_argument(
         "--best-config-out", metavar="PATH", help="also write the best trial's ready-to-train config here"
@@ -832,6 +852,45 @@ cg-ray config check configs/*.yaml configs/paper/*.yaml""",
 
     p = _command(
         sub,
+        "tracking",
+        "deliver tracking records kept while MLflow was away",
+        """
+While the MLflow server is away, training goes on: its metrics, params, tags, artifacts and
+registrations wait and are retried. What is still waiting when a command ends is kept in the run
+folder (RUN_DIR/tracking/); sync delivers it.""",
+        """
+cg-ray tracking sync runs/demo
+cg-ray tracking sync s3://work/runs/search-1 --tracking-uri http://mlflow:5000""",
+        None,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = _command(
+        actions,
+        "sync",
+        "replay a run's kept tracking records into MLflow",
+        """
+Deliver, in order, the tracking records that a run (or a search, with its trials) kept in its
+folder: into its own store, the records it lacks; into another one (a fresh server), each run is
+created (name, params, tags) and all its records added. Running it again adds nothing twice.""",
+        """
+cg-ray tracking sync runs/demo
+cg-ray tracking sync runs/search-1 --tracking-uri http://127.0.0.1:5000""",
+        cmd_tracking_sync,
+    )
+    c.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder: run.storage_path/run.name")
+    c.add_argument(
+        "--tracking-uri",
+        help="MLflow store to deliver to (default: $MLFLOW_TRACKING_URI, else the one the records name)",
+    )
+    c.add_argument(
+        "--wait",
+        type=float,
+        metavar="S",
+        help="seconds to keep retrying an unreachable server (default: $CG_RAY_TRACKING_WAIT_S or 120)",
+    )
+
+    p = _command(
+        sub,
         "demo",
         "synth -> prepare -> text -> train -> evaluate, all local",
         """
@@ -863,6 +922,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cg-ray {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A storage fault, however deep Ray wrapped it: one line, not a traceback. Permanent
+        # (fix something, exit 2) or transient and out of retries (try later, exit 1).
+        from cg_ray.storage import max_attempts
+        from cg_ray.storage_errors import from_failure
+
+        found = from_failure(exc, max_attempts())
+        if found is None:
+            raise
+        print(f"cg-ray {args.command}: error: {found}", file=sys.stderr)
+        return 2 if isinstance(found, UserError) else 1
     return 0
 
 

@@ -51,7 +51,13 @@ from cg_ray.taxonomy import Taxonomy  # noqa: E402
 # the other files on the other, then on whichever is free (whole files, so that a module's
 # fixtures are built once). Two of these clusters at once overload 2 cores: Ray's node start-up and the
 # autoscaler's scale-down time out.
-OWN_CLUSTERS = {"test_autoscaling.py", "test_jobs_cluster.py", "test_readme_search.py"}
+OWN_CLUSTERS = {
+    "test_autoscaling.py",
+    "test_jobs_cluster.py",
+    "test_readme_search.py",
+    "test_resume_auto.py",
+    "test_chaos.py",
+}
 
 
 # The slow files that take longest (seconds on 2 cores, `--durations` of a fresh-clone run), run

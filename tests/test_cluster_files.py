@@ -23,7 +23,9 @@ KUBERAY = {
     "RayCluster": ROOT / "cluster/kuberay/raycluster.yaml",
     "RayJob": ROOT / "cluster/kuberay/rayjob-tune.yaml",
 }
-# Fields of KubeRay v1.5/1.6 (ray.io/v1), from its API types.
+# Fields that KubeRay v1.5.1 and v1.7.0 both have (ray.io/v1), from their API types
+# (ray-operator/apis/ray/v1/*_types.go of the two tags): the manifests must load on either. v1.7.0
+# adds, among others, RayCluster's upgradeStrategy and RayJob's preRunningDeadlineSeconds.
 RAYCLUSTER_SPEC = {
     "headGroupSpec",
     "workerGroupSpecs",
@@ -35,7 +37,6 @@ RAYCLUSTER_SPEC = {
     "managedBy",
     "gcsFaultToleranceOptions",
     "authOptions",
-    "upgradeStrategy",
 }
 HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
 WORKER_GROUP = {
@@ -83,6 +84,7 @@ RAYJOB_SPEC = {
     "metadata",
     "deletionStrategy",
 }
+SUBMITTER_CONFIG = {"backoffLimit"}
 RUNTIME_ENV = {
     "working_dir",
     "py_modules",
@@ -337,6 +339,27 @@ def test_kuberay_rayjob_manifest_runs_the_tune_entry_point():
     dockerfile = (ROOT / "cluster/Dockerfile").read_text()
     assert "COPY --chown=ray:users . /opt/cg_ray" in dockerfile
     assert ".venv" in (ROOT / "cluster/Dockerfile.dockerignore").read_text()
+
+
+def test_kuberay_rayjob_restarts_itself_and_continues():
+    """A lost head, submitter or job is run again (backoffLimit >= 2, a new cluster each time)
+    and the entry point continues the search it finds (`--resume auto`): the same command works
+    for the first run and for every retry. KubeRay's own checks of backoffLimit (its webhook and
+    controller, v1.5.1 and v1.7.0): an int32 >= 0, refused with clusterSelector or InteractiveMode."""
+    from cg_ray.cli import build_parser
+
+    for path in sorted((ROOT / "cluster/kuberay").glob("rayjob*.yaml")):  # any RayJob, train or tune
+        (doc,) = _docs(path)
+        spec = doc["spec"]
+        assert isinstance(spec["backoffLimit"], int) and 2 <= spec["backoffLimit"] < 2**31, path
+        assert "clusterSelector" not in spec and spec["submissionMode"] != "InteractiveMode", path
+        assert set(spec["submitterConfig"]) <= SUBMITTER_CONFIG
+        assert isinstance(spec["submitterConfig"]["backoffLimit"], int)
+        words = shlex.split(spec["entrypoint"])
+        assert words[words.index("--resume") + 1] == "auto", path
+        command = words[1].rsplit("/", 1)[-1].removesuffix(".py")
+        args = build_parser().parse_args([command, *words[2:]])
+        assert args.resume == "auto", path
 
 
 @pytest.mark.parametrize("name", ["runtime_env.yaml", "runtime_env.dev.yaml"])

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from cg_ray.data.decode import ClipError, decode_clip
-from cg_ray.storage_errors import StorageError, StorageUnavailable
 from cg_ray.labels.hierarchy import NUM_SCENES, clip_label, frame_categories
 from cg_ray.labels.places import MEAN, STD, PlacesWeights, places_model
+from cg_ray.storage_errors import StorageError, StorageUnavailable
 
 
 def decode_clips(batch: dict[str, np.ndarray], *, num_frames: int, image_size: int) -> dict[str, np.ndarray]:

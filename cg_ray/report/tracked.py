@@ -44,6 +44,8 @@ def log_to_mlflow(folder: str, state: dict, config, given_uri: str | None, artif
         tracking.check_reachable(uri)
         tracking.get_run(uri, run_id)
         tracking.log_artifacts(uri, run_id, folder, artifact_path)
+        if tracking.flush():  # queued: delivered now (the command ends soon), or not at all
+            return f"not logged to MLflow: {redact(uri)} went away while the report was uploaded"
     except UserError as exc:
         return f"not logged to MLflow: {exc}"
     except Exception as exc:  # MLflow raises many types for a missing run or a failing store

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from cg_ray import storage, tracking
 from cg_ray.config import Config
@@ -86,6 +87,7 @@ RESUMABLE_CHANGES = {
     "run.tracking_uri",
     "run.register_as",
     "run.storage_path",
+    "storage.max_attempts",
 }
 
 
@@ -156,21 +158,41 @@ def _placement(cfg: Config, check_resources: bool):
     return use_gpu, resources.PlacementWatch(need, 1, verdict.waits_for)
 
 
+# --resume: "must" (there must be state to continue), "auto" (continue if there is, start
+# otherwise: what a job that restarts itself runs); None: the command's default.
+RESUME_MODES = ("must", "auto")
+
+
+def resume_mode(resume: bool | str | None) -> str | None:
+    """None, "must" or "auto" from a `resume` argument (True is "must", as before)."""
+    if resume is True:
+        return "must"
+    if not resume:
+        return None
+    if resume not in RESUME_MODES:
+        raise UserError(f"--resume {resume!r}: expected one of {', '.join(RESUME_MODES)}")
+    return str(resume)
+
+
 def train(
     cfg: Config,
-    resume: bool = False,
+    resume: bool | str | None = None,
     *,
     callbacks: list | None = None,
     run_tags: dict | None = None,
     check_resources: bool = True,
+    in_search: bool = False,
 ) -> dict:
     """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id.
 
     A run whose folder (run.storage_path/run.name) already holds checkpoints continues from the
-    latest one, in the same MLflow run; `resume=True` insists that there is one. `callbacks` go
+    latest one, in the same MLflow run, and one without starts anew: that is `resume=None` and
+    `resume="auto"` alike; `resume="must"` (or True) insists that there is one. `callbacks` go
     to the trainer's RunConfig and `run_tags` onto a new MLflow run (cg_ray.tune.search: a trial's
     TuneReportCallback and its parent run). `check_resources=False`: the caller checked what the
-    run needs (a search, for all its trials).
+    run needs (a search, for all its trials). `in_search=True`: a search's trial, which goes on
+    while the tracking server is away (even at its start) and leaves what it could not deliver
+    to the search, which checked the server at its start and delivers it at its end.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -179,24 +201,29 @@ def train(
     from cg_ray.data.stream import clip_dataset, split_summary
     from cg_ray.train.checkpoint import read_checkpoint
 
+    storage.use_policy(cfg.storage.max_attempts)  # before Ray starts: its workers inherit it
     taxonomy, tables = check_inputs(cfg)
     storage_path = cfg.run.storage_path
     if not storage.is_uri(storage_path):
         storage_path = os.path.abspath(storage_path)  # Ray Train refuses relative paths
     run_dir = storage.join(storage_path, cfg.run.name)
     uri = tracking.tracking_uri(cfg.run.tracking_uri)
-    tracking.check_reachable(uri)
+    if not in_search:
+        tracking.check_reachable(uri)
+    tracking.adopt(run_dir, uri)  # records an earlier session of this run could not deliver
+    wait = tracking.handoff_s() if in_search else None  # at the end, for an away server
+    previous = latest_checkpoint(run_dir)
+    if resume_mode(resume) == "must" and previous is None:
+        raise UserError(f"nothing to resume: no checkpoint under {run_dir}")
     use_gpu, watch = _placement(cfg, check_resources)
 
-    previous = latest_checkpoint(run_dir)
-    if resume and previous is None:
-        raise UserError(f"nothing to resume: no checkpoint under {run_dir}")
     start_epoch = 0
     if previous is not None:
         state = read_checkpoint(previous)
         check_resumable(state, cfg, taxonomy, previous)
         run_id, start_epoch = state["mlflow_run_id"], state["epoch"] + 1
-        tracking.reopen_run(uri, run_id)
+        tracking.bind(run_id, run_dir)
+        tracking.reopen_run(uri, run_id, defer=in_search)
         tracking.log_epoch(uri, run_id, state["metrics"], state["epoch"])
         print(f"resuming {cfg.run.name} after epoch {state['epoch']} (MLflow run {run_id})", flush=True)
     else:
@@ -207,6 +234,8 @@ def train(
             cfg.run.name,
             cfg.to_dict(),
             tags={"cg_ray.data": cfg.data.path, **(run_tags or {})},
+            run_dir=run_dir,
+            defer=in_search,
         )
         storage.write_text(storage.join(run_dir, RUN_MARKER), json.dumps({"mlflow_run_id": run_id}))
         tracking.log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
@@ -215,7 +244,7 @@ def train(
     try:
         decode = _resolve_decode(cfg, bool(use_gpu))
     except UserError:
-        tracking.end_run(uri, run_id, "FAILED")
+        tracking.end_run(uri, run_id, "FAILED", wait)
         raise
     d = cfg.data
     datasets = {
@@ -285,27 +314,46 @@ def train(
         with watch:
             result = trainer.fit()
     except Exception as exc:
-        tracking.end_run(uri, run_id, "FAILED")
+        tracking.adopt(run_dir, uri)  # what its workers could not deliver
+        tracking.end_run(uri, run_id, "FAILED", wait)
         raise _user_error_from(exc) from None
-    return _finish(cfg, result, uri, run_id, storage_path)
+    return _finish(cfg, result, uri, run_id, storage_path, wait)
 
 
-def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str) -> dict:
-    """Artifacts, registration and the summary of a finished fit."""
+def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str, wait: float | None) -> dict:
+    """Artifacts, registration and the summary of a finished fit. While the tracking server is
+    away, this waits for it (up to `wait`, default CG_RAY_TRACKING_WAIT_S), then keeps the
+    records in the run folder for `cg-ray tracking sync` and says so in one line."""
     from cg_ray.predict.pyfunc import register_checkpoint
 
+    run_dir = storage.join(storage_path, cfg.run.name)
+    # What the workers could not deliver goes first; then the server's chance to come back
+    # before the learning curves are drawn from what it has.
+    tracking.adopt(run_dir, uri)
+    tracking.flush(wait)
     latest = storage.uri_of(storage_path, result.checkpoint.path)  # s3: the s3:// URI again
     best = result.get_best_checkpoint(metric="city_top1", mode="max")
     best_path = storage.uri_of(storage_path, best.path) if best is not None else latest
     _prune_unregistered(result, storage_path, cfg.run.name)
     summary = {**result.metrics, "checkpoint": latest, "best_checkpoint": best_path, "run_id": run_id}
     summary["learning_curves"] = _learning_curves(cfg, uri, run_id, storage_path)
+    registration = None
     if not storage.is_uri(storage_path):
         tracking.log_artifacts(uri, run_id, latest, "checkpoint")
         if cfg.run.register_as:
-            summary["registered_version"] = register_checkpoint(uri, run_id, best_path, cfg.run.register_as)
-            summary["registered_model"] = f"models:/{cfg.run.register_as}/{summary['registered_version']}"
-    tracking.end_run(uri, run_id)
+            registration = tracking.register_model(
+                uri, run_id, best_path, cfg.run.register_as, register_checkpoint
+            )
+    tracking.end_run(uri, run_id, wait=wait)
+    summary["run_id"] = tracking.resolve(uri, run_id)  # a run created late: its id now
+    if registration is not None and registration.get("version") is not None:
+        summary["registered_version"] = registration["version"]
+        summary["registered_model"] = f"models:/{cfg.run.register_as}/{registration['version']}"
+    elif registration is not None:
+        summary["registration_deferred"] = cfg.run.register_as  # replayed by `tracking sync`
+    warning = tracking.kept_warning(uri, run_dir)
+    if warning and wait is None:  # (a search's trial leaves the line to its search)
+        print(warning, file=sys.stderr, flush=True)
     return summary
 
 
@@ -314,7 +362,8 @@ def _learning_curves(cfg: Config, uri: str, run_id: str, storage_path: str) -> s
     from cg_ray.report.curves import ACCURACY, LOSSES, learning_curves_png
 
     png = learning_curves_png(
-        tracking.metric_history(uri, run_id, LOSSES + ACCURACY), f"{cfg.run.name} ({run_id[:8]})"
+        tracking.metric_history(uri, run_id, LOSSES + ACCURACY),
+        f"{cfg.run.name} ({tracking.resolve(uri, run_id)[:8]})",
     )
     path = storage.join(storage_path, cfg.run.name, "learning_curves.png")
     storage.write_bytes(path, png)

@@ -284,6 +284,8 @@ def train_loop(loop_config: dict) -> None:
         {k: torch.tensor(v, device=device) for k, v in taxonomy.parents.items()},
     )
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
+    if rank == 0:  # its records queue in this process; what MLflow did not take, in the run folder
+        tracking.bind(run_id, loop_config["run_dir"])
     monitor = tracking.system_metrics(uri, run_id) if rank == 0 else None
     if rank == 0 and checkpoint is not None:
         # The checkpointed epoch's metrics, in case its process died before logging them; and a
@@ -329,7 +331,8 @@ def train_loop(loop_config: dict) -> None:
             _report(state, metrics, taxonomy, text_dim, rank, loop_config)
     finally:
         if monitor is not None:
-            monitor.finish()
+            monitor.finish()  # waits a little (CG_RAY_TRACKING_HANDOFF_S) for an away server
+            tracking.close()  # the rest is journaled: the driver delivers it
 
 
 def _progress(label: str, split: str, loop_config: dict, rank: int, after: int = 0) -> Progress | None:
@@ -394,7 +397,7 @@ def _report(
             metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
         )
     if rank == 0:
-        # Idempotent: an epoch re-run after a failure is never logged twice.
+        # Queued, never blocking; idempotent: an epoch re-run after a failure is logged once.
         tracking.log_epoch(loop_config["tracking_uri"], loop_config["run_id"], metrics, int(metrics["epoch"]))
         shown = " ".join(
             f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("top1") or k == "train_loss"

@@ -3,12 +3,16 @@ ones (and records which), the search algorithm, and how many trials a search hol
 
 from __future__ import annotations
 
+import copy
+import glob
 import json
+import os
 import time
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from cg_ray import storage
 from cg_ray.config import Config
@@ -131,6 +135,50 @@ def expected_trials(cfg: Config) -> int:
     return count
 
 
+class ReplayedVariantGenerator(BasicVariantGenerator):
+    """Tune's random and grid search, restored from the trials Tune saved rather than from its
+    own saved state.
+
+    Tune saves the trials (experiment_state-*.json) and this generator (basic-variant-state-*)
+    as two files and copies them to storage in parallel: a driver killed during a copy leaves a
+    pair that disagrees. Restored from such a pair, the generator waits forever on a trial that
+    had ended (its max_concurrent slot stays taken), makes a trial again under an id Tune has,
+    or never makes one that Tune lost. The trials are what counts: the generator starts again
+    from its first state (kept in its own state) and makes, and drops, as many trials as Tune
+    restored, so the next one it makes is the first one that Tune has not seen. (Optuna's
+    searcher is restored as Tune saved it.)"""
+
+    def add_configurations(self, experiments) -> None:
+        super().add_configurations(experiments)
+        first = self.get_state()
+        first.pop("_first", None)
+        self._first = copy.deepcopy(first)
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        saved = _saved_trials(dirpath)
+        first = getattr(self, "_first", None)
+        if first is None or not all(t.startswith(self._uuid_prefix) for t in saved):
+            return  # another generator's trials: Tune's own state
+        self.set_state(copy.deepcopy(first))
+        self._first = first
+        trials = iter(self._trial_generator)
+        for _ in saved:
+            next(trials, None)
+        self._trial_iter = trials  # type: ignore[assignment]  # None until the first trial
+        self._live_trials = {t for t, status in saved.items() if status != "TERMINATED"}
+
+
+def _saved_trials(dirpath: str) -> dict[str, str]:
+    """{trial id: status} of the newest experiment state in dirpath (the one Tune restores)."""
+    states = sorted(glob.glob(os.path.join(dirpath, "experiment_state-*.json")))
+    if not states:
+        return {}
+    with open(states[-1]) as f:
+        trials = [json.loads(state) for state, _ in json.load(f)["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # the default name holds every param: too long for a path
 
@@ -139,7 +187,6 @@ def tune_config(cfg: Config, concurrency: int, search_dir: str):
     """Tune's TuneConfig for the search: metric, scheduler, search algorithm, concurrency."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     t = cfg.tune
     if t.scheduler == "asha":
@@ -158,7 +205,7 @@ def tune_config(cfg: Config, concurrency: int, search_dir: str):
         search_alg = OptunaSearch(seed=t.seed)
     else:
         # A SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit.
-        search_alg = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency)
+        search_alg = ReplayedVariantGenerator(random_state=t.seed, max_concurrent=concurrency)
     return tune.TuneConfig(
         metric=t.metric,
         mode=t.mode,

@@ -14,6 +14,7 @@ checkpoints a resumed search continues from) and `best_config.yaml`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from cg_ray import storage, tracking
@@ -73,7 +74,7 @@ def run_trial(params: dict, *, base: dict, search_dir: str, parent_run_id: str, 
     name = base["run"]["name"]
     cfg = trial_config(base, params, search_dir, name, trial_id, uri)
     tags = {"mlflow.parentRunId": parent_run_id, "cg_ray.trial_id": trial_id, "cg_ray.search": name}
-    train(cfg, callbacks=[EpochReport()], run_tags=tags, check_resources=False)
+    train(cfg, callbacks=[EpochReport()], run_tags=tags, check_resources=False, in_search=True)
 
 
 # -- resources -----------------------------------------------------------------------------------
@@ -123,6 +124,20 @@ def _cluster(cfg: Config, wanted: int) -> tuple[bool, ClusterView]:
 # -- the Tuner -------------------------------------------------------------------------------------
 
 
+def restorable(experiment: str) -> bool:
+    """Whether Tune can continue the search in `experiment`: Tune's own test (Tuner.can_restore:
+    tuner.pkl, written when the Tuner is made) and an experiment state (experiment_state-*.json,
+    written at the Tuner's first step, before any trial runs). A driver killed between the two
+    leaves only tuner.pkl, from which Tune would log a failed restore and start over."""
+    from ray import tune
+
+    fs, path = storage.ray_storage(experiment)
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return False
+    names = [entry.base_name for entry in storage.list_dir(experiment)]
+    return any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+
+
 def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: bool, callbacks: list):
     """A new Tuner for the search, or the interrupted one restored from its folder (with the
     callbacks it was created with: Tune keeps its RunConfig)."""
@@ -130,7 +145,7 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
 
     fs, path = storage.ray_storage(search_root)
     experiment = storage.join(search_root, cfg.run.name)
-    if restore and tune.Tuner.can_restore(storage.ray_storage(experiment)[1], storage_filesystem=fs):
+    if restore and restorable(experiment):
         return tune.Tuner.restore(
             storage.ray_storage(experiment)[1],
             trainable,
@@ -138,6 +153,8 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
             resume_errored=True,
             storage_filesystem=fs,
         )
+    if restore:  # the search's meta and parent run, but no trial: its driver died first
+        print(f"no Tune state in {experiment} yet: starting its trials under the same parent run", flush=True)
     return tune.Tuner(
         trainable,
         param_space=tune_space(cfg.tune.space),
@@ -156,9 +173,14 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
 
 
 def search(
-    cfg: Config, resume: bool = False, best_config_out: str | None = None, callbacks: list | None = None
+    cfg: Config,
+    resume: bool | str | None = None,
+    best_config_out: str | None = None,
+    callbacks: list | None = None,
 ) -> dict:
-    """Run (or with resume, continue) the search of cfg.tune; returns its summary. callbacks:
+    """Run (or with resume, continue) the search of cfg.tune; returns its summary. resume:
+    None (a new search), "must" (or True: continue the search of run.name, an error if there is
+    none) or "auto" (continue it if there is one, start it otherwise). callbacks:
     ray.tune.Callback objects the Tuner calls in this process (a new search's only)."""
     from ray import tune
 
@@ -169,6 +191,7 @@ def search(
             "tune.space is empty: give the config a search space, e.g. tune: {space: "
             "{optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see configs/demo.yaml)"
         )
+    storage.use_policy(cfg.storage.max_attempts)  # before Ray starts: its workers inherit it
     check_inputs(cfg)
     if not storage.is_uri(cfg.data.path):  # trials run in their own working directories
         cfg.data.path = os.path.abspath(cfg.data.path)
@@ -210,8 +233,15 @@ def search(
         tracking.end_run(uri, parent_run_id, "KILLED")
         print(f"search interrupted; continue it with --resume (state in {search_dir})", flush=True)
         raise SearchInterrupted(search_dir)
-    settle_children(uri, parent_run_id, rows)
+    # What the trials could not deliver while the tracking server was away, then its chance to
+    # come back (CG_RAY_TRACKING_WAIT_S) before the search reads its children from it.
+    tracking.adopt(search_dir, uri, recursive=True)
+    tracking.flush()
+    settle_children(uri, parent_run_id, rows, search_dir)
     summary = write_best(cfg, uri, parent_run_id, results, rows, search_dir, best_config_out)
+    warning = tracking.kept_warning(uri, search_dir)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return {
         **summary,
         "search_dir": search_dir,

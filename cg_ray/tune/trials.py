@@ -9,6 +9,7 @@ import os
 from cg_ray import storage, tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
+from cg_ray.tracking_outbox import transient
 from cg_ray.tune.space import apply_params
 
 META = "cg_ray_search.json"
@@ -23,23 +24,30 @@ RESUMABLE = {
     "eval.batch_size",
     "run.tracking_uri",
     "run.storage_path",
+    "storage.max_attempts",
 }
 
 
-def existing_search(cfg: Config, search_dir: str, resume: bool) -> dict | None:
-    """The meta of the search in search_dir when resuming it (checked to be the same search),
-    None for a new one; the errors of a wrong --resume or a taken run.name, before Ray starts."""
+def existing_search(cfg: Config, search_dir: str, resume: bool | str | None) -> dict | None:
+    """The meta of the search in search_dir when continuing it (checked to be the same search),
+    None for a new one; the errors of a wrong --resume or a taken run.name, before Ray starts.
+    resume: None (a new search), "must" (or True: continue one) or "auto" (continue one if
+    there is one, start otherwise)."""
+    from cg_ray.train.driver import resume_mode
+
+    mode = resume_mode(resume)
     meta_path = storage.join(search_dir, META)
     if storage.exists(meta_path):
-        if not resume:
+        if mode is None:
             raise UserError(
-                f"a search named '{cfg.run.name}' exists in {search_dir}: add --resume "
-                f"to continue it, or give this one another run.name"
+                f"a search named '{cfg.run.name}' exists in {search_dir}: add --resume (or "
+                f"--resume auto) to continue it, or give this one another run.name"
             )
-        meta = json.loads(storage.read_text(meta_path))
-        _check_same_search(meta["config"], cfg, search_dir)
+        meta = _read_meta(meta_path, mode)
+        if meta is not None:
+            _check_same_search(meta["config"], cfg, search_dir)
         return meta
-    if resume:
+    if mode == "must":
         raise UserError(f"nothing to resume: no search under {search_dir}")
     if storage.is_dir(search_dir) and storage.list_dir(search_dir):
         raise UserError(
@@ -49,9 +57,28 @@ def existing_search(cfg: Config, search_dir: str, resume: bool) -> dict | None:
     return None
 
 
+def _read_meta(path: str, mode: str) -> dict | None:
+    """The search's meta file; None (a new search, with --resume auto) when it is cut short: its
+    driver died while writing it, before any trial or Tune state existed."""
+    try:
+        meta = json.loads(storage.read_text(path))
+        if isinstance(meta, dict) and {"parent_run_id", "config"} <= set(meta):
+            return meta
+    except json.JSONDecodeError:
+        pass
+    if mode != "auto":
+        raise UserError(
+            f"{path} is incomplete (its driver stopped while writing it): continue with "
+            f"--resume auto, which starts the search anew"
+        )
+    print(f"{path} is incomplete (its driver stopped while writing it): starting the search anew", flush=True)
+    return None
+
+
 def open_parent(cfg: Config, search_dir: str, uri: str, meta: dict | None) -> str:
     """The parent MLflow run: a resumed search's, reopened, or a new one with its meta file."""
     if meta is not None:
+        tracking.bind(meta["parent_run_id"], search_dir)
         tracking.reopen_run(uri, meta["parent_run_id"])
         print(f"resuming search {cfg.run.name} (MLflow parent run {meta['parent_run_id']})", flush=True)
         return meta["parent_run_id"]
@@ -61,6 +88,7 @@ def open_parent(cfg: Config, search_dir: str, uri: str, meta: dict | None) -> st
         cfg.run.name,
         cfg.to_dict(),
         tags={"cg_ray.kind": "search", "cg_ray.data": cfg.data.path},
+        run_dir=search_dir,
     )
     tracking.log_text(uri, parent, cfg.to_yaml(), "config.yaml")
     storage.write_text(
@@ -140,24 +168,58 @@ def trial_rows(cfg: Config, results, stopped: set[str]) -> list[dict]:
     return sorted(rows, key=lambda row: row["trial_id"])
 
 
-def settle_children(uri: str, parent_run_id: str, rows: list[dict]) -> None:
+def settle_children(uri: str, parent_run_id: str, rows: list[dict], search_dir: str | None = None) -> None:
     """Close each trial's child run as the search judged the trial, tag it cg_ray.trial_status,
     and add its run_id to its row: a failed trial's run FAILED, any other FINISHED.
 
     The search's verdict wins over what the trial's own code left: a trial ASHA stopped had
     its training cut off, so its run is still RUNNING, or, when the stop reached the trainer
-    while it was fitting, already ended FAILED by train()'s error path."""
-    client = _client(uri)
-    runs = {r.data.tags.get("cg_ray.trial_id"): r for r in children(uri, parent_run_id)}
+    while it was fitting, already ended FAILED by train()'s error path. While the tracking server
+    is away (records wait), each trial's run is found in its run folder instead."""
+    runs = None
+    if not (search_dir and tracking.waiting()):
+        try:
+            # Not a run that a resumed trial ended as an orphan (its driver died before the trial's
+            # first checkpoint, so the trial started again in a new run): that one has the same
+            # trial_id.
+            runs = {
+                r.data.tags.get("cg_ray.trial_id"): r
+                for r in children(uri, parent_run_id)
+                if "cg_ray.ended_because" not in r.data.tags
+            }
+        except Exception as exc:
+            if not (search_dir and transient(exc)):
+                raise
     for row in rows:
-        run = runs.get(row["trial_id"])
-        row["run_id"] = run.info.run_id if run else None
-        if run is None:
-            continue
         status = "FAILED" if row["status"] == "failed" else "FINISHED"
-        if run.info.status != status:
-            client.set_terminated(run.info.run_id, status)
-        client.set_tag(run.info.run_id, "cg_ray.trial_status", row["status"])
+        if runs is not None:
+            run = runs.get(row["trial_id"])
+            row["run_id"] = run.info.run_id if run else None
+            if run is not None and run.info.status != status:
+                tracking.set_status(uri, run.info.run_id, status)
+        else:
+            row["run_id"] = _trial_run(str(search_dir), row["trial_id"])
+            if row["run_id"] is not None:
+                tracking.set_status(uri, row["run_id"], status)
+        if row["run_id"] is not None:
+            tracking.set_tags(uri, row["run_id"], {"cg_ray.trial_status": row["status"]})
+    if runs is not None:
+        tracking.flush()  # the server just answered
+
+
+def _trial_run(search_dir: str, trial_id: str) -> str | None:
+    """A trial's MLflow run from its run folder (search_dir/trials/NAME-N, as
+    cg_ray.tune.search.trial_config names it), its records journaled there; None if it has none."""
+    from cg_ray.train.driver import RUN_MARKER
+
+    name = search_dir.rstrip("/").rsplit("/", 1)[-1]
+    folder = storage.join(search_dir, "trials", f"{name}-{trial_id.rsplit('_', 1)[-1]}")
+    marker = storage.join(folder, RUN_MARKER)
+    if not storage.exists(marker):
+        return None
+    run_id = json.loads(storage.read_text(marker))["mlflow_run_id"]
+    tracking.bind(run_id, folder)
+    return run_id
 
 
 def write_best(
@@ -186,9 +248,8 @@ def write_best(
         storage.write_text(path, text)
     tracking.log_text(uri, parent_run_id, text, "best_config.yaml")
     tracking.log_metrics(uri, parent_run_id, {f"best_{metric}": row[metric]}, step=0)
-    client = _client(uri)
-    client.set_tag(parent_run_id, "cg_ray.best_trial", row["trial_id"])
-    client.set_tag(parent_run_id, "cg_ray.best_run_id", str(row["run_id"]))
+    tags = {"cg_ray.best_trial": row["trial_id"], "cg_ray.best_run_id": str(row["run_id"])}
+    tracking.set_tags(uri, parent_run_id, tags)
     tracking.end_run(uri, parent_run_id)
     count = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped_early", "failed")}
     return {"trials": len(rows), **count, "best": row, "best_config": paths[-1]}
