@@ -78,6 +78,7 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     for key in (
         "CG_RAY_QUIET",
         "CG_RAY_STORAGE_MAX_ATTEMPTS",
+        PREEMPTION_WATCHER,  # a user's own setting, also for a driver that joins a Ray
         "CG_RAY_PROGRESS_EVERY",
         "MLFLOW_TRACKING_URI",
         "AWS_ENDPOINT_URL",
@@ -105,6 +106,21 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
         keep_cluster_helpers_here()
         return
     num_cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999))
+    for attempt in range(3):
+        try:
+            _start_local(ray, num_cpus, runtime_env, metrics_port)
+            break
+        except RuntimeError as exc:
+            # The GCS port was free when picked and taken by another process before Ray bound
+            # it (seen under a test suite's parallel servers): pick another.
+            if "Failed to start GCS" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
+    atexit.register(shutdown_ray, exiting=True)  # runs before Ray's own (registered at import)
+
+
+def _start_local(ray, num_cpus: int, runtime_env: dict, metrics_port: int | None) -> None:
+    env_vars = runtime_env["env_vars"]
     port = _free_port()
     env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
     # Ray Train watches for nodes being drained (a spot node reclaimed) with an actor of its
@@ -130,7 +146,6 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
         if no_prestart:
             os.environ.pop("RAY_prestart_worker_first_driver", None)
-    atexit.register(shutdown_ray, exiting=True)  # runs before Ray's own (registered at import)
 
 
 def shutdown_ray(exiting: bool = False) -> None:

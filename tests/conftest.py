@@ -64,6 +64,8 @@ OWN_CLUSTERS = {
 # first among the slow files: the worker that finishes the own-cluster files then takes short ones,
 # not a two-minute file, and the two workers end together.
 HEAVIEST = {
+    "test_storage_faults.py": 400,
+    "test_tracking_outage.py": 400,
     "test_tune.py": 134,
     "test_pipeline.py": 95,
     "test_resilience.py": 88,

@@ -47,6 +47,8 @@ def cg_ray(args, endpoint, timeout=600, **env):
         RAY_ADDRESS=ray.get_runtime_context().gcs_address,
         AWS_ENDPOINT_URL=endpoint,
         CG_RAY_PROGRESS="0",
+        # as the session's own runs: no preemption watcher on a one-node Ray (test_pipeline counts)
+        RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
         **env,
     )
     done = subprocess.run(
@@ -257,6 +259,7 @@ def test_a_checkpoint_cut_short_by_the_store_is_never_resumed_from(world, proxy,
         AWS_ENDPOINT_URL=proxy.url,
         CG_RAY_PROGRESS="0",
         CG_RAY_STORAGE_MAX_ATTEMPTS="2",
+        RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
     )
     driver = subprocess.Popen(
         [sys.executable, "-m", "cg_ray", *args],
