@@ -306,7 +306,9 @@ def _storage_attempts() -> int:
     from cg_ray.storage_errors import ATTEMPTS_ENV, DEFAULT_ATTEMPTS
 
     value = os.environ.get(ATTEMPTS_ENV, "")
-    return int(value) if value.isdigit() else DEFAULT_ATTEMPTS
+    if value and not value.isdigit():
+        raise UserError(f"${ATTEMPTS_ENV}={value!r} must be a whole number of attempts, 1 or more")
+    return int(value) if value else DEFAULT_ATTEMPTS
 
 
 @dataclass

@@ -15,14 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pyarrow.fs as pafs
 import pytest
 from fault_proxy import FaultProxy
 from mlflow.tracking import MlflowClient
+from mlflow_server import Server, kill_family, wait_for
 from ray_cluster import LocalCluster
 from test_jobs_cluster import _raylet_pid
-from test_tracking_outage import Server, wait_for
 
 from cg_ray import storage
 from cg_ray.train.checkpoint import is_complete, read_checkpoint
@@ -101,12 +100,7 @@ def test_a_faulty_store_a_lost_node_and_a_tracking_restart_in_one_run(cluster, s
             code = driver.wait(timeout=900)
             faults = proxy.stats()
         finally:
-            if driver.poll() is None:
-                family = [driver.pid] + [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
-                os.killpg(driver.pid, signal.SIGKILL)
-                for pid in family:
-                    if psutil.pid_exists(pid):
-                        psutil.Process(pid).kill()
+            kill_family(driver)
             server.stop()
     output = log.read_text()
     assert code == 0, output[-5000:]

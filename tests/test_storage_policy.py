@@ -16,6 +16,7 @@ from fault_proxy import FaultProxy
 
 from cg_ray import storage
 from cg_ray.config import load_config
+from cg_ray.errors import UserError
 from cg_ray.storage_errors import ObjectMissing, StorageError, StorageUnavailable, classify, from_failure
 
 READ_IN_A_NEW_PROCESS = """
@@ -98,3 +99,6 @@ def test_the_policy_is_a_config_field_and_reaches_the_environment(monkeypatch):
     assert os.environ["CG_RAY_STORAGE_MAX_ATTEMPTS"] == "3" and storage.max_attempts() == 3
     with pytest.raises(Exception, match="storage.max_attempts"):
         load_config(None, ["storage.max_attempts=0"])
+    monkeypatch.setenv("CG_RAY_STORAGE_MAX_ATTEMPTS", "lots")
+    with pytest.raises(UserError, match="CG_RAY_STORAGE_MAX_ATTEMPTS='lots' must be a whole number"):
+        load_config(None)

@@ -10,17 +10,14 @@ Each command runs as a user runs it: its own process, its own local Ray (its own
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server import Server, kill_family, wait_for
 from tmpdirs import short_tmpdir
 
 from cg_ray.cli import main
@@ -30,51 +27,6 @@ pytestmark = pytest.mark.slow
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
 OUTAGE_S = 45
 ARTIFACTS = {"config.yaml", "taxonomy.json", "learning_curves.png", "checkpoint"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout, what, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1:port over folder's store; start() again: the same port and store."""
-
-    def __init__(self, folder: Path):
-        folder.mkdir(parents=True)
-        self.folder, self.port, self.proc = folder, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--backend-store-uri", f"sqlite:///{self.folder}/server.db"]
-        command += ["--default-artifact-root", f"{self.folder}/artifacts", "--workers", "1"]
-        self.proc = subprocess.Popen(
-            command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(self.healthy, 240, f"mlflow server on port {self.port}")
-
-    def healthy(self) -> bool:
-        try:
-            return urllib.request.urlopen(f"{self.uri}/health", timeout=1).status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Gone at once, as a crashed or rescheduled server is (its gunicorn/uvicorn workers too)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -130,13 +82,7 @@ def run_with_outage(args, env, log: Path, server: Server, after: str, back_after
             server.start()
         return proc.wait(timeout=600)
     finally:
-        if proc.poll() is None:  # a failed test: the command and the Ray it started, by pid
-            family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-            os.killpg(proc.pid, signal.SIGKILL)
-            for pid in family:
-                if psutil.pid_exists(pid):
-                    psutil.Process(pid).kill()
-            proc.wait()
+        kill_family(proc)  # a failed test: the command and the Ray it started
 
 
 def train_args(data: str, out: Path, name: str, uri: str) -> list[str]:
