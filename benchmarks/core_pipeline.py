@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/core_pipeline.py [--epochs 3] [--out /tmp/cg_bench]
 
 Prints training clips/s (Ray Data -> TorchTrainer, last epoch, so warm) with 1 and 2 workers,
-the wall time of each fit, and evaluation clips/s of the resulting checkpoint.
+the wall time of each fit, and evaluation clips/s of the resulting checkpoint. The last line is
+a JSON object with the same figures.
 """
 
 import argparse
@@ -19,10 +20,12 @@ from cg_ray.config import load_config  # noqa: E402
 from cg_ray.demo import WORLD, synthetic_dataset  # noqa: E402
 from cg_ray.predict.evaluate import evaluate  # noqa: E402
 from cg_ray.ray_env import init_ray  # noqa: E402
-from cg_ray.train.driver import train  # noqa: E402
+from cg_ray.runs import train  # noqa: E402
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default="/tmp/cg_bench")
@@ -59,6 +62,19 @@ def main() -> None:
     print(
         f"evaluation: {metrics['num_clips']} clips at {metrics['clips_per_s']:.1f} clips/s "
         f"(decode + forward, driver process)"
+    )
+    print_result(
+        {
+            "cores": os.cpu_count(),
+            "clips": WORLD["cities"] * WORLD["clips_per_city"],
+            "epochs": args.epochs,
+            "train": [
+                {"workers": w, "clips_per_s": round(rate, 1), "fit_s": round(wall, 1), "city_top1": top1}
+                for w, rate, wall, top1 in rows
+            ],
+            "evaluate_clips": metrics["num_clips"],
+            "evaluate_clips_per_s": round(metrics["clips_per_s"], 1),
+        }
     )
 
 

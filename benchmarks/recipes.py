@@ -13,6 +13,8 @@
    thread, the worker's own forward_backward / optimizer_step), median CPU-ms per step at batch
    8 (CPU time, not wall time: the development machine is shared), each switch alone, timed
    round-robin; `--paper` times the paper's model (VideoMAE ViT-S 16x224, CityGuessr68k sizes).
+
+The last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -73,10 +75,12 @@ PAPER = [
 ]
 
 
-def train_runs(data: str, out: str, epochs: int, names: list[str]) -> str:
-    from cg_ray.train.driver import train
+def train_runs(data: str, out: str, epochs: int, names: list[str]) -> tuple[str, dict]:
+    """Trains the named runs into one new MLflow experiment: (its name, top-1 per level of each run)."""
+    from cg_ray.runs import train
 
     experiment = f"recipes-{int(time.time())}"
+    results: dict = {}
     for name, overrides in RUNS.items():
         if name not in names:
             continue
@@ -98,12 +102,15 @@ def train_runs(data: str, out: str, epochs: int, names: list[str]) -> str:
             result = train(cfg)
         except Exception as exc:  # a switch that cannot run yet is reported, not fatal
             print(f"[recipes] {name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+            results[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
             continue
+        results[name] = {k: round(v, 1) for k, v in result.items() if k.endswith("_top1")}
+        results[name]["seconds"] = round(time.perf_counter() - start)
         print(
             f"[recipes] {name}: city top-1 {result['city_top1']:.1f} in {time.perf_counter() - start:.0f} s",
             flush=True,
         )
-    return experiment
+    return experiment, results
 
 
 def _batch(cfg, sizes, n: int) -> dict:
@@ -185,6 +192,8 @@ def step_costs(paper: bool, steps: int, batch: int) -> list[tuple[str, float]]:
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="/tmp/cg_recipes")
@@ -207,6 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["CG_RAY_PROGRESS"] = "0"
     torch.set_num_threads(1)
+    figures: dict = {"epochs": args.epochs, "cue_fraction": args.cue_fraction}
     if not args.skip_train:
         from cg_ray.demo import synthetic_dataset
         from cg_ray.ray_env import init_ray
@@ -214,7 +224,7 @@ def main() -> None:
         world = dict(WORLD, city_cue_fraction=args.cue_fraction)
         data = synthetic_dataset(args.out, **world)
         init_ray(min_cpus=2)
-        experiment = train_runs(data, args.out, args.epochs, args.runs.split(","))
+        experiment, figures["runs"] = train_runs(data, args.out, args.epochs, args.runs.split(","))
         print(
             f"\nworld: {world}\nconfig: configs/demo.yaml + {' '.join(BASE)}; {args.epochs} epochs, "
             f"one seed\n$ cg-ray compare {experiment} --tracking-uri sqlite:///{args.out}/mlflow.db"
@@ -232,6 +242,7 @@ def main() -> None:
             check=False,
         )
     if args.skip_costs:
+        print_result(figures)
         return
     size = "paper model (VideoMAE ViT-S 16x224, 166/157/91/6)" if args.paper else "demo model (16x32x32)"
     print(
@@ -243,6 +254,9 @@ def main() -> None:
     for name, ms in costs:
         extra = f"{ms / base:.2f}x" if base else ""
         print(f"  {name:<28} {ms:>9.1f} CPU-ms  {extra}")
+    figures["cpu_ms_per_step"] = {name: round(ms, 1) for name, ms in costs}
+    figures["cost_model"] = "paper" if args.paper else "demo"
+    print_result(figures)
 
 
 if __name__ == "__main__":

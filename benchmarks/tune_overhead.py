@@ -4,7 +4,7 @@
 
 On the tiny synthetic world of the tests (6 cities x 10 clips, 32x32, configs/demo.yaml with one
 1-CPU worker), in one local Ray session, after a warm-up fit:
-  1. a bare training run (`cg_ray.train.driver.train`, what `cg-ray train` calls),
+  1. a bare training run (`cg_ray.runs.train`, what `cg-ray train` calls),
   2. a 1-trial search whose only trial has exactly that config: its wall time minus (1) is the
      overhead of a Tune trial (Tuner, trial actor, the trainer inside it, MLflow parent run),
   3. the 3-trial search of the demo space (ASHA, random search, as many trials at once as fit):
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from cg_ray.config import load_config  # noqa: E402
 from cg_ray.demo import synthetic_dataset  # noqa: E402
 from cg_ray.ray_env import init_ray  # noqa: E402
-from cg_ray.train.driver import train  # noqa: E402
+from cg_ray.runs import train  # noqa: E402
 from cg_ray.tune.search import search  # noqa: E402
 
 

@@ -43,7 +43,7 @@ def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
     from cg_ray.console import format_table
     from cg_ray.data.stream import load_taxonomy
     from cg_ray.predict.evaluate import evaluate
-    from cg_ray.train.driver import train
+    from cg_ray.runs import train
 
     if not DEMO_CONFIG.exists():
         raise UserError(f"demo config {DEMO_CONFIG} not found: run the demo from a cg_ray checkout")

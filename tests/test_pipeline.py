@@ -19,7 +19,7 @@ DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, ray_session, tmp_path_factory):
-    from cg_ray.train.driver import train
+    from cg_ray.runs import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(
@@ -134,7 +134,7 @@ def test_resuming_a_finished_run_reports_its_last_epoch_again(trained):
     import ray.train
     from mlflow.tracking import MlflowClient
 
-    from cg_ray.train.driver import train
+    from cg_ray.runs import train
 
     result, cfg, out = trained
     reports = str(out / "reports.jsonl")

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from cg_ray.cli import main
 from cg_ray.config import load_config
+from cg_ray.runs import train
 from cg_ray.train.checkpoint import is_complete
-from cg_ray.train.driver import train
 
 pytestmark = pytest.mark.slow
 DEMO = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")

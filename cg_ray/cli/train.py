@@ -48,7 +48,7 @@ cg-ray train --config configs/demo.yaml --resume auto""",
 
 def train(args) -> None:
     from cg_ray.config import load_config
-    from cg_ray.train.driver import train
+    from cg_ray.runs import train
 
     overrides = list(args.set) + ([f"run.register_as={args.register_as}"] if args.register_as else [])
     cfg = load_config(args.config, overrides)

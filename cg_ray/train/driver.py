@@ -3,6 +3,9 @@ Ray Data inputs and fits a TorchTrainer whose workers run cg_ray.train.worker.tr
 
     train()                 checks, resume or new run, datasets, TorchTrainer.fit()
       _finish()             artifacts, registration, the run's summary
+
+Training knows nothing of the stages that use its output: the learning curves' drawing and the
+model registry's registrar come in as `RunOutputs` (cg_ray.runs passes the standard ones).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cg_ray import storage, tracking
 from cg_ray.config import Config
@@ -19,6 +24,18 @@ from cg_ray.taxonomy import Taxonomy
 from cg_ray.train.checkpoint import latest_checkpoint
 from cg_ray.train.splits import ValSplitDataConfig
 from cg_ray.train.worker import train_loop
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the stages above training make of a finished run. `draw_curves(history, title)`
+    turns the MLflow history of `curve_metrics` ({name: [(epoch, value)]}) into PNG bytes,
+    written as learning_curves.png; `register` is tracking.register_model's registrar for
+    run.register_as. Without them a run draws no curves and cannot be registered."""
+
+    curve_metrics: tuple[str, ...] = ()
+    draw_curves: Callable[[dict, str], bytes] | None = None
+    register: Callable | None = None
 
 
 def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
@@ -182,6 +199,7 @@ def train(
     run_tags: dict | None = None,
     check_resources: bool = True,
     in_search: bool = False,
+    outputs: RunOutputs = RunOutputs(),
 ) -> dict:
     """Fit a model as the config says; returns the final metrics, checkpoint and MLflow run id.
 
@@ -193,6 +211,7 @@ def train(
     run needs (a search, for all its trials). `in_search=True`: a search's trial, which goes on
     while the tracking server is away (even at its start) and leaves what it could not deliver
     to the search, which checked the server at its start and delivers it at its end.
+    `outputs`: the learning curves' drawing and the registrar (see RunOutputs).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -201,6 +220,8 @@ def train(
     from cg_ray.data.stream import clip_dataset, split_summary
     from cg_ray.train.checkpoint import read_checkpoint
 
+    if cfg.run.register_as and outputs.register is None:
+        raise ValueError("run.register_as needs RunOutputs.register (cg_ray.runs.train passes it)")
     storage.use_policy(cfg.storage.max_attempts)  # before Ray starts: its workers inherit it
     taxonomy, tables = check_inputs(cfg)
     storage_path = cfg.run.storage_path
@@ -317,15 +338,15 @@ def train(
         tracking.adopt(run_dir, uri)  # what its workers could not deliver
         tracking.end_run(uri, run_id, "FAILED", wait)
         raise _user_error_from(exc) from None
-    return _finish(cfg, result, uri, run_id, storage_path, wait)
+    return _finish(cfg, result, uri, run_id, storage_path, wait, outputs)
 
 
-def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str, wait: float | None) -> dict:
+def _finish(
+    cfg: Config, result, uri: str, run_id: str, storage_path: str, wait: float | None, outputs: RunOutputs
+) -> dict:
     """Artifacts, registration and the summary of a finished fit. While the tracking server is
     away, this waits for it (up to `wait`, default CG_RAY_TRACKING_WAIT_S), then keeps the
     records in the run folder for `cg-ray tracking sync` and says so in one line."""
-    from cg_ray.predict.pyfunc import register_checkpoint
-
     run_dir = storage.join(storage_path, cfg.run.name)
     # What the workers could not deliver goes first; then the server's chance to come back
     # before the learning curves are drawn from what it has.
@@ -336,13 +357,14 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str, wait:
     best_path = storage.uri_of(storage_path, best.path) if best is not None else latest
     _prune_unregistered(result, storage_path, cfg.run.name)
     summary = {**result.metrics, "checkpoint": latest, "best_checkpoint": best_path, "run_id": run_id}
-    summary["learning_curves"] = _learning_curves(cfg, uri, run_id, storage_path)
+    if outputs.draw_curves is not None:
+        summary["learning_curves"] = _learning_curves(cfg, uri, run_id, storage_path, outputs)
     registration = None
     if not storage.is_uri(storage_path):
         tracking.log_artifacts(uri, run_id, latest, "checkpoint")
         if cfg.run.register_as:
             registration = tracking.register_model(
-                uri, run_id, best_path, cfg.run.register_as, register_checkpoint
+                uri, run_id, best_path, cfg.run.register_as, outputs.register
             )
     tracking.end_run(uri, run_id, wait=wait)
     summary["run_id"] = tracking.resolve(uri, run_id)  # a run created late: its id now
@@ -357,12 +379,11 @@ def _finish(cfg: Config, result, uri: str, run_id: str, storage_path: str, wait:
     return summary
 
 
-def _learning_curves(cfg: Config, uri: str, run_id: str, storage_path: str) -> str:
+def _learning_curves(cfg: Config, uri: str, run_id: str, storage_path: str, outputs: RunOutputs) -> str:
     """learning_curves.png in the run folder and in the MLflow run; returns its path."""
-    from cg_ray.report.curves import ACCURACY, LOSSES, learning_curves_png
-
-    png = learning_curves_png(
-        tracking.metric_history(uri, run_id, LOSSES + ACCURACY),
+    assert outputs.draw_curves is not None
+    png = outputs.draw_curves(
+        tracking.metric_history(uri, run_id, outputs.curve_metrics),
         f"{cfg.run.name} ({tracking.resolve(uri, run_id)[:8]})",
     )
     path = storage.join(storage_path, cfg.run.name, "learning_curves.png")

@@ -68,7 +68,7 @@ def run_trial(params: dict, *, base: dict, search_dir: str, parent_run_id: str, 
     """One trial, in a Tune actor: train() with the trial's config; an MLflow child run."""
     from ray import tune
 
-    from cg_ray.train.driver import train
+    from cg_ray.runs import train
 
     trial_id = tune.get_context().get_trial_id()
     name = base["run"]["name"]
