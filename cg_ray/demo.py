@@ -23,7 +23,7 @@ def synthetic_dataset(out: str, log=lambda line: None, **world) -> str:
     """OUT/world (a synthetic world) prepared as OUT/data with text features of its label names
     (open_clip ViT-B-32, random weights: no hub); what exists already is kept. Returns OUT/data."""
     from cg_ray.data.layouts import prepare
-    from cg_ray.data.stream import load_taxonomy
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.data.synthetic import make_world
     from cg_ray.labels.text import FILENAME, encode_label_names, save_text_features
 
@@ -34,14 +34,14 @@ def synthetic_dataset(out: str, log=lambda line: None, **world) -> str:
         prepare("cityguessr", os.path.join(out, "world"), data)
     if not storage.exists(os.path.join(data, FILENAME)):
         log("[demo] text features of the label names (open_clip ViT-B-32, random weights)")
-        taxonomy = load_taxonomy(data)
+        taxonomy = PreparedDataset(data).taxonomy
         save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
     return data
 
 
 def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
     from cg_ray.console import format_table
-    from cg_ray.data.stream import load_taxonomy
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.predict.evaluate import evaluate
     from cg_ray.runs import train
 
@@ -50,7 +50,7 @@ def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
     out = os.path.abspath(out)
     start = time.perf_counter()
     data = synthetic_dataset(out, log=lambda line: print(line, flush=True), **WORLD)
-    taxonomy = load_taxonomy(data)
+    taxonomy = PreparedDataset(data).taxonomy
 
     overrides = [
         f"data.path={data}",

@@ -9,7 +9,7 @@ from PIL import Image
 
 from cg_ray.config import LossConfig
 from cg_ray.data.layouts import prepare
-from cg_ray.data.stream import load_taxonomy
+from cg_ray.data.prepared import PreparedDataset
 from cg_ray.evaluation import Accuracy, average_views, rank, top1
 from cg_ray.model.losses import compute_losses, tla_loss
 from cg_ray.model.net import GeoOutput
@@ -116,7 +116,7 @@ def test_official_import_keeps_the_authors_ids_as_class_indices(tmp_path, names)
     source.mkdir()
     _official_files(source, names=names)
     prepare("cityguessr", str(source), str(tmp_path / "out"))
-    taxonomy = load_taxonomy(str(tmp_path / "out"))
+    taxonomy = PreparedDataset(str(tmp_path / "out")).taxonomy
     if names:
         assert taxonomy.labels["city"] == [f"Z{12 - c:02d}" for c in range(12)]
     else:

@@ -15,8 +15,9 @@ from cg_ray.cli import main
 from cg_ray.data.decode import decode_clip
 from cg_ray.data.layouts import prepare
 from cg_ray.data.pack import PackOptions, pack
+from cg_ray.data.prepared import PreparedDataset
 from cg_ray.data.shards import pack_dir
-from cg_ray.data.stream import clip_dataset, decode_batch, load_taxonomy
+from cg_ray.data.stream import clip_dataset, decode_batch
 from cg_ray.data.synthetic import make_world
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS
@@ -114,7 +115,7 @@ def test_every_clip_is_in_exactly_one_shard(packed):
 
 def test_shards_stream_as_the_raw_columns(packed):
     data, _, bad = packed
-    taxonomy = load_taxonomy(str(data))
+    taxonomy = PreparedDataset(str(data)).taxonomy
     batch = next(
         iter(
             clip_dataset(str(data), "train", taxonomy, T, S, keep_ids=True).iter_batches(
@@ -156,12 +157,16 @@ def test_shards_stream_as_the_raw_columns(packed):
 
 def test_seeded_shuffle_changes_every_epoch(packed):
     data, _, _ = packed
-    ds = clip_dataset(str(data), "train", load_taxonomy(str(data)), T, S, shuffle_seed=0, keep_ids=True)
+    ds = clip_dataset(
+        str(data), "train", PreparedDataset(str(data)).taxonomy, T, S, shuffle_seed=0, keep_ids=True
+    )
     ds.context.execution_options.preserve_order = True  # as training runs it: reproducible
     epochs = [[r["clip_id"] for r in ds.iter_rows()] for _ in range(3)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(epochs[2])
     assert epochs[0] != epochs[1] != epochs[2]
-    again = clip_dataset(str(data), "train", load_taxonomy(str(data)), T, S, shuffle_seed=0, keep_ids=True)
+    again = clip_dataset(
+        str(data), "train", PreparedDataset(str(data)).taxonomy, T, S, shuffle_seed=0, keep_ids=True
+    )
     again.context.execution_options.preserve_order = True
     assert [r["clip_id"] for r in again.iter_rows()] == epochs[0]
 
@@ -174,7 +179,7 @@ def test_gpu_decoding_streams_the_same_batches(packed):
     from cg_ray.data.feed import DeviceFeed
 
     data, _, bad = packed
-    taxonomy = load_taxonomy(str(data))
+    taxonomy = PreparedDataset(str(data)).taxonomy
     batches = {}
     for decode in ("cpu", "gpu"):
         ds = clip_dataset(
@@ -203,7 +208,7 @@ def test_workers_get_disjoint_parts_and_equal_steps(packed):
     from cg_ray.train.splits import ValSplitDataConfig
 
     data, _, _ = packed
-    taxonomy = load_taxonomy(str(data))
+    taxonomy = PreparedDataset(str(data)).taxonomy
     datasets = {
         "train": clip_dataset(str(data), "train", taxonomy, T, S, shuffle_seed=1, keep_ids=True),
         "val": clip_dataset(str(data), "val", taxonomy, T, S, keep_ids=True),
@@ -261,7 +266,7 @@ def test_new_labels_after_pack_are_refused_until_a_relabel(packed, tmp_path):
     table = pq.read_table(copy / "manifest.parquet")
     majority = pa.array([i % 16 for i in range(table.num_rows)], pa.int32())
     pq.write_table(table.append_column("scene_majority", majority), copy / "manifest.parquet")
-    taxonomy = load_taxonomy(str(copy))
+    taxonomy = PreparedDataset(str(copy)).taxonomy
     with pytest.raises(
         UserError,
         match=r"manifest.parquet' changed after the shards .* run "

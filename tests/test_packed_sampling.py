@@ -68,10 +68,11 @@ def test_samplings_from_raw_clips(data):
     """The decode step of clip_dataset on raw clips: the frames each sampling names."""
     import pyarrow.parquet as pq
 
-    from cg_ray.data.stream import decode_batch, load_taxonomy
+    from cg_ray.data.prepared import PreparedDataset
+    from cg_ray.data.stream import decode_batch
 
     manifest = pq.read_table(data / "manifest.parquet").to_pandas()
-    taxonomy = load_taxonomy(str(data))
+    taxonomy = PreparedDataset(str(data)).taxonomy
     label_ids = {level: taxonomy.index(level) for level in ("city", "state", "country", "continent")}
 
     def decode(rows, sampling, seed=None):
@@ -106,12 +107,13 @@ def test_samplings_from_raw_clips(data):
 
 
 def batches(data, split, sampling, seed=None):
-    from cg_ray.data.stream import clip_dataset, load_taxonomy
+    from cg_ray.data.prepared import PreparedDataset
+    from cg_ray.data.stream import clip_dataset
 
     ds = clip_dataset(
         str(data),
         split,
-        load_taxonomy(str(data)),
+        PreparedDataset(str(data)).taxonomy,
         sampling.num_frames,
         S,
         shuffle_seed=seed,

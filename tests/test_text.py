@@ -1,10 +1,23 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from output import own
 
+from cg_ray.data.prepared import PreparedDataset
 from cg_ray.errors import UserError
-from cg_ray.labels.text import encode_label_names, load_text_tables, save_text_features
+from cg_ray.labels.text import encode_label_names, save_text_features
 from cg_ray.taxonomy import LEVELS
+
+
+def load_text_tables(path: str, taxonomy) -> dict:
+    """The text tables as training reads them: from the prepared dataset at `path` (a bare
+    folder is given the manifest and taxonomy that make it one)."""
+    folder = Path(path)
+    if not (folder / "manifest.parquet").exists():
+        (folder / "manifest.parquet").write_bytes(b"")  # only its presence is asked here
+        (folder / "taxonomy.json").write_text(taxonomy.to_json())
+    return PreparedDataset(path).text_tables
 
 
 def test_text_features_round_trip(small_taxonomy, tmp_path):
@@ -44,7 +57,7 @@ def test_pretrained_weights_file_is_loaded_without_a_hub(small_taxonomy, tmp_pat
     weights = tmp_path / "clip.pt"
     torch.save(model.state_dict(), weights)
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "manifest.parquet").write_bytes(b"")  # load_taxonomy wants a dataset
+    (tmp_path / "data" / "manifest.parquet").write_bytes(b"")  # PreparedDataset wants a manifest
     (tmp_path / "data" / "taxonomy.json").write_text(small_taxonomy.to_json())
     assert (
         main(

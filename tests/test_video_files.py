@@ -154,8 +154,9 @@ def test_rotated_clip_is_upright_in_pack_training_input_and_predict(ray_session,
     from predict_helpers import train_tiny_checkpoint
 
     from cg_ray.data.pack import PackOptions, pack
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.data.shards import decode_jpeg_into
-    from cg_ray.data.stream import clip_dataset, load_taxonomy
+    from cg_ray.data.stream import clip_dataset
     from cg_ray.predict.predictor import Predictor, open_checkpoint, predict_inputs
 
     for city in LABELS:
@@ -166,7 +167,7 @@ def test_rotated_clip_is_upright_in_pack_training_input_and_predict(ray_session,
     )
     data = tmp_path / "data"
     prepare("videos", str(tmp_path), str(data))
-    taxonomy = load_taxonomy(str(data))
+    taxonomy = PreparedDataset(str(data)).taxonomy
     # Training input from the raw files.
     batch = next(
         iter(

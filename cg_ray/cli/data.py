@@ -232,10 +232,10 @@ cg-ray text data/ --pretrained /models/open_clip_vit_b32.pt""",
 
 
 def text(args) -> None:
-    from cg_ray.data.stream import load_taxonomy
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.labels.text import encode_label_names, save_text_features
 
-    taxonomy = load_taxonomy(args.dest)
+    taxonomy = PreparedDataset(args.dest).taxonomy
     features = encode_label_names(taxonomy, args.model, args.pretrained, args.template, args.seed)
     print(save_text_features(args.dest, features, taxonomy))
 

@@ -102,19 +102,21 @@ def bench_data(
     import torch
 
     from cg_ray.data.feed import DeviceFeed
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.data.shards import packed_files
-    from cg_ray.data.stream import clip_dataset, load_taxonomy
+    from cg_ray.data.stream import clip_dataset
     from cg_ray.ray_env import init_ray
 
     if clips < batch_size * 2:
         raise UserError(f"--clips {clips} is too few to measure; use at least {batch_size * 2}")
-    taxonomy = load_taxonomy(data_path)
-    packed = packed_files(data_path, split, num_frames, image_size) is not None
+    dataset = PreparedDataset.open(data_path)
+    taxonomy = dataset.taxonomy
+    packed = packed_files(dataset, split, num_frames, image_size) is not None
     with MemorySampler() as memory:
         init_ray()
         start = time.perf_counter()
         ds = clip_dataset(
-            data_path,
+            dataset,
             split,
             taxonomy,
             num_frames,

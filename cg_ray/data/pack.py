@@ -32,8 +32,9 @@ from cg_ray import storage
 from cg_ray.console import Progress
 from cg_ray.data.decode import ClipError, decode_clip
 from cg_ray.data.packed_sampling import PACK_KINDS
+from cg_ray.data.prepared import PreparedDataset
 from cg_ray.data.sampling import Sampling
-from cg_ray.data.shards import LABEL_COLUMNS, PACK_SCHEMA, REPORT, manifest_stamp, pack_dir, shard_path
+from cg_ray.data.shards import LABEL_COLUMNS, PACK_SCHEMA, REPORT, pack_dir, shard_path
 from cg_ray.errors import UserError
 from cg_ray.storage_errors import StorageError, StorageUnavailable
 from cg_ray.taxonomy import LEVELS
@@ -159,14 +160,10 @@ def pack_shard(plan: pa.Table, opts: dict) -> pa.Table:
     )
 
 
-def _manifest(data_path: str) -> pa.Table:
-    from cg_ray.data.stream import manifest_path
-
-    fs, path = storage.filesystem(manifest_path(data_path))
-    names = pq.read_schema(path, filesystem=fs).names
-    columns = ["clip_id", "source", *LEVELS, "split", "scene_soft"]
-    columns += [c for c in ("scene_majority", "frames") if c in names]
-    return pq.read_table(path, columns=columns, filesystem=fs)
+def _manifest(dataset: PreparedDataset) -> pa.Table:
+    return dataset.manifest(
+        columns=["clip_id", "source", *LEVELS, "split", "scene_soft", "scene_majority", "frames"]
+    )
 
 
 def plan_shards(table: pa.Table, root: str, opts: PackOptions) -> list[pa.Table]:
@@ -243,9 +240,10 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
         raise UserError(f"pack options must be positive and quality in 1..100; got {asdict(opts)}")
     if opts.sampling not in PACK_KINDS:
         raise UserError(f"pack --sampling {opts.sampling!r}: must be one of {', '.join(PACK_KINDS)}")
-    table = _manifest(data_path)
-    root = pack_dir(data_path, opts.num_frames, opts.image_size, opts.sampling)
-    stamp = manifest_stamp(data_path)
+    dataset = PreparedDataset.open(data_path)
+    table = _manifest(dataset)
+    root = pack_dir(dataset, opts.num_frames, opts.image_size, opts.sampling)
+    stamp = dataset.stamp()
     labelled_from = _check_plan(root, _fingerprint(table, opts), stamp)
     _clear_temporaries(root)
     plans = plan_shards(table, root, opts)

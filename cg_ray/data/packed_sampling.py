@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cg_ray import storage
 from cg_ray.data.sampling import Sampling
 from cg_ray.errors import UserError
 
@@ -45,31 +44,15 @@ def pack_name(num_frames: int, image_size: int, kind: str = "uniform") -> str:
     return f"frames{num_frames}_size{image_size}" + ("" if kind == "uniform" else f"_{kind}")
 
 
-def complete_packs(data_path: str, image_size: int, report: str) -> list[PackChoice]:
-    """The packs under DEST/shards at `image_size` whose report (written last) exists."""
-    shards = storage.join(data_path, "shards")
-    if not storage.is_dir(shards):
-        return []
-    found = []
-    for info in storage.list_dir(shards):
-        match = PACK_NAME.match(info.base_name)
-        if info.is_file or not match or int(match[2]) != image_size:
-            continue
-        root = storage.join(shards, info.base_name)
-        if storage.exists(storage.join(root, report)):
-            found.append(PackChoice(root, int(match[1]), match[3] or "uniform"))
-    return sorted(found, key=lambda p: (p.frames, p.kind))
-
-
 def pack_command(data_path: str, frames: int, image_size: int, kind: str) -> str:
     option = f" --sampling {kind}" if kind != "uniform" else ""
     return f"cg-ray pack {data_path} --frames {frames} --size {image_size}{option}"
 
 
-def serving_pack(data_path: str, sampling: Sampling, image_size: int, report: str) -> PackChoice | None:
+def serving_pack(dataset, sampling: Sampling, image_size: int, report: str) -> PackChoice | None:
     """The pack to stream `sampling` from (fewest frames that serve), or None when there is no
     complete pack at `image_size`; a UserError when there are packs but none serves."""
-    packs = complete_packs(data_path, image_size, report)
+    packs = dataset.complete_packs(image_size, report)  # a cg_ray.data.prepared.PreparedDataset
     if not packs:
         return None
     kind, needed = sampling.pack_kind(), sampling.pack_frames_needed()
@@ -79,10 +62,10 @@ def serving_pack(data_path: str, sampling: Sampling, image_size: int, report: st
     views = f" and eval.views={sampling.views}" if sampling.views > 1 else ""
     names = ", ".join(p.root.rstrip("/").rsplit("/", 1)[-1] for p in packs)
     raise UserError(
-        f"the packed shards of '{data_path}' ({names}) cannot serve "
+        f"the packed shards of '{dataset}' ({names}) cannot serve "
         f"data.sampling={sampling.name} with {sampling.num_frames} frames{views}: it "
         f"needs a{'n' if kind == 'official' else ''} {kind} pack of at least {needed} "
-        f"frames at {image_size}; run `{pack_command(data_path, needed, image_size, kind)}`"
+        f"frames at {image_size}; run `{pack_command(str(dataset), needed, image_size, kind)}`"
     )
 
 

@@ -13,7 +13,6 @@ counts it in `bad_clips` exactly as it would count a clip that fails to decode f
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from cg_ray import storage
 from cg_ray.data.packed_sampling import is_identity, pack_command, pack_name, select_frames, serving_pack
+from cg_ray.data.prepared import MANIFEST, PreparedDataset
 from cg_ray.data.sampling import Sampling
 from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
@@ -51,42 +51,35 @@ STREAM_COLUMNS = ["clip_id", *LEVELS, "scene_soft", "scene_majority", "frames", 
 LABEL_COLUMNS = ["split", *LEVELS, "scene_soft", "scene_majority"]  # copied from the manifest
 
 
-def pack_dir(data_path: str, num_frames: int, image_size: int, kind: str = "uniform") -> str:
+def pack_dir(dataset: PreparedDataset | str, num_frames: int, image_size: int, kind: str = "uniform") -> str:
     """DEST/shards/frames{F}_size{S}, with `_official` for a pack of the official picks."""
-    return storage.join(data_path, "shards", pack_name(num_frames, image_size, kind))
+    return storage.join(str(dataset), "shards", pack_name(num_frames, image_size, kind))
 
 
 def shard_path(root: str, split: str, index: int) -> str:
     return storage.join(root, split, f"part-{index:05d}.parquet")
 
 
-def manifest_stamp(data_path: str) -> dict:
-    """Size and modification time of manifest.parquet: which manifest a pack was made from."""
-    fs, inner = storage.filesystem(storage.join(data_path, "manifest.parquet"))
-    info = fs.get_file_info(inner)
-    return {"size": info.size, "mtime_ns": info.mtime_ns}
-
-
 def packed_files(
-    data_path: str, split: str, num_frames: int, image_size: int, kind: str = "uniform"
+    dataset: PreparedDataset | str, split: str, num_frames: int, image_size: int, kind: str = "uniform"
 ) -> list[str] | None:
     """The shard files of one split, when a complete pack for (F, S, kind) exists; else None.
 
     A pack made from an older manifest (prepared again, or given scene labels by `cg-ray scenes`
     since) is refused: its labels would be stale."""
-    root = pack_dir(data_path, num_frames, image_size, kind)
-    report_path = storage.join(root, REPORT)
-    if not storage.exists(report_path):
+    dataset = PreparedDataset.open(dataset)
+    name = pack_name(num_frames, image_size, kind)
+    if not dataset.exists("shards", name, REPORT):
         return None
-    report = json.loads(storage.read_text(report_path))
-    if report.get("manifest") != manifest_stamp(data_path):
+    report = dataset.read_json("shards", name, REPORT)
+    if report.get("manifest") != dataset.stamp():
         raise UserError(
-            f"'{data_path}/manifest.parquet' changed after the shards in '{root}' were "
-            f"packed (prepared again, or new scene labels); run "
-            f"`{pack_command(data_path, num_frames, image_size, kind)}` again: it keeps "
+            f"'{dataset.uri(MANIFEST)}' changed after the shards in '{dataset.uri('shards', name)}' "
+            f"were packed (prepared again, or new scene labels); run "
+            f"`{pack_command(str(dataset), num_frames, image_size, kind)}` again: it keeps "
             f"the packed frames and refreshes the labels"
         )
-    return [storage.join(root, name) for name in report["shards"].get(split, [])]
+    return [dataset.inner("shards", name, file) for file in report["shards"].get(split, [])]
 
 
 def decode_jpeg_into(data, out: np.ndarray) -> None:
@@ -225,7 +218,7 @@ def read_and_decode(
 
 
 def packed_dataset(
-    data_path: str,
+    dataset: PreparedDataset,
     split: str,
     label_ids: dict[str, dict[str, int]],
     num_frames: int,
@@ -248,9 +241,9 @@ def packed_dataset(
     import ray.data
 
     sampling = sampling or Sampling("uniform", num_frames)
-    pack = serving_pack(data_path, sampling, image_size, REPORT)  # refuses a pack that cannot
-    files = packed_files(data_path, split, pack.frames, image_size, pack.kind) if pack else None
-    if not files:
+    pack = serving_pack(dataset, sampling, image_size, REPORT)  # refuses a pack that cannot
+    paths = packed_files(dataset, split, pack.frames, image_size, pack.kind) if pack else None
+    if not paths:
         return None
     select = (
         None if is_identity(sampling, pack) else dict(sampling=sampling, kind=pack.kind, packed=pack.frames)
@@ -259,8 +252,6 @@ def packed_dataset(
         log.warning("data.decode=gpu gives one view per clip; decoding %s views on the CPU", sampling.leading)
         decode = "cpu"
     per_clip = int(np.prod(sampling.leading, dtype=np.int64)) * sampling.num_frames
-    fs, _ = storage.filesystem(data_path)
-    paths = [storage.filesystem(f)[1] for f in files]
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
     if shuffle_seed is not None:
         seed = ray.data.RandomSeedConfig(shuffle_seed, reseed_after_execution=True)
@@ -274,7 +265,7 @@ def packed_dataset(
         batch_size=1,
         batch_format="numpy",
         fn_kwargs=dict(
-            filesystem=fs,
+            filesystem=dataset.fs,
             batch_size=block,
             seed=shuffle_seed,
             decode=decode,

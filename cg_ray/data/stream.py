@@ -14,32 +14,14 @@ import logging
 import numpy as np
 import ray.data
 
-from cg_ray import storage
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.data.prepared import PreparedDataset
 from cg_ray.data.sampling import Sampling
 from cg_ray.data.tables import scene_targets
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 log = logging.getLogger(__name__)
-
-
-def manifest_path(data_path: str) -> str:
-    path = storage.join(data_path, "manifest.parquet")
-    if not storage.exists(path):
-        raise UserError(
-            f"'{data_path}' is not a prepared dataset (no manifest.parquet{storage.why_missing(data_path)}); "
-            f"run `cg-ray prepare SOURCE --out {data_path}` first"
-        )
-    return path
-
-
-def load_taxonomy(data_path: str) -> Taxonomy:
-    manifest_path(data_path)  # a folder that was never prepared gets the clearer message
-    path = storage.join(data_path, "taxonomy.json")
-    if not storage.exists(path):
-        raise UserError(f"'{data_path}' has no taxonomy.json; run `cg-ray prepare` again")
-    return Taxonomy.from_json(storage.read_text(path))
 
 
 def decode_batch(
@@ -82,7 +64,7 @@ def decode_batch(
 
 
 def clip_dataset(
-    data_path: str,
+    dataset: PreparedDataset | str,
     split: str,
     taxonomy: Taxonomy,
     num_frames: int,
@@ -104,9 +86,10 @@ def clip_dataset(
     """
     from cg_ray.data.shards import packed_dataset
 
+    dataset = PreparedDataset.open(dataset)
     label_ids = {level: taxonomy.index(level) for level in LEVELS}
     packed = packed_dataset(
-        data_path,
+        dataset,
         split,
         label_ids,
         num_frames,
@@ -122,10 +105,10 @@ def clip_dataset(
         return packed
     if decode == "gpu":
         raise UserError(
-            f"data.decode=gpu needs packed shards of '{data_path}' for "
+            f"data.decode=gpu needs packed shards of '{dataset}' for "
             f"{num_frames} frames at {image_size}: run `cg-ray pack` first"
         )
-    ds = _manifest_rows(data_path, split, rows_per_block=16 * decode_batch_size)
+    ds = _manifest_rows(dataset, split, rows_per_block=16 * decode_batch_size)
     if shuffle_seed is not None:
         # Rows of the manifest are small: shuffling them before decoding is cheap. An int seed
         # would give the same order every epoch; this config re-seeds with each execution.
@@ -146,7 +129,7 @@ def clip_dataset(
     )
 
 
-def _manifest_rows(data_path: str, split: str, rows_per_block: int) -> ray.data.Dataset:
+def _manifest_rows(dataset: PreparedDataset, split: str, rows_per_block: int) -> ray.data.Dataset:
     """The manifest rows of one split, read here and handed to Ray Data as in-memory blocks.
 
     A manifest is small beside the clips (paths, labels and scene targets: tens of MB for
@@ -154,40 +137,6 @@ def _manifest_rows(data_path: str, split: str, rows_per_block: int) -> ray.data.
     `ray.data.read_parquet` of one small file cost 3.5-4.6 s per execution on 2 cores (its
     ListFiles task alone), i.e. per epoch and split; this costs ~0.2 s. Blocks of
     `rows_per_block` rows let the decode tasks run in parallel."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(manifest_path(data_path))
-    table = pq.read_table(path, filesystem=fs)
-    table = table.filter(pc.equal(table.column("split"), split))
+    table = dataset.manifest(split)
     step = max(rows_per_block, 1)
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
-
-
-def split_summary(data_path: str) -> dict[str, int]:
-    """Clips per split, read from the manifest's split column only."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(manifest_path(data_path))
-    table = pq.read_table(path, columns=["split"], filesystem=fs)
-    splits, counts = np.unique(table.column("split").to_numpy(zero_copy_only=False), return_counts=True)
-    return {str(s): int(c) for s, c in zip(splits, counts)}
-
-
-def has_scene_labels(data_path: str, split: str) -> bool:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(manifest_path(data_path))
-    schema = pq.read_schema(path, filesystem=fs)
-    if "scene_soft" not in schema.names:
-        return False
-    # Batch by batch, two columns: a manifest of millions of rows is never held whole.
-    rows = 0
-    with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(columns=["split", "scene_soft"], batch_size=65536):
-            mine = batch.filter(pc.equal(batch.column("split"), split))
-            if mine.column("scene_soft").null_count:
-                return False
-            rows += mine.num_rows
-    return rows > 0

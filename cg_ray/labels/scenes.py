@@ -173,7 +173,7 @@ def _dataset(todo: list[dict], weights: np.ndarray, places, opts: SceneOptions):
 def label_scenes(dest: str, opts: SceneOptions) -> dict:
     """Label every clip of the prepared dataset `dest`; returns the summary (also written to
     DEST/scenes_report.json)."""
-    from cg_ray.data.stream import manifest_path
+    from cg_ray.data.prepared import MANIFEST, PreparedDataset
     from cg_ray.labels.hierarchy import read_categories, read_hierarchy
     from cg_ray.labels.places import load_places_weights
     from cg_ray.ray_env import init_ray
@@ -183,7 +183,8 @@ def label_scenes(dest: str, opts: SceneOptions) -> dict:
             raise UserError(f"scenes {name}={getattr(opts, name)}: must be at least 1")
     if opts.actors is not None and opts.actors < 1:
         raise UserError(f"--actors must be at least 1, got {opts.actors}")
-    manifest = manifest_path(dest)
+    dataset = PreparedDataset.open(dest)
+    manifest = dataset.uri(MANIFEST)
     categories = read_categories(opts.categories)
     weights = read_hierarchy(opts.hierarchy, categories)  # bad sheets fail before Ray starts
     places = load_places_weights(opts.checkpoint, opts.arch)
@@ -192,7 +193,7 @@ def label_scenes(dest: str, opts: SceneOptions) -> dict:
             f"Places365 checkpoint '{opts.checkpoint}' has {places.num_classes} "
             f"outputs but there are {len(categories)} categories; pass --categories"
         )
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(manifest))).to_pylist()
+    rows = dataset.manifest().to_pylist()
     done = load_partial(dest, _settings(opts, weights, places.arch))
     todo = [
         {

@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 import torch
 
 from cg_ray import storage
+from cg_ray.data.prepared import TEXT_FEATURES
 from cg_ray.errors import UserError
 from cg_ray.taxonomy import LEVELS, Taxonomy
 
 log = logging.getLogger(__name__)
 
-FILENAME = "text_features.parquet"
+FILENAME = TEXT_FEATURES  # read back by PreparedDataset.text_tables
 DEFAULT_TEMPLATE = "a street in {}."
 
 
@@ -139,30 +140,3 @@ def save_text_features(data_path: str, features: dict[str, np.ndarray], taxonomy
     path = storage.join(data_path, FILENAME)
     storage.write_bytes(path, sink.getvalue())
     return path
-
-
-def load_text_tables(data_path: str, taxonomy: Taxonomy) -> dict[str, np.ndarray]:
-    """level -> (n_level, D) in taxonomy id order; a clear error when missing or incomplete."""
-    path = storage.join(data_path, FILENAME)
-    if not storage.exists(path):
-        raise UserError(
-            f"'{data_path}' has no {FILENAME}: run `cg-ray text {data_path}` to make "
-            f"the TLA targets, or switch TLA off with --set model.tla.enabled=false"
-        )
-    table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
-    rows = {
-        (lvl, lab): vec
-        for lvl, lab, vec in zip(
-            table["level"].to_pylist(), table["label"].to_pylist(), table["vector"].to_pylist()
-        )
-    }
-    tables = {}
-    for level in LEVELS:
-        missing = [name for name in taxonomy.labels[level] if (level, name) not in rows]
-        if missing:
-            raise UserError(
-                f"{path} has no vector for {level} '{missing[0]}' "
-                f"({len(missing)} missing): run `cg-ray text {data_path}` again"
-            )
-        tables[level] = np.asarray([rows[(level, name)] for name in taxonomy.labels[level]], dtype=np.float32)
-    return tables

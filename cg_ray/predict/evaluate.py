@@ -47,27 +47,29 @@ def predict_split(
     eval.views); frames are taken by the checkpoint's data.sampling."""
     from cg_ray.data.feed import DeviceFeed
     from cg_ray.data.gpu_decode import resolve_decode
-    from cg_ray.data.packed_sampling import complete_packs
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.data.sampling import eval_sampling
     from cg_ray.data.shards import REPORT
-    from cg_ray.data.stream import clip_dataset, load_taxonomy, split_summary
+    from cg_ray.data.stream import clip_dataset
     from cg_ray.ray_env import init_ray
 
-    differences = loaded.taxonomy.differences(load_taxonomy(data_path))
+    dataset = PreparedDataset.open(data_path)
+    differences = loaded.taxonomy.differences(dataset.taxonomy)
     if differences:
         raise UserError(f"the checkpoint's taxonomy differs from the dataset's: {differences[0]}")
-    if not split_summary(data_path).get(split):
-        raise UserError(f"dataset '{data_path}' has no clips in split '{split}'")
+    listed = dataset.splits.get(split, 0)
+    if not listed:
+        raise UserError(f"dataset '{dataset}' has no clips in split '{split}'")
     init_ray()
     d = loaded.config.data
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    packed = bool(complete_packs(data_path, d.image_size, REPORT))
+    packed = bool(dataset.complete_packs(d.image_size, REPORT))
     decode = resolve_decode(decode or d.decode, device.type == "cuda", packed)
     model = loaded.model.to(device).eval()
     bf16 = device.type == "cuda" and loaded.config.train.precision != "fp32"
     sampling = eval_sampling(loaded.config, views)
     ds = clip_dataset(
-        data_path,
+        dataset,
         split,
         loaded.taxonomy,
         d.num_frames,
@@ -79,7 +81,7 @@ def predict_split(
     )
     ids, labels, probs, bad = [], {lvl: [] for lvl in LEVELS}, {lvl: [] for lvl in LEVELS}, 0
     start = time.perf_counter()
-    progress = Progress(f"evaluate {split}", split_summary(data_path)[split])
+    progress = Progress(f"evaluate {split}", listed)
     for batch in DeviceFeed(ds, batch_size, device):
         valid = batch["valid"].cpu().numpy()
         bad += int((~valid).sum())
@@ -97,7 +99,6 @@ def predict_split(
     progress.close(len(ids) + bad, bad=bad)
     if not ids:
         raise UserError(f"no clip of split '{split}' in '{data_path}' could be decoded")
-    listed = split_summary(data_path)[split]
     if len(ids) + bad != listed:
         # Metrics over a subset that is not the split (minus its bad clips) would change with
         # whatever lost them: refuse rather than report them.

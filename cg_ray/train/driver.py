@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from cg_ray import storage, tracking
 from cg_ray.config import Config
+from cg_ray.data.prepared import PreparedDataset
 from cg_ray.errors import UserError
 from cg_ray.secrets import redact_tree
 from cg_ray.taxonomy import Taxonomy
@@ -38,53 +39,49 @@ class RunOutputs:
     register: Callable | None = None
 
 
-def check_inputs(cfg: Config) -> tuple[Taxonomy, dict | None]:
-    """Everything a run needs, checked before any worker starts: the taxonomy, both splits,
-    scene labels when the scene loss is on, text features when TLA is on."""
-    from cg_ray.data.stream import has_scene_labels, load_taxonomy, split_summary
-    from cg_ray.labels.text import load_text_tables
-
+def check_inputs(cfg: Config) -> tuple[PreparedDataset, dict | None]:
+    """Everything a run needs, checked before any worker starts: the dataset with its taxonomy,
+    both splits, scene labels when the scene loss is on, text features when TLA is on (or when
+    the graph head starts from them). Returns the opened dataset and the text tables."""
     if not cfg.data.path:
         raise UserError("no dataset: set data.path (e.g. --set data.path=DEST from `cg-ray prepare`)")
-    taxonomy = load_taxonomy(cfg.data.path)
-    splits = split_summary(cfg.data.path)
+    dataset = PreparedDataset.open(cfg.data.path)
+    dataset.taxonomy  # noqa: B018 (read now: a dataset without one fails before Ray starts)
+    splits = dataset.splits
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not splits.get(split):
             raise UserError(
-                f"dataset '{cfg.data.path}' has no clips in split '{split}' (it has: {splits or 'none'})"
+                f"dataset '{dataset}' has no clips in split '{split}' (it has: {splits or 'none'})"
             )
     if splits[cfg.data.train_split] < cfg.train.num_workers:
         raise UserError(
             f"{splits[cfg.data.train_split]} training clips cannot feed "
             f"train.num_workers={cfg.train.num_workers} workers"
         )
-    if cfg.model.sca.enabled and not has_scene_labels(cfg.data.path, cfg.data.train_split):
+    if cfg.model.sca.enabled and not dataset.has_scene_labels(cfg.data.train_split):
         raise UserError(
-            f"dataset '{cfg.data.path}' has no scene labels for every training clip: run "
+            f"dataset '{dataset}' has no scene labels for every training clip: run "
             f"`cg-ray scenes` on it, or switch the scene loss off with "
             f"--set model.sca.enabled=false"
         )
-    tables = load_text_tables(cfg.data.path, taxonomy) if cfg.model.tla.enabled else None
-    if tables is None and cfg.model.head == "graph" and cfg.model.graph.text_init:
-        from cg_ray.labels.text import FILENAME
-
-        # The graph head starts its node embeddings from the label names' text features when
-        # the dataset has them (TLA off or not).
-        if storage.exists(storage.join(cfg.data.path, FILENAME)):
-            tables = load_text_tables(cfg.data.path, taxonomy)
+    tables = None
+    # The graph head starts its node embeddings from the label names' text features when the
+    # dataset has them (TLA off or not).
+    graph_text = cfg.model.head == "graph" and cfg.model.graph.text_init and dataset.has_text_features()
+    if cfg.model.tla.enabled or graph_text:
+        tables = dataset.text_tables
     if cfg.data.decode == "gpu":  # before any run starts: GPU decoding needs a GPU and a pack
-        _resolve_decode(cfg, cfg.train.use_gpu is not False)
-    return taxonomy, tables
+        _resolve_decode(cfg, dataset, cfg.train.use_gpu is not False)
+    return dataset, tables
 
 
-def _resolve_decode(cfg: Config, use_gpu: bool) -> str:
+def _resolve_decode(cfg: Config, dataset: PreparedDataset, use_gpu: bool) -> str:
     """data.decode for this run: 'gpu' (workers decode the JPEG bytes) or 'cpu'."""
     from cg_ray.data.gpu_decode import resolve_decode
-    from cg_ray.data.packed_sampling import complete_packs
     from cg_ray.data.shards import REPORT
 
     d = cfg.data
-    return resolve_decode(d.decode, use_gpu, bool(complete_packs(d.path, d.image_size, REPORT)))
+    return resolve_decode(d.decode, use_gpu, bool(dataset.complete_packs(d.image_size, REPORT)))
 
 
 # Keys that may change when a run resumes; any other difference means another experiment.
@@ -217,13 +214,14 @@ def train(
     from ray.train.torch import TorchTrainer
 
     from cg_ray.data.sampling import eval_sampling, training_sampling
-    from cg_ray.data.stream import clip_dataset, split_summary
+    from cg_ray.data.stream import clip_dataset
     from cg_ray.train.checkpoint import read_checkpoint
 
     if cfg.run.register_as and outputs.register is None:
         raise ValueError("run.register_as needs RunOutputs.register (cg_ray.runs.train passes it)")
     storage.use_policy(cfg.storage.max_attempts)  # before Ray starts: its workers inherit it
-    taxonomy, tables = check_inputs(cfg)
+    dataset, tables = check_inputs(cfg)
+    taxonomy = dataset.taxonomy
     storage_path = cfg.run.storage_path
     if not storage.is_uri(storage_path):
         storage_path = os.path.abspath(storage_path)  # Ray Train refuses relative paths
@@ -263,7 +261,7 @@ def train(
         tracking.log_text(uri, run_id, taxonomy.to_json(), "taxonomy.json")
 
     try:
-        decode = _resolve_decode(cfg, bool(use_gpu))
+        decode = _resolve_decode(cfg, dataset, bool(use_gpu))
     except UserError:
         tracking.end_run(uri, run_id, "FAILED", wait)
         raise
@@ -271,7 +269,7 @@ def train(
     datasets = {
         # Decoded blocks of one batch each: the step's batches are then zero-copy views.
         "train": clip_dataset(
-            d.path,
+            dataset,
             d.train_split,
             taxonomy,
             d.num_frames,
@@ -283,7 +281,7 @@ def train(
             sampling=training_sampling(cfg),
         ),
         "val": clip_dataset(
-            d.path,
+            dataset,
             d.val_split,
             taxonomy,
             d.num_frames,
@@ -297,7 +295,7 @@ def train(
     # Ray Data re-seeds the shuffle on every execution (one per epoch) from a counter on the
     # dataset's context; starting it at the resumed epoch gives that epoch its own order again.
     datasets["train"].context._execution_idx = start_epoch
-    clips = split_summary(d.path)
+    clips = dataset.splits
     total_steps = _steps_per_epoch(cfg, clips[d.train_split]) * cfg.train.epochs
     trainer = TorchTrainer(
         train_loop,
