@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast lint format bench clean submit browser gpu-check
+.PHONY: install demo test test-fast lint format bench clean submit browser gpu-check docs
 
 install: $(STAMP)
 
@@ -47,16 +47,35 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --no-loadscope-reorder
 
 # make submit JOB=train CONFIG=configs/demo.yaml RAY_ADDRESS=http://HEAD:8265 [ARGS="--set k=v ..."]
-#   [RUNTIME_ENV=jobs/runtime_env.dev.yaml] [RETRIES=N]: submits jobs/$(JOB).py, follows its logs,
-#   and exits non-zero unless the job SUCCEEDED. RETRIES=N submits a lost job (its head, node or
-#   driver lost; not one that failed on its own) again, up to N times, with --resume auto.
+#   [RUNTIME_ENV=jobs/runtime_env.dev.yaml] [RETRIES=N]: `cg-ray submit JOB` (see its --help):
+#   submits the command as a Ray job, follows its logs, and exits non-zero unless the job
+#   SUCCEEDED. RETRIES=N submits a lost job (its head, node or driver lost; not one that failed
+#   on its own) again, up to N times, with --resume auto.
 RUNTIME_ENV ?= jobs/runtime_env.yaml
 submit: $(STAMP)
 	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate|serve CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...] [RETRIES=N]" >&2; exit 2; }
-	$(BIN)/python jobs/submit.py $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) $(if $(RETRIES),--retries $(RETRIES)) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/cg-ray submit $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) $(if $(RETRIES),--retries $(RETRIES)) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
+# make docs: the site in site/ (README.md as its home page, the guides and reference of docs/);
+#   the reference pages are written from the code first; strict: a broken link or anchor or a page
+#   left out of mkdocs.yml's nav fails. `.venv/bin/mkdocs serve` to browse it while writing.
+docs: $(STAMP)
+	$(BIN)/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# make bench [BENCH="frame_count stream_cost"] [BENCH_OUT=DIR]: the CPU benchmarks one after
+#   another (tens of minutes on 2 cores: recipes alone trains 6 runs of 2-5 min), each one's log
+#   and JSON figures in $(BENCH_OUT)/NAME.log and NAME.json, the machine and every result in
+#   summary.json; the figures and the machines that gave them: docs/benchmarks.md. BENCH_GPU
+#   need a GPU (make gpu-check). tests/test_docs.py: every benchmark script is in one of them.
+BENCH_CPU := frame_count manifest_scale stream_cost storage_faults core_pipeline train_overhead \
+	tune_overhead serve predict scenes data_engine recipes
+BENCH_GPU := gpu_check train_step
+BENCH ?= $(BENCH_CPU)
+BENCH_OUT ?= bench_results
 bench: $(STAMP)
-	$(BIN)/python benchmarks/core_pipeline.py
+	@$(if $(filter data_engine,$(BENCH)),$(BIN)/python -c 'import cv2' 2>/dev/null || $(BIN)/pip install -q -e '.[bench]')
+	$(BIN)/python benchmarks/run.py --out $(BENCH_OUT) $(BENCH)
 
 # make gpu-check [CPU=1] [OUT=gpu_check.json]: every GPU path measured in one run (under 8 min on
 #   a GPU; one line and exit 0 without one); CPU=1 runs the same steps at tiny sizes on the CPU.

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cg_ray.config import Config  # noqa: E402
 from cg_ray.data.gpu_decode import decode_video, jpeg_batch  # noqa: E402
+from cg_ray.data.prepared import PreparedDataset  # noqa: E402
 from cg_ray.data.shards import STREAM_COLUMNS, decode_packed_batch, packed_files  # noqa: E402
-from cg_ray.data.stream import load_taxonomy  # noqa: E402
 from cg_ray.model.net import build_model  # noqa: E402
 from cg_ray.taxonomy import LEVELS  # noqa: E402
 from cg_ray.train.optim import build_optimizer, build_schedule  # noqa: E402
@@ -31,7 +31,7 @@ from cg_ray.train.worker import TrainState, forward_backward, optimizer_step  # 
 
 def batches(cfg: Config, data_path: str, device: torch.device, decode: str):
     """Endless batches of the training split as the worker gets them, on `device`."""
-    taxonomy = load_taxonomy(data_path)
+    taxonomy = PreparedDataset(data_path).taxonomy
     d = cfg.data
     files = packed_files(data_path, d.train_split, d.num_frames, d.image_size)
     if not files:
@@ -79,12 +79,12 @@ def bare_loop(
     count_flops: bool = False,
 ) -> dict:
     """Steady-state clips/s of `steps` steps after `warmup`; FLOPs of one step when asked."""
-    from cg_ray.labels.text import load_text_tables
 
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
-    taxonomy = load_taxonomy(data_path)
-    tables = load_text_tables(data_path, taxonomy) if cfg.model.tla.enabled else None
+    dataset = PreparedDataset(data_path)
+    taxonomy = dataset.taxonomy
+    tables = dataset.text_tables if cfg.model.tla.enabled else None
     text_dim = next(iter(tables.values())).shape[1] if tables else 512
     model = build_model(cfg, taxonomy.sizes, text_dim).to(device)
     if cfg.train.compile:

@@ -14,6 +14,8 @@ prepared and packed (16 frames at 224), then measured four ways:
 Per core means per CPU-second: the CPU time of every process involved (for Ray: the driver and
 all the processes it started) is measured, so the figures hold on a busy machine too; wall
 clips/s is printed beside them. Peak memory is the PSS of the whole process tree.
+
+The last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -33,7 +35,8 @@ from cg_ray.data.bench import MemorySampler, bench_data, tree_cpu_seconds  # noq
 from cg_ray.data.decode import decode_jpeg_at, list_frames, sample_indices  # noqa: E402
 from cg_ray.data.layouts import prepare  # noqa: E402
 from cg_ray.data.pack import PackOptions, pack  # noqa: E402
-from cg_ray.data.shards import REPORT, decode_jpeg_into, manifest_stamp, pack_dir, packed_files  # noqa: E402
+from cg_ray.data.prepared import PreparedDataset  # noqa: E402
+from cg_ray.data.shards import REPORT, decode_jpeg_into, pack_dir, packed_files  # noqa: E402
 from cg_ray.data.synthetic import make_world  # noqa: E402
 
 T, S = 16, 224
@@ -116,12 +119,14 @@ def replicate(data: str, clips: int, out: str, per_file: int = 120) -> str:
         else:  # the same bytes under another name
             os.link(os.path.join(dst, names[0]), os.path.join(dst, names[-1]))
     report["shards"] = {"train": names}
-    report["manifest"] = manifest_stamp(out)
+    report["manifest"] = PreparedDataset(out).stamp()
     open(os.path.join(dst, REPORT), "w").write(json.dumps(report))
     return out
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--cities", type=int, default=6)
     parser.add_argument("--clips-per-city", type=int, default=6)
@@ -193,7 +198,8 @@ def main() -> None:
     # Per core: clips per CPU-second of every process, over the steady phase (bench_data).
     figures["stream_vs_paper_per_core"] = stream["clips_per_cpu_s"] / figures["paper"]["clips_per_cpu_s"]
     figures["stream_vs_floor_per_core"] = stream["clips_per_cpu_s"] / figures["floor"]["clips_per_cpu_s"]
-    print(json.dumps(_rounded(figures), indent=1))
+    print(json.dumps(_rounded(figures), indent=1))  # readable; the same on one line last:
+    print_result(_rounded(figures))
 
 
 def _rounded(value):

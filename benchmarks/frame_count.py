@@ -12,7 +12,6 @@ JSON object with ms per video.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -52,6 +51,8 @@ def cut(source: str, dest: str, skip: int) -> None:
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames per video (default: 300)")
     parser.add_argument("--size", default="640x360", help="WxH (default: 640x360)")
@@ -74,7 +75,7 @@ def main() -> None:
             ms = 1000 * (time.perf_counter() - start) / args.repeats
             print(f"{name:8s} {count} frames ({source}): {ms:.0f} ms per video")
             result[f"{name}_ms"] = round(ms, 1)
-    print(json.dumps({"frames": args.frames, "size": args.size, **result}))
+    print_result({"frames": args.frames, "size": args.size, **result})
 
 
 if __name__ == "__main__":

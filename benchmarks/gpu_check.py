@@ -14,8 +14,9 @@ JPEG decoding of packed frames, CPU per core vs GPU; and the bytes per clip that
 object store with data.decode=cpu vs gpu.
 
 Every step is guarded: one that fails is reported in the table and the others still run; steps
-past the time budget (--budget) are skipped and say so. Without a GPU and without --cpu it says
-so in one line and exits 0.
+past the time budget (--budget) are skipped and say so. The last line of stdout is the result as
+one JSON object (what --out writes). Without a GPU and without --cpu it says so in one line (no
+figures, so no JSON) and exits 0.
 """
 
 from __future__ import annotations
@@ -184,9 +185,10 @@ def step_dataset(run: Run) -> dict:
 
 def step_object_store(run: Run) -> dict:
     """Bytes per clip in the blocks Ray Data hands the consumer, decode=cpu vs gpu."""
-    from cg_ray.data.stream import clip_dataset, load_taxonomy
+    from cg_ray.data.prepared import PreparedDataset
+    from cg_ray.data.stream import clip_dataset
 
-    taxonomy = load_taxonomy(run.data)
+    taxonomy = PreparedDataset(run.data).taxonomy
     clips = min(run.train_clips, 120)
     out = {}
     for mode in ("cpu", "gpu"):
@@ -501,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_rows(check.rows))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    from result_line import print_result
+
+    print_result(result)
     return 0
 
 

@@ -7,6 +7,8 @@ Writes a 1M-row manifest whose rows point at a few real synthetic clips, then me
 peak memory (PSS of this process and every process it started) of: split_summary and
 has_scene_labels (the checks `cg-ray train` runs first), and the first batch of the val split
 streamed by clip_dataset (read_parquet + filter + decode, unshuffled as evaluation reads it).
+
+The last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -24,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from cg_ray.data.bench import MemorySampler  # noqa: E402
 from cg_ray.data.layouts import MANIFEST_SCHEMA, prepare  # noqa: E402
-from cg_ray.data.stream import clip_dataset, has_scene_labels, load_taxonomy, split_summary  # noqa: E402
+from cg_ray.data.prepared import PreparedDataset  # noqa: E402
+from cg_ray.data.stream import clip_dataset  # noqa: E402
 from cg_ray.data.synthetic import make_world  # noqa: E402
 
 
@@ -56,6 +59,8 @@ def timed(name: str, fn, figures: dict) -> None:
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--work", default="/tmp/cg_bench_manifest")
@@ -67,12 +72,12 @@ def main() -> None:
     figures = {"rows": args.rows}
     timed("write_manifest", lambda: big_manifest(data, args.rows), figures)
     figures["manifest_mb"] = round(os.path.getsize(os.path.join(data, "manifest.parquet")) / 2**20, 1)
-    timed("split_summary", lambda: split_summary(data), figures)
-    timed("has_scene_labels", lambda: has_scene_labels(data, "train"), figures)
+    timed("split_summary", lambda: PreparedDataset(data).splits, figures)
+    timed("has_scene_labels", lambda: PreparedDataset(data).has_scene_labels("train"), figures)
     from cg_ray.ray_env import init_ray
 
     init_ray()
-    taxonomy = load_taxonomy(data)
+    taxonomy = PreparedDataset(data).taxonomy
 
     def first_batch():
         ds = clip_dataset(data, "val", taxonomy, 8, 32)
@@ -80,7 +85,8 @@ def main() -> None:
         return int(len(batch["video"]))
 
     timed("first_val_batch", first_batch, figures)
-    print(json.dumps(figures, indent=1))
+    print(json.dumps(figures, indent=1))  # readable; the same on one line last:
+    print_result(figures)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cg_ray.data.layouts import MANIFEST_SCHEMA  # noqa: E402
 from cg_ray.data.pack import encode_jpeg  # noqa: E402
-from cg_ray.data.shards import PACK_SCHEMA, REPORT, manifest_stamp, pack_dir  # noqa: E402
+from cg_ray.data.prepared import PreparedDataset  # noqa: E402
+from cg_ray.data.shards import PACK_SCHEMA, REPORT, pack_dir  # noqa: E402
 from cg_ray.labels.text import save_text_features  # noqa: E402
 from cg_ray.taxonomy import LEVELS, Taxonomy  # noqa: E402
 
@@ -178,7 +179,7 @@ def write_packed_dataset(
         "dest": root,
         "clips": train_clips + val_clips,
         "shards": shards,
-        "manifest": manifest_stamp(out),
+        "manifest": PreparedDataset(out).stamp(),
         "skipped": [],
         "options": {"num_frames": num_frames, "image_size": image_size, "quality": 90},
     }

@@ -10,6 +10,8 @@ Prints, for the paper's model (VideoMAE ViT-S, 16x224x224, SCA + TLA, CityGuessr
      plus the cold `cg-ray predict` command (process start, imports, checkpoint load);
   2. batch prediction with Ray Data (`batch_predict`): clips/s and clips/s per core, over
      h264 mp4 clips of 640x360 with 48 frames.
+
+The last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -102,7 +104,8 @@ def timed(fn, repeats: int = 5) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def single_clip(out: str, ckpts: dict[str, str]) -> None:
+def single_clip(out: str, ckpts: dict[str, str]) -> dict:
+    """Prints the table; returns its figures, by model and input."""
     pixels = frames(100, 1280, 720)
     mp4 = os.path.join(out, "clip720p.mp4")
     with open(mp4, "wb") as f:
@@ -118,6 +121,7 @@ def single_clip(out: str, ckpts: dict[str, str]) -> None:
     print(
         f"{'model':<20}{'input':<13}{'decode ms':>16}{'forward ms':>16}{'predict ms':>16}{'cold CLI s':>11}"
     )
+    figures: dict = {}
     for name, path in ckpts.items():
         predictor = Predictor(load_model(path), "codependent", 5)
         t, s = predictor.num_frames, predictor.image_size
@@ -135,9 +139,14 @@ def single_clip(out: str, ckpts: dict[str, str]) -> None:
             cold = time.perf_counter() - start
             cells = "".join(f"{f'{1000 * w:.0f} ({1000 * c:.0f})':>16}" for w, c in (decode, forward, whole))
             print(f"{name:<20}{label:<13}{cells}{cold:>11.2f}")
+            cell = figures.setdefault(name, {})[label] = {"cold_cli_s": round(cold, 2)}
+            for step, (w, c) in (("decode", decode), ("forward", forward), ("predict", whole)):
+                cell[f"{step}_ms"], cell[f"{step}_cpu_ms"] = round(1000 * w, 1), round(1000 * c, 1)
+    return figures
 
 
-def batch(out: str, ckpts: dict[str, str], clips: int) -> None:
+def batch(out: str, ckpts: dict[str, str], clips: int) -> dict:
+    """Prints the table; returns its figures, by model."""
     import ray
 
     from cg_ray.predict.batch import batch_predict
@@ -156,6 +165,7 @@ def batch(out: str, ckpts: dict[str, str], clips: int) -> None:
         f"{'model':<20}{'actors':>7}{'wall s':>8}{'first rows s':>13}{'clips/s':>9}"
         f"{'clips/s/core':>13}{'warm clips/s/core':>18}"
     )
+    figures: dict = {"clips": clips, "cpus_in_ray": cores}
     for name, path in ckpts.items():
         s = batch_predict(path, folder, os.path.join(out, "preds.parquet"), batch_size=4, progress_every=1e9)
         # After the first rows are back the actors are up: the rate from there on is the warm one.
@@ -165,9 +175,20 @@ def batch(out: str, ckpts: dict[str, str], clips: int) -> None:
             f"{name:<20}{s['actors']:>7}{s['seconds']:>8.1f}{s['first_rows_s']:>13.1f}"
             f"{s['clips_per_s']:>9.2f}{s['clips_per_s'] / cores:>13.2f}{warm:>18}"
         )
+        figures[name] = {
+            "actors": s["actors"],
+            "seconds": round(s["seconds"], 1),
+            "first_rows_s": round(s["first_rows_s"], 1),
+            "clips_per_s": round(s["clips_per_s"], 2),
+            "clips_per_s_per_core": round(s["clips_per_s"] / cores, 2),
+            "warm_clips_per_s_per_core": float(warm) if warm != "n/a" else None,
+        }
+    return figures
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/cg_bench_predict")
     parser.add_argument("--batch-clips", type=int, default=48)
@@ -184,8 +205,9 @@ def main() -> None:
         f"cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}  "
         f"load average: {os.getloadavg()[0]:.1f} (other work on the machine slows every figure)"
     )
-    single_clip(args.out, ckpts)
-    batch(args.out, ckpts, args.batch_clips)
+    single = single_clip(args.out, ckpts)
+    batched = batch(args.out, ckpts, args.batch_clips)
+    print_result({"cores": os.cpu_count(), "single_clip": single, "batch": batched})
 
 
 if __name__ == "__main__":

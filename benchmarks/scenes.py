@@ -11,6 +11,8 @@ Prints
   3. the open_clip text features of 166 + 157 + 91 + 6 labels (CityGuessr68k's level sizes;
      the city names are the dataset's), ViT-B-32: model build time and encoding time.
 The network weights are random (no model hub here): the speed is the same as with trained ones.
+
+The last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -113,6 +115,8 @@ def text_features(model_name: str) -> tuple[list[int], float, float]:
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--frames", type=int, default=16)
@@ -148,6 +152,23 @@ def main() -> None:
         f"text features ({args.text_model}, {'+'.join(map(str, sizes))} = {sum(sizes)} labels): "
         f"model build {build:.2f} s, encoding {encode:.2f} s "
         f"({sum(sizes) / max(encode, 1e-9):.0f} labels/s)"
+    )
+    print_result(
+        {
+            "cores": os.cpu_count(),
+            "load_average_1min": round(load, 2),
+            "labeller_frames_per_s_per_core": round(alone[0], 1),
+            "labeller_frames_per_cpu_s": round(alone[1], 1),
+            "scenes_clips": report["labelled"],
+            "scenes_actors": report["actors"],
+            "scenes_cpus": cpus,
+            "scenes_frames_per_s": round(rate, 1),
+            "scenes_frames_per_s_per_core": round(rate / cpus, 1),
+            "scenes_seconds": round(report["seconds"], 1),
+            "text_labels": sizes,
+            "text_model_build_s": round(build, 2),
+            "text_encode_s": round(encode, 2),
+        }
     )
 
 

@@ -125,6 +125,8 @@ def run(args: list[str], endpoint: str, env: dict) -> float:
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=0.10, help="share of requests that fail")
     parser.add_argument("--objects", type=int, default=400, help="objects read to time the policy")
@@ -159,22 +161,20 @@ def main() -> None:
             print(f"pipeline, {args.rate:.0%} faults: {faulty:.1f} s {faulty_steps} {faults}", flush=True)
     finally:
         moto.stop()
-    print(
-        json.dumps(
-            {
-                "read_ms_plain_pyarrow": reads["plain"],
-                "read_ms_cg_ray_policy": reads["cg_ray"],
-                "policy_cost_ratio": round(reads["cg_ray"] / reads["plain"], 3),
-                "pipeline_clean_s": round(clean, 1),
-                "pipeline_faulty_s": round(faulty, 1),
-                "faulty_over_clean": round(faulty / clean, 3),
-                "fault_rate": args.rate,
-                "faults_injected": {k: v for k, v in faults.items() if k != "forwarded"},
-                "requests_forwarded": faults.get("forwarded", 0),
-                "steps_clean_s": clean_steps,
-                "steps_faulty_s": faulty_steps,
-            }
-        )
+    print_result(
+        {
+            "read_ms_plain_pyarrow": reads["plain"],
+            "read_ms_cg_ray_policy": reads["cg_ray"],
+            "policy_cost_ratio": round(reads["cg_ray"] / reads["plain"], 3),
+            "pipeline_clean_s": round(clean, 1),
+            "pipeline_faulty_s": round(faulty, 1),
+            "faulty_over_clean": round(faulty / clean, 3),
+            "fault_rate": args.rate,
+            "faults_injected": {k: v for k, v in faults.items() if k != "forwarded"},
+            "requests_forwarded": faults.get("forwarded", 0),
+            "steps_clean_s": clean_steps,
+            "steps_faulty_s": faulty_steps,
+        }
     )
 
 

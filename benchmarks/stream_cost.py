@@ -15,7 +15,6 @@ the object store with data.decode cpu vs gpu. Last line: a JSON object with `str
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -55,11 +54,11 @@ def block_bytes_per_clip(data: str, decode: str, files: int = 2) -> int:
     import numpy as np
     import pyarrow.fs as pafs
 
+    from cg_ray.data.prepared import PreparedDataset
     from cg_ray.data.shards import packed_files, read_and_decode
-    from cg_ray.data.stream import load_taxonomy
     from cg_ray.taxonomy import LEVELS
 
-    taxonomy = load_taxonomy(data)
+    taxonomy = PreparedDataset(data).taxonomy
     args = dict(
         label_ids={level: taxonomy.index(level) for level in LEVELS},
         num_frames=16,
@@ -93,6 +92,7 @@ def main() -> None:
     if not os.environ.get("RAY_TMPDIR"):  # made only when needed (short: Ray socket paths)
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="cgr-sc-", dir="/tmp")
     from packed_synthetic import write_packed_dataset
+    from result_line import print_result
 
     from cg_ray.data.bench import bench_data
 
@@ -123,7 +123,7 @@ def main() -> None:
     }
     by_role = ", ".join(f"{k} {v:.2f}" for k, v in stream["cpu_ms_per_clip"].items())
     print(f"floor {floor:.2f} CPU-ms/clip; stream {total:.2f} ({by_role}): {result['stream_to_floor']}x")
-    print(json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":

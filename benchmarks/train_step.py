@@ -8,6 +8,8 @@ configuration: VideoMAE ViT-S, 16 frames at 224x224, batch 12, all four heads + 
 It runs the same forward_backward / optimizer_step as training (cg_ray.train.worker), on uint8 clips
 copied from pinned memory and normalized on the device. FLOPs are counted by
 torch.utils.flop_counter on one step; MFU = achieved FLOP/s / the GPU's dense bf16 peak.
+
+The last line of stdout is one JSON object with the figures.
 """
 
 import argparse
@@ -50,6 +52,8 @@ def make_batch(batch: int, frames: int, size: int, device: torch.device) -> dict
 
 
 def main() -> None:
+    from result_line import print_result
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--steps", type=int, default=None)
@@ -119,18 +123,30 @@ def main() -> None:
         f"model FLOPs per step (fwd+bwd): {flops_per_step / 1e12:.3f} TFLOP   "
         f"achieved: {achieved / 1e12:.2f} TFLOP/s"
     )
+    result = {
+        "device": name,
+        "precision": "bf16" if bf16 else "fp32",
+        "compile": args.compile,
+        "batch": args.batch,
+        "step_ms": round(seconds * 1000, 1),
+        "clips_per_s": round(args.batch / seconds, 2),
+        "tflop_per_step": round(flops_per_step / 1e12, 3),
+        "achieved_tflop_per_s": round(achieved / 1e12, 2),
+    }
     if device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print(f"peak GPU memory: {result['peak_gpu_memory_gib']:.2f} GiB")
         peak = peak_flops(name)
+        result["mfu"] = round(achieved / peak, 4) if peak else None
         print(
             f"MFU: {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s dense bf16"
             if peak
             else "MFU: unknown GPU peak"
         )
     else:
-        print(
-            f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB   MFU: n/a on CPU"
-        )
+        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(f"peak RSS: {result['peak_rss_mib']} MiB   MFU: n/a on CPU")
+    print_result(result)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Every `cg-ray ...` example in the README and cluster/README.md is a command the CLI accepts
-as written (the usage synopsis, with its [optional] parts, is checked against --help instead).
-The examples that run on tiny data are run by the end-to-end tests."""
+"""Every `cg-ray ...` example in README.md, cluster/README.md and every page of docs/ is a command
+the CLI accepts as written; every option a usage synopsis names (a block with `[--`) exists.
+The examples that run on tiny data are run by the end-to-end tests (tests/test_readme_search.py:
+the README's search)."""
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -11,28 +13,53 @@ import pytest
 from cg_ray.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
+# docs/index.md is README.md copied (docs/gen_reference.py): its examples are README's.
+PAGES = ["README.md", "cluster/README.md"] + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md") if p != ROOT / "docs" / "index.md"
+)
+
+
+def _blocks(path: Path) -> list[str]:
+    """The ``` blocks of a page, continuation lines joined."""
+    return [b.replace("\\\n", " ") for b in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S)]
 
 
 def _examples(path: Path) -> list[str]:
-    """`cg-ray` command lines inside ``` blocks, continuation lines joined."""
+    """`cg-ray` command lines inside ``` blocks that are not a usage synopsis."""
     commands = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S):
+    for block in _blocks(path):
         if "[--" in block:
-            continue  # the usage synopsis: checked against --help, not parsed
-        text = block.replace("\\\n", " ")
-        for line in text.splitlines():
+            continue  # a usage synopsis: its options are checked against the parser instead
+        for line in block.splitlines():
             line = line.split(" #")[0].strip()
             for part in re.split(r"\s*(?:&&|;)\s*", line):
-                if part.startswith("cg-ray "):
+                # `cg-ray submit: error: ...` is a command's output shown in a block, not a command
+                if part.startswith("cg-ray ") and not re.match(r"cg-ray [\w-]+:", part):
                     commands.append(part)
     return commands
 
 
-EXAMPLES = [(name, cmd) for name in ("README.md", "cluster/README.md") for cmd in _examples(ROOT / name)]
+def _synopses(path: Path) -> list[str]:
+    """The `cg-ray` lines of a page's usage synopses, their indented continuation lines joined."""
+    lines = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S):
+        if "[--" in block:
+            joined = re.sub(r"\n\s+(?=\[|--)", " ", block.replace("\\\n", " "))
+            lines += [line.strip() for line in joined.splitlines() if line.strip().startswith("cg-ray ")]
+    return lines
 
 
-def test_the_readmes_have_examples():
-    assert len(EXAMPLES) >= 10
+EXAMPLES = [(name, cmd) for name in PAGES for cmd in _examples(ROOT / name)]
+SYNOPSES = [(name, line) for name in PAGES for line in _synopses(ROOT / name)]
+
+
+def test_the_pages_have_examples():
+    by_page = {name: sum(1 for n, _ in EXAMPLES if n == name) for name in PAGES}
+    assert by_page["README.md"] >= 8, by_page
+    # The task guides show their commands in context, not only in the reference.
+    for guide in ("data", "training", "evaluate", "serving", "recipes", "config"):
+        assert by_page[f"docs/guides/{guide}.md"] >= 1, f"docs/guides/{guide}.md has no cg-ray example"
+    assert len(SYNOPSES) >= 15  # the command list of docs/guides/commands.md, and the guides' own
 
 
 @pytest.mark.parametrize("source, command", EXAMPLES, ids=[f"{s}:{c[:60]}" for s, c in EXAMPLES])
@@ -47,21 +74,22 @@ def test_example_parses(source, command, capsys):
         )
 
 
-def _synopsis() -> list[str]:
-    """The usage lines of the README's command list, continuation lines joined."""
-    text = (ROOT / "README.md").read_text()
-    block = next(b for b in re.findall(r"```\n(.*?)```", text, flags=re.S) if "[--" in b)
-    return re.sub(r"\n\s+(?=\[|--)", " ", block).strip().splitlines()
-
-
-@pytest.mark.parametrize("line", _synopsis(), ids=lambda line: line[:40])
-def test_synopsis_options_exist(line):
-    words = line.split()
-    assert words[0] == "cg-ray"
+def _command_parser(words: list[str]) -> argparse.ArgumentParser:
+    """The parser of `cg-ray WORDS...`: sub-commands followed as far as the words name them."""
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[words[1]]
-    if words[1] == "bench":
-        sub = next(a for a in sub._actions if a.dest == "target").choices[words[2]]
-    known = {opt for action in sub._actions for opt in action.option_strings}
+    for word in words[1:]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            break
+        parser = subs[0].choices[word]
+    return parser
+
+
+@pytest.mark.parametrize("source, line", SYNOPSES, ids=[f"{s}:{line[:40]}" for s, line in SYNOPSES])
+def test_synopsis_options_exist(source, line):
+    words = line.split()
+    parser = _command_parser(words)
+    assert parser.prog != "cg-ray", f"{source}: `{line}` names no cg-ray command"
+    known = {opt for action in parser._actions for opt in action.option_strings}
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line))
-    assert named <= known, f"{line}: unknown options {sorted(named - known)}"
+    assert named <= known, f"{source}: {line}: unknown options {sorted(named - known)}"
