@@ -7,16 +7,24 @@ synthetic world -> prepare -> text features -> train (2 DDP workers, Ray Data in
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
-from cg_ray import storage
+from cg_ray import console, storage
 from cg_ray.config import load_config
 from cg_ray.errors import UserError
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 WORLD = dict(cities=12, clips_per_city=30, frames=16, size=(64, 48))
+
+
+class _RandomWeightsAsked(logging.Filter):
+    """open_clip's warning that a model without pretrained weights has random ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
 
 
 def synthetic_dataset(out: str, log=lambda line: None, **world) -> str:
@@ -35,7 +43,13 @@ def synthetic_dataset(out: str, log=lambda line: None, **world) -> str:
     if not storage.exists(os.path.join(data, FILENAME)):
         log("[demo] text features of the label names (open_clip ViT-B-32, random weights)")
         taxonomy = PreparedDataset(data).taxonomy
-        save_text_features(data, encode_label_names(taxonomy, "ViT-B-32", None), taxonomy)
+        asked = _RandomWeightsAsked()  # open_clip warns of what the line above says
+        logging.getLogger().addFilter(asked)
+        try:
+            features = encode_label_names(taxonomy, "ViT-B-32", None)
+        finally:
+            logging.getLogger().removeFilter(asked)
+        save_text_features(data, features, taxonomy)
     return data
 
 
@@ -48,6 +62,7 @@ def run_demo(out: str, workers: int = 2, epochs: int | None = None) -> dict:
     if not DEMO_CONFIG.exists():
         raise UserError(f"demo config {DEMO_CONFIG} not found: run the demo from a cg_ray checkout")
     out = os.path.abspath(out)
+    console.open_log(os.path.join(out, console.LOG_NAME))
     start = time.perf_counter()
     data = synthetic_dataset(out, log=lambda line: print(line, flush=True), **WORLD)
     taxonomy = PreparedDataset(data).taxonomy

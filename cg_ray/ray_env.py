@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import re
 
+from cg_ray import console
 from cg_ray.errors import UserError
 
 QUIET_ENV = {
@@ -39,6 +42,75 @@ RETRIED_IO_ERRORS = (
 )
 
 
+# What Ray's worker processes print reaches the driver's terminal as it is (log_to_driver), so
+# below WARNING Ray and MLflow are kept quiet in them, unless --verbose: Ray Data's logger (its
+# "Starting execution" / "Execution plan" / "finished" lines) through RAY_DATA_LOG_LEVEL, MLflow's
+# (the system-metrics monitor) through MLFLOW_LOGGING_LEVEL, Ray Train's through the RunConfig's
+# LoggingConfig (cg_ray.train.driver), and the rest by `setup_worker_process`, Ray's setup hook
+# for every worker process of a cg_ray job. Ray keeps its own logs of them in its session folder.
+QUIET_WORKERS = {"RAY_DATA_LOG_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+SETUP_HOOK = "cg_ray.ray_env.setup_worker_process"
+# Ray Train's own DataConfig passes ExecutionOptions.exclude_resources to Ray Data, which calls
+# that deprecated: a warning about Ray's code, in every run, that no user can act on.
+RAY_OWN_DEPRECATION = "`ExecutionOptions.exclude_resources` is deprecated"
+
+
+class _OurBarsAreOff(logging.Filter):
+    """Ray Data's warning that its progress bars are off: cg_ray turned them off (RAY_DATA_BARS)
+    and prints its own progress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+
+def hide_ray_notices() -> None:
+    """In this process (after Ray is imported: it puts its own warning filter first), Ray's
+    warnings about itself that need nothing of the user: the deprecation above and the note that
+    Ray Data's bars are off. Nothing when verbose."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    if console.verbose():
+        return
+    warnings.filterwarnings("ignore", re.escape(RAY_OWN_DEPRECATION), RayDeprecationWarning)
+    bars = logging.getLogger("ray.data._internal.progress")  # a filter there outlives Ray Data's setup
+    if not any(isinstance(f, _OurBarsAreOff) for f in bars.filters):
+        bars.addFilter(_OurBarsAreOff())
+
+
+# Ray Train modules whose logger is named after their file, not "ray.train...", so that Train's
+# own log level misses them: the worker's "Reporting training result N: TrainingReport(...)" line
+# with every metric, at INFO, in every epoch.
+FILE_NAMED_LOGGERS = (
+    ("train", "v2", "_internal", "execution", "context.py"),
+    ("train", "collective", "collectives.py"),
+)
+
+
+def setup_worker_process() -> None:
+    """Ray's worker_process_setup_hook for every worker process of a cg_ray job."""
+    import ray
+
+    hide_ray_notices()
+    if not console.verbose():
+        for parts in FILE_NAMED_LOGGERS:
+            logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *parts)).setLevel(logging.WARNING)
+
+
+def worker_env() -> dict[str, str]:
+    """How quiet Ray's worker processes are (see QUIET_WORKERS): variables for their runtime_env.
+    A user's own settings of these variables stay."""
+    env = {}
+    if console.told_mlflow_not_to_configure():  # a local Ray's workers inherit the driver's
+        env[console.MLFLOW_CONFIGURE] = "true"
+    if console.verbose():
+        env[console.VERBOSE_ENV] = "1"
+    else:
+        env.update({k: os.environ.get(k, v) for k, v in QUIET_WORKERS.items()})
+    return env
+
+
 def quiet_environment() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -66,6 +138,9 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     quiet_environment()
     from ray.data import DataContext  # this process, where Ray Data may be imported already
 
+    console.route_library_logs()  # Ray's and Ray Data's loggers exist now
+    hide_ray_notices()
+    console.open_default_log()  # unless the command named its own
     context = DataContext.get_current()
     context.enable_progress_bars = os.environ[RAY_DATA_BARS] == "0"
     # Ray Data retries its own reads on these messages; add the 5xx a HEAD request gets (no
@@ -92,7 +167,8 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
     for key, value in os.environ.items():  # the tracking outbox's timings, MLflow's HTTP retries
         if key.startswith(("CG_RAY_TRACKING_", "MLFLOW_HTTP_REQUEST_")):
             env_vars[key] = value
-    runtime_env = {"env_vars": env_vars}
+    env_vars.update(worker_env())
+    runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}
     # Ray's helpers in worker processes (Train V2's placement-group cleaner, which frees the
     # resources of a trial Tune stopped; the state API) find their cluster by RAY_ADDRESS, else
     # by scanning the machine, which fails when another Ray runs on it: tell every worker.

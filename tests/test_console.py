@@ -2,9 +2,12 @@
 quiet; and the learning-curve picture of a run."""
 
 import io
+import logging
 import os
 
-from cg_ray.console import Progress, quiet_mode
+from output import own
+
+from cg_ray.console import Progress, command_console, open_log, quiet_mode
 
 
 class Clock:
@@ -122,14 +125,82 @@ def test_ray_datas_own_bars_are_off_unless_asked_for(monkeypatch):
     Ray's workers): cg_ray sets it from CG_RAY_PROGRESS, and leaves a user's own value alone."""
     from cg_ray.ray_env import quiet_environment
 
-    for progress, own, expected in [(None, None, "1"), ("1", None, "0"), ("0", None, "1"), (None, "0", "0")]:
-        for name, value in (("CG_RAY_PROGRESS", progress), ("RAY_DATA_DISABLE_PROGRESS_BARS", own)):
+    for progress, users, expected in [
+        (None, None, "1"),
+        ("1", None, "0"),
+        ("0", None, "1"),
+        (None, "0", "0"),
+    ]:
+        for name, value in (("CG_RAY_PROGRESS", progress), ("RAY_DATA_DISABLE_PROGRESS_BARS", users)):
             if value is None:
                 monkeypatch.delenv(name, raising=False)
             else:
                 monkeypatch.setenv(name, value)
         quiet_environment()
-        assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == expected, (progress, own)
+        assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == expected, (progress, users)
     with quiet_mode(True):  # --quiet turns them off too
         assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1"
     assert os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_ray_and_mlflow_info_goes_to_the_log_file_and_their_warnings_to_the_terminal(tmp_path, capsys):
+    """What a command's console does with Ray's and MLflow's loggers as they set themselves up
+    (a console handler of their own, propagate=False): INFO to the file, WARNING to the terminal
+    as well; and afterwards their loggers are as they were."""
+    import mlflow  # noqa: F401
+    import ray.data  # noqa: F401
+
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data", "mlflow")]
+    before = [(list(lg.handlers), lg.propagate) for lg in loggers]
+    log = tmp_path / "runs" / "r" / "cg-ray.log"
+    with command_console("train"):
+        assert open_log(str(log)) == str(log)
+        logging.getLogger("ray.data._internal.execution.streaming_executor").info(
+            "Execution plan of Dataset d"
+        )
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+        logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
+    assert own(capsys.readouterr().err).splitlines() == [
+        f"cg-ray: Ray and MLflow logs: {log}",
+        "WARNING ray: Token authentication is enabled",
+    ]
+    held = log.read_text()
+    assert "INFO ray.data._internal.execution.streaming_executor: Execution plan of Dataset d" in held
+    assert "INFO mlflow.store.db.utils: Creating initial MLflow database tables..." in held
+    assert "WARNING ray._private.authentication: Token authentication is enabled" in held
+    assert [(list(lg.handlers), lg.propagate) for lg in loggers] == before
+
+
+def test_verbose_shows_their_info_on_the_terminal_too(capsys):
+    with command_console("tune"):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # Tune's engine that is silent at verbose=0
+    with command_console("tune", verbose=True):
+        assert os.environ["CG_RAY_VERBOSE"] == "1"  # Ray's workers get it too (cg_ray.ray_env)
+        assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+        logging.getLogger("ray.tune.tune").info("Trial status: 1 RUNNING")
+    assert own(capsys.readouterr().err) == "INFO ray: Trial status: 1 RUNNING"
+    assert "CG_RAY_VERBOSE" not in os.environ
+
+
+def test_a_commands_first_log_gets_what_was_logged_before_it(tmp_path, capsys):
+    assert open_log(str(tmp_path / "outside.log")) is None  # a library caller, a Tune trial
+    assert not (tmp_path / "outside.log").exists()
+    with command_console("demo", quiet=True):
+        logging.getLogger("ray._private.worker").info("Started a local Ray instance")
+        assert open_log(str(tmp_path / "demo" / "cg-ray.log"))
+        assert open_log(str(tmp_path / "demo" / "runs" / "r" / "cg-ray.log")) is None  # the demo's run
+    assert (
+        "INFO ray._private.worker: Started a local Ray instance"
+        in (tmp_path / "demo" / "cg-ray.log").read_text()
+    )
+    assert not (tmp_path / "demo" / "runs").exists()
+    assert own(capsys.readouterr().err) == ""  # --quiet: not even the file's name
+
+
+def test_every_command_takes_verbose():
+    from cg_ray.cli import build_parser, leaf_parsers
+
+    parser = build_parser()
+    commands = list(leaf_parsers(parser))
+    assert len(commands) > 15 and all("--verbose" in p._option_string_actions for p in commands)
+    assert parser.parse_args(["demo", "--verbose"]).verbose and not parser.parse_args(["demo"]).verbose

@@ -1,8 +1,10 @@
 """How cg_ray starts a local Ray (the session's, started by `init_ray` as every command does)."""
 
+import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import psutil
 import pytest
@@ -62,3 +64,63 @@ def test_a_worker_stuck_at_exit_goes_with_its_local_ray():
     finally:
         if psutil.pid_exists(pid):
             psutil.Process(pid).kill()
+
+
+def test_ray_workers_are_quiet_below_warning_unless_verbose(monkeypatch):
+    """What reaches Ray's worker processes (their runtime_env): Ray Data's and MLflow's loggers
+    at WARNING, unless --verbose; a user's own levels stay. A command's own MLflow is told not to
+    set its loggers up (its console routes them); the workers, which inherit that from a local
+    Ray, are told to."""
+    from cg_ray.console import command_console
+    from cg_ray.ray_env import worker_env
+
+    for name in ("RAY_DATA_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL", "CG_RAY_VERBOSE", "MLFLOW_CONFIGURE_LOGGING"):
+        monkeypatch.delenv(name, raising=False)
+    assert worker_env() == {"RAY_DATA_LOG_LEVEL": "WARNING", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+    monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "DEBUG")
+    assert worker_env()["RAY_DATA_LOG_LEVEL"] == "DEBUG"
+    with command_console("train", verbose=True):
+        assert os.environ["MLFLOW_CONFIGURE_LOGGING"] == "false"
+        assert worker_env() == {"MLFLOW_CONFIGURE_LOGGING": "true", "CG_RAY_VERBOSE": "1"}
+    assert "MLFLOW_CONFIGURE_LOGGING" not in os.environ
+
+
+def test_rays_notices_about_itself_are_hidden_and_no_other():
+    from ray.util.annotations import RayDeprecationWarning
+
+    from cg_ray.ray_env import RAY_OWN_DEPRECATION, hide_ray_notices
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("module", category=RayDeprecationWarning)  # Ray's own (pytest ignores them)
+        hide_ray_notices()
+        warnings.warn(
+            f"{RAY_OWN_DEPRECATION} and will be removed after January 2027.",
+            RayDeprecationWarning,
+            stacklevel=1,
+        )
+        warnings.warn("`Dataset.foo` is deprecated", RayDeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["`Dataset.foo` is deprecated"]
+    bars = logging.getLogger("ray.data._internal.progress")
+    assert not bars.filter(logging.makeLogRecord({"msg": "Progress bars disabled. To enable, set ..."}))
+    assert bars.filter(logging.makeLogRecord({"msg": "Progress bars for operators disabled. To enable, ..."}))
+
+
+@pytest.mark.slow
+def test_every_worker_process_of_a_cg_ray_job_is_set_up_quiet(ray_session):
+    """Ray's setup hook and the runtime_env's variables reach the processes Ray starts for the
+    job (Ray Train's and Ray Data's actors among them)."""
+
+    @ray.remote(num_cpus=0)
+    def inside():
+        from ray.util.annotations import RayDeprecationWarning
+
+        from cg_ray.ray_env import FILE_NAMED_LOGGERS, RAY_OWN_DEPRECATION
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn(f"{RAY_OWN_DEPRECATION} and will be removed.", RayDeprecationWarning, stacklevel=1)
+            warnings.warn("a warning of our own", UserWarning, stacklevel=1)
+        report = logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *FILE_NAMED_LOGGERS[0]))
+        levels = [os.environ.get(name) for name in ("RAY_DATA_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL")]
+        return [str(w.message) for w in caught], report.level, levels
+
+    assert ray.get(inside.remote()) == (["a warning of our own"], logging.WARNING, ["WARNING", "WARNING"])

@@ -93,3 +93,27 @@ def test_synopsis_options_exist(source, line):
     known = {opt for action in parser._actions for opt in action.option_strings}
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line))
     assert named <= known, f"{source}: {line}: unknown options {sorted(named - known)}"
+
+
+def _help_epilogs() -> str:
+    """Every command's --help examples."""
+    texts = []
+    stack = [build_parser()]
+    while stack:
+        parser = stack.pop()
+        texts.append(parser.epilog or "")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.help:
+                texts.append(action.help)
+    return "\n".join(texts)
+
+
+def test_the_shipped_configs_examples_name_exist():
+    """A `configs/....yaml` named by an example (pages, --help) is a file of the checkout."""
+    text = _help_epilogs() + "\n".join(command for _, command in EXAMPLES)
+    named = set(re.findall(r"\bconfigs/[\w/.-]+\.yaml\b", text))
+    assert named, "no example names a shipped config"
+    missing = sorted(name for name in named if not (ROOT / name).exists() and "*" not in name)
+    assert not missing, f"examples name configs that do not exist: {missing}"

@@ -5,11 +5,10 @@ only when it runs, so `cg-ray --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from cg_ray.cli import config, data, demo, evaluate, predict, serve, tracking, train, tune
-from cg_ray.cli.common import HelpFormatter
+from cg_ray.cli.common import HelpFormatter, verbose_option
 from cg_ray.errors import UserError
 
 # In the order `cg-ray --help` lists them: the data's way from a layout to a model and its use.
@@ -31,18 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
+    for command in leaf_parsers(parser):
+        verbose_option(command)
     return parser
 
 
+def leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers of every command that runs something (`config show`, not `config`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                subs = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+                yield from leaf_parsers(sub) if subs else [sub]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from cg_ray.console import quiet_mode
+    from cg_ray.console import command_console
     from cg_ray.ray_env import quiet_environment
 
     quiet_environment()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        with quiet_mode(getattr(args, "quiet", False)):
+        with command_console(args.command, getattr(args, "quiet", False), getattr(args, "verbose", False)):
             args.func(args)
     except UserError as exc:
         print(f"cg-ray {args.command}: error: {exc}", file=sys.stderr)

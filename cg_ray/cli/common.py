@@ -39,12 +39,23 @@ def command(sub, name: str, summary: str, description: str, examples: str, func=
     return p
 
 
+def verbose_option(p) -> None:
+    """Every command's last option (cg_ray.cli.build_parser adds it): where Ray's and MLflow's
+    INFO lines go (cg_ray.console)."""
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's and MLflow's INFO lines on the terminal (they always go to "
+        "the command's log file, named when it starts Ray)",
+    )
+
+
 def config_options(p) -> None:
     p.add_argument(
         "--config",
         required=True,
         metavar="FILE",
-        help="YAML config (configs/demo.yaml, configs/cityguessr68k.yaml, ...); "
+        help="YAML config (configs/demo.yaml, configs/paper/table3_tla_all.yaml, ...); "
         "`cg-ray config show --config FILE` lists every key with its doc",
     )
     p.add_argument(

@@ -20,7 +20,7 @@ logging one MLflow run.""",
 cg-ray train --config configs/demo.yaml --set data.path=demo_out/data
 cg-ray train --config configs/demo.yaml --set data.path=s3://work/cg68k \\
     --set run.storage_path=s3://work/runs --metrics-out m.json
-cg-ray train --config configs/cityguessr68k.yaml --set train.epochs=3 train.num_workers=4
+cg-ray train --config configs/paper/table3_tla_all.yaml --set data.path=s3://work/cg68k train.num_workers=4
 cg-ray train --config configs/demo.yaml --resume
 cg-ray train --config configs/demo.yaml --resume auto""",
         train,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cg_ray import storage, tracking
+from cg_ray import console, storage, tracking
 from cg_ray.config import Config
 from cg_ray.data.prepared import PreparedDataset
 from cg_ray.errors import UserError
@@ -234,6 +234,8 @@ def train(
     previous = latest_checkpoint(run_dir)
     if resume_mode(resume) == "must" and previous is None:
         raise UserError(f"nothing to resume: no checkpoint under {run_dir}")
+    if not storage.is_uri(run_dir):  # the command's log (Ray's and MLflow's lines) beside its run
+        console.open_log(os.path.join(run_dir, console.LOG_NAME))
     use_gpu, watch = _placement(cfg, check_resources)
 
     start_epoch = 0
@@ -319,6 +321,8 @@ def train(
             storage_path=storage.ray_storage(storage_path)[1],
             storage_filesystem=storage.ray_storage(storage_path)[0],  # s3: endpoint and keys from env
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            # The controller's worker-group lines and each report's TrainingReport(...): INFO.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if console.verbose() else "WARNING"),
             callbacks=list(callbacks or []),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_best,

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from cg_ray import storage, tracking
+from cg_ray import console, storage, tracking
 from cg_ray.config import Config, config_from_dict
 from cg_ray.errors import UserError
 from cg_ray.resources import (
@@ -163,7 +163,7 @@ def _tuner(cfg: Config, trainable, concurrency: int, search_root: str, restore: 
             name=cfg.run.name,
             storage_path=path,
             storage_filesystem=fs,
-            verbose=1,
+            verbose=1 if console.verbose() else 0,  # Tune's status tables: cg_ray prints its own
             callbacks=[ReleaseEndedTrials(), *callbacks],
             # A trial whose node went away (spot, scale-down) starts again and
             # resumes its training run from its latest checkpoint.
@@ -204,6 +204,8 @@ def search(
     meta = existing_search(cfg, search_dir, resume)
     uri = tracking.tracking_uri(cfg.run.tracking_uri)
     tracking.check_reachable(uri)
+    if not storage.is_uri(search_dir):  # the command's log (Ray's and MLflow's lines)
+        console.open_log(os.path.join(search_dir, console.LOG_NAME))
     use_gpu, view = _cluster(cfg, cfg.tune.max_concurrent or 1)
     concurrency, verdict = plan_concurrency(cfg, use_gpu, view)
     parent_run_id, resumed = open_parent(cfg, search_dir, uri, meta), meta is not None
