@@ -54,7 +54,7 @@ test-fast: $(STAMP)
 RUNTIME_ENV ?= jobs/runtime_env.yaml
 submit: $(STAMP)
 	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=train|tune|pack|scenes|text|evaluate|serve CONFIG=FILE RAY_ADDRESS=http://HEAD:8265 [ARGS=...] [RETRIES=N]" >&2; exit 2; }
-	$(BIN)/cg-ray submit $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) $(if $(RETRIES),--retries $(RETRIES)) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(BIN)/python jobs/submit.py $(JOB) --address $(RAY_ADDRESS) --runtime-env $(RUNTIME_ENV) $(if $(RETRIES),--retries $(RETRIES)) -- $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 # make docs: the site in site/ (README.md as its home page, the guides and reference of docs/);
 #   the reference pages are written from the code first; strict: a broken link or anchor or a page

@@ -56,6 +56,7 @@ def main() -> None:
     import torch
     from bare_loop import bare_loop
     from packed_synthetic import write_packed_dataset
+    from result_line import print_result
 
     from cg_ray.cli import main as cli
     from cg_ray.config import load_config
@@ -123,7 +124,7 @@ def main() -> None:
         f"bare PyTorch loop: {bare['clips_per_s']:.1f} clips/s; "
         f"overhead ratio {result['overhead_ratio']:.3f} (goal: <= 1.10)"
     )
-    print(json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":

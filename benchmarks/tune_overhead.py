@@ -27,6 +27,9 @@ from cg_ray.ray_env import init_ray  # noqa: E402
 from cg_ray.runs import train  # noqa: E402
 from cg_ray.tune.search import search  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from result_line import print_result  # noqa: E402
+
 
 def _world(out: str) -> str:
     return synthetic_dataset(out, cities=6, clips_per_city=10, frames=10, size=(32, 32), seed=1)
@@ -82,6 +85,19 @@ def main() -> None:
         f"3-trial search (demo space): {three_s:6.1f} s  ({three['concurrency']} at once; "
         f"{three['completed']} completed, {three['stopped_early']} stopped by ASHA, "
         f"{three['failed']} failed; Tuner.fit {three['seconds']:.1f} s)"
+    )
+    print_result(
+        {
+            "bare_train_s": round(bare_s, 1),
+            "one_trial_search_s": round(one_s, 1),
+            "one_trial_overhead_s": round(one_s - bare_s, 1),
+            "one_trial_overhead_fraction": round((one_s - bare_s) / bare_s, 3),
+            "three_trial_search_s": round(three_s, 1),
+            "three_trial_tuner_fit_s": three["seconds"],
+            "epochs": args.epochs,
+            "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
     )
 
 

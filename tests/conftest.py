@@ -72,6 +72,7 @@ HEAVIEST = {
     "test_data_engine_e2e.py": 61,
     "test_gpu_check.py": 57,
     "test_serve.py": 50,
+    "test_search_report.py": 300,
     "test_console_output.py": 150,  # three commands, each with a fresh local Ray of its own
 }
 

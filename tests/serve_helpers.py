@@ -3,10 +3,12 @@ checkpoint, on 127.0.0.1, with its own RAY_TMPDIR; stopped with SIGINT (Ctrl-C) 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +22,6 @@ from tmpdirs import short_tmpdir
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -39,6 +39,8 @@ class Server:
     token: str | None
     log_path: str
     metrics_url: str | None = None
+    pid: int = 0
+    """The command's process (Ray's below it)."""
 
     def request(
         self,
@@ -87,6 +89,50 @@ class Server:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
+    def replica(self) -> dict:
+        """The replica's own figures from /info: batch sizes, why batches closed, coming, queued."""
+        answer = self.request("/info")
+        assert answer.status == 200, answer.body
+        return answer.body["replica"]
+
+    @contextmanager
+    def held(self, bodies: list[bytes], content_type: str = "video/mp4", timeout: float = 120):
+        """POST /predict each body, all but its last bytes, and hold them until the replica
+        counts every one as on its way (`coming` in /info); yields `release()`, which sends
+        the rest of every body, in order, and returns the answers. So that many requests are in
+        flight together however fast or slow the machine is."""
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
+        socks = []
+        try:
+            for body in bodies:
+                sock = socket.create_connection((host, int(port)), timeout=timeout)
+                socks.append(sock)
+                head = (
+                    f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\n{auth}\r\n"
+                )
+                sock.sendall(head.encode() + body[:-16])
+            deadline = time.monotonic() + timeout
+            while (coming := self.replica()["coming"]) < len(bodies):
+                assert time.monotonic() < deadline, f"{coming} of {len(bodies)} requests reached the replica"
+                time.sleep(0.1)
+
+            def release() -> list[Answer]:
+                for sock, body in zip(socks, bodies):
+                    sock.sendall(body[-16:])
+                answers = []
+                for sock in socks:
+                    response = http.client.HTTPResponse(sock)
+                    response.begin()
+                    answers.append(Answer(response.status, json.loads(response.read())))
+                return answers
+
+            yield release
+        finally:
+            for sock in socks:
+                sock.close()
+
 
 def tiny_model(root: str) -> dict:
     """mp4 clips of the synthetic world, frame-folder clips of it, and a checkpoint trained on them."""
@@ -123,7 +169,7 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    server = Server(f"http://127.0.0.1:{port}", token, log_path)
+    server = Server(f"http://127.0.0.1:{port}", token, log_path, pid=process.pid)
     try:
         deadline = time.monotonic() + timeout
         while True:

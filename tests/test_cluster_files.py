@@ -7,7 +7,6 @@ import copy
 import json
 import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +16,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "jobs"))
 import submit  # noqa: E402  jobs/submit.py
+
+from cg_ray.errors import UserError  # noqa: E402
+from cg_ray.jobs.files import runtime_env  # noqa: E402
 
 YAMLS = sorted([*ROOT.glob("cluster/**/*.yaml"), *ROOT.glob("jobs/*.yaml")])
 KUBERAY = {
@@ -370,7 +372,7 @@ def test_job_runtime_envs_pass_rays_checks(name):
     assert set(env) <= RUNTIME_ENV
     RuntimeEnv(**env)
     assert (ROOT / env["working_dir"]).is_dir()
-    resolved = submit.runtime_env(str(ROOT / "jobs" / name), [])
+    resolved = runtime_env(str(ROOT / "jobs" / name), [])
     assert Path(resolved["working_dir"]).is_absolute()
     if name == "runtime_env.dev.yaml":
         assert ".venv" in env["excludes"] and ".git" in env["excludes"]
@@ -380,7 +382,9 @@ def test_job_entry_points_call_the_cli_with_their_command():
     from cg_ray.cli import build_parser
 
     commands = set(build_parser()._subparsers._group_actions[0].choices)
-    for job in submit.JOBS:
+    from cg_ray.jobs import JOBS
+
+    for job in JOBS:
         text = (ROOT / "jobs" / f"{job}.py").read_text()
         assert f'main(["{job}", *sys.argv[1:]])' in text
         assert job in commands
@@ -390,36 +394,16 @@ def test_submit_passes_settings_not_secrets(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-to-be-sent")
-    env = submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), [])
+    env = runtime_env(str(ROOT / "jobs/runtime_env.yaml"), [])
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
     assert env["env_vars"]["AWS_REGION"] == "eu-west-1"
     assert "AWS_SECRET_ACCESS_KEY" not in env["env_vars"]
-    with pytest.raises(SystemExit, match="refusing to send AWS_SECRET_ACCESS_KEY"):
-        submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), ["AWS_SECRET_ACCESS_KEY"])
+    with pytest.raises(UserError, match="refusing to send AWS_SECRET_ACCESS_KEY"):
+        runtime_env(str(ROOT / "jobs/runtime_env.yaml"), ["AWS_SECRET_ACCESS_KEY"])
     assert submit.entrypoint("train", env, ["--config", "a b.yaml"]) == "python train.py --config 'a b.yaml'"
-    dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
+    dev = runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
     assert submit.entrypoint("tune", dev, ["--resume"]) == "python jobs/tune.py --resume"
     assert submit.entrypoint("pack", {}, ["DEST"]) == "cg-ray pack DEST"
-
-
-def test_the_config_file_travels_with_the_job(tmp_path):
-    """`make submit CONFIG=configs/demo.yaml` with the default runtime_env (only jobs/ travels):
-    the config goes into a copy of jobs/ that is uploaded instead; inside the working_dir (the
-    dev env) it is named relative to it; a URI or a missing file is left to the job."""
-    env = submit.runtime_env(str(ROOT / "jobs/runtime_env.yaml"), [])
-    staged, args = submit.with_config(env, ["--config", str(ROOT / "configs/demo.yaml"), "--set", "a=b"])
-    assert args == ["--config", "_config/demo.yaml", "--set", "a=b"]
-    assert (Path(staged["working_dir"]) / "_config/demo.yaml").read_text() == (
-        ROOT / "configs/demo.yaml"
-    ).read_text()
-    assert (Path(staged["working_dir"]) / "train.py").exists()  # the job scripts, as before
-    assert submit.entrypoint("train", env, args) == "python train.py --config _config/demo.yaml --set a=b"
-    shutil.rmtree(staged["working_dir"])  # submit() removes it once uploaded (test_jobs_cluster)
-    dev = submit.runtime_env(str(ROOT / "jobs/runtime_env.dev.yaml"), [])
-    same, args = submit.with_config(dev, [f"--config={ROOT}/configs/search.yaml"])
-    assert same == dev and args == ["--config=configs/search.yaml"]
-    for untouched in (["--config", "s3://bucket/best.yaml"], ["--config", "/nonexistent.yaml"]):
-        assert submit.with_config(env, untouched) == (env, untouched)
 
 
 def test_submit_finds_the_token_as_rays_cli_does(tmp_path):
@@ -432,7 +416,7 @@ def test_submit_finds_the_token_as_rays_cli_does(tmp_path):
     token.write_text("a" * 32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.update(RAY_AUTH_TOKEN_PATH=str(token), HOME=str(tmp_path))
-    code = "import os, submit; submit.use_auth_token(); print(os.environ.get('RAY_AUTH_MODE'))"
+    code = "import os, cg_ray.jobs.cluster as c; c.use_auth_token(); print(os.environ.get('RAY_AUTH_MODE'))"
     jobs = str(Path(__file__).resolve().parents[1] / "jobs")
     found = subprocess.run(
         [sys.executable, "-c", code], cwd=jobs, env=env, capture_output=True, text=True, check=True

@@ -1,8 +1,13 @@
 """Real multi-node runs on one machine, on one cluster for the module: a Ray head and a second
 node started with `ray start` (3 CPUs each, token auth).
 
-- `make submit` of a failing job exits non-zero, and a shell without any token gets one line
-  saying what to set.
+- `make submit` of a failing job exits non-zero with its last lines, `cg-ray jobs status` shows
+  them, and a shell without any token gets one line saying what to set.
+- docs/guides/clusters-and-jobs.md's walk-through, as written (the cluster's address for the
+  guide's 127.0.0.1:8265, a shell without RAY_AUTH_MODE): `cg-ray submit train` with the demo
+  config follows the job to SUCCEEDED; `--no-wait` returns an id that `cg-ray jobs status`,
+  `logs` and `stop` take; `cg-ray jobs list` shows both jobs, the finished one with its MLflow
+  run and last epoch line. Ctrl-C detaches from a followed job, which goes on.
 - Last (it kills a node): the README's `make submit JOB=train CONFIG=configs/demo.yaml` of a
   training job, as written (the default runtime_env, the config staged beside jobs/ and the
   staged copy removed once uploaded, a shell without RAY_AUTH_MODE), following the job to
@@ -17,6 +22,9 @@ node started with `ray start` (3 CPUs each, token auth).
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +41,9 @@ from cg_ray.train.checkpoint import is_complete, read_checkpoint
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 5
+CG_RAY = os.path.join(os.path.dirname(sys.executable), "cg-ray")
+GUIDE = ROOT / "docs" / "guides" / "clusters-and-jobs.md"
+GUIDE_ADDRESS = "http://127.0.0.1:8265"
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +80,26 @@ def _make_submit(env: dict, *variables: str, **popen) -> subprocess.Popen:
 
 
 def test_make_submit_fails_with_its_job_and_asks_for_a_missing_token(cluster, tmp_path):
-    # make submit: follows the job and fails with it (here: a config file that is not there).
+    # make submit: follows the job and fails with it (here: a dataset that is not there), its
+    # last lines the last printed; `cg-ray jobs status` shows them too.
     made = _make_submit(
         cluster.env,
-        "CONFIG=/nonexistent/search.yaml",
+        "CONFIG=configs/demo.yaml",
         f"RAY_ADDRESS={cluster.dashboard}",
         "RUNTIME_ENV=jobs/runtime_env.dev.yaml",
+        "ARGS=--set data.path=/nonexistent/data",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     stdout, stderr = made.communicate(timeout=400)
-    assert made.returncode != 0
-    assert "config file '/nonexistent/search.yaml' does not exist" in stdout
+    assert made.returncode != 0, stdout[-2000:] + stderr[-2000:]  # make: 2 for a failed recipe
+    said = "'/nonexistent/data' is not a prepared dataset"
+    assert said in stdout.strip().splitlines()[-1]
     assert ": FAILED" in stderr
+    job_id = re.search(r"submitted (\S+):", stderr).group(1)
+    status = _cg_ray(cluster.env, "jobs", "status", job_id, "--address", cluster.dashboard)
+    assert status.returncode == 0 and f"job {job_id}: FAILED" in status.stdout
+    assert "last lines of its log:" in status.stdout and said in status.stdout
 
     # No token anywhere (no RAY_AUTH_*, an empty home): one line saying what to set.
     bare = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
@@ -105,6 +123,99 @@ def test_make_submit_fails_with_its_job_and_asks_for_a_missing_token(cluster, tm
     )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert "wants a Ray auth token" in refused.stderr and "RAY_AUTH_TOKEN=" in refused.stderr
+
+
+def _cg_ray(env: dict, *args: str, cwd=ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([CG_RAY, *args], cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+def _guide_block(first: str) -> list[str]:
+    """The lines of the guide's ```bash block that has a line starting with `first`."""
+    for block in re.findall(r"```bash\n(.*?)```", GUIDE.read_text(), flags=re.S):
+        lines = block.replace("\\\n", " ").strip().splitlines()
+        if any(line.startswith(first) for line in lines):
+            return lines
+    raise AssertionError(f"{GUIDE.name} has no bash block with a line starting {first!r}")
+
+
+def _sections(output: str) -> dict[str, str]:
+    """What each command of a script run by _walk printed, by the command's line."""
+    parts = re.split(r"^>>> (.*)$", output, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def _walk(lines: list[str], cluster, cwd, env: dict) -> tuple[int, dict[str, str]]:
+    """Run the guide's lines as one bash script (the cluster's address for the guide's)."""
+    script = ["set -e", "exec 2>&1"]
+    for line in lines:
+        script += [f"echo {shlex.quote('>>> ' + line)}", line.replace(GUIDE_ADDRESS, cluster.dashboard)]
+    done = subprocess.run(
+        ["bash", "-c", "\n".join(script)], cwd=cwd, env=env, text=True, capture_output=True, timeout=900
+    )
+    return done.returncode, _sections(done.stdout)
+
+
+def test_a_job_from_start_to_end_as_the_guide_shows(cluster, tiny_dataset, tmp_path):
+    # The guide's folder: its config and the demo's prepared data; a user's shell (the token
+    # found as Ray's CLI finds it, no RAY_AUTH_MODE).
+    (tmp_path / "configs").mkdir()
+    shutil.copy(ROOT / "configs" / "demo.yaml", tmp_path / "configs")
+    (tmp_path / "demo_out").mkdir()
+    os.symlink(tiny_dataset, tmp_path / "demo_out" / "data")
+    shell = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_MODE", "MLFLOW_TRACKING_URI")}
+    first = _guide_block("export RAY_ADDRESS")
+    assert first[0].startswith("ray start --head")  # the cluster this test started stands in
+    code, out = _walk(first[1:] + _guide_block("JOB=$(cg-ray submit"), cluster, tmp_path, shell)
+    assert code == 0, "\n".join(f">>> {k}\n{v[-3000:]}" for k, v in out.items())
+    _, submitted, _, listed, status, _, stopped = out.values()
+    assert "_files/demo.yaml" in submitted and "epoch 2/2: " in submitted
+    first_id = re.search(r"job (\S+): SUCCEEDED", submitted).group(1)
+    long_id = re.search(r"submitted (\S+):", out[next(k for k in out if k.startswith("JOB="))]).group(1)
+    # Both jobs listed, newest first; the finished one with its MLflow run and last epoch line.
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("cg_ray-demo")
+    run = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "demo")
+    assert listed.index(long_id) < listed.index(first_id)
+    assert re.search(rf"{first_id}\s+SUCCEEDED .*cg-ray train --config configs/demo.yaml", listed)
+    assert f"MLflow run {run.info.run_id}  epoch 2/2: train_loss=" in listed
+    assert re.search(rf"job {long_id}: (PENDING|RUNNING)", status)
+    assert f"job {long_id}: STOPPED" in stopped
+    # logs --follow: the job's log to its end, its outcome as exit status.
+    followed = _cg_ray(shell, "jobs", "logs", first_id, "--follow", "--address", cluster.dashboard)
+    assert followed.returncode == 0 and "epoch 2/2: " in followed.stdout
+    assert f"job {first_id}: SUCCEEDED" in followed.stderr
+    followed = _cg_ray(shell, "jobs", "logs", long_id, "--follow", "--address", cluster.dashboard)
+    assert followed.returncode == 1 and f"job {long_id}: STOPPED" in followed.stderr
+    unknown = _cg_ray(shell, "jobs", "status", "raysubmit_nope", "--address", cluster.dashboard)
+    assert unknown.returncode == 2 and "no job raysubmit_nope on the cluster" in unknown.stderr
+
+
+def test_ctrl_c_detaches_and_the_job_goes_on(cluster, tiny_dataset, tmp_path):
+    follow = subprocess.Popen(
+        [CG_RAY, "submit", "train", "--config", "configs/demo.yaml", "--address", cluster.dashboard]
+        + ["--set", f"data.path={tiny_dataset}", f"run.storage_path={tmp_path}/runs", "train.epochs=30"],
+        cwd=ROOT,
+        env=cluster.env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        job_id = next(m.group(1) for line in follow.stderr if (m := re.search(r"submitted (\S+):", line)))
+        follow.send_signal(signal.SIGINT)
+        rest = follow.communicate(timeout=60)[1]
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 130
+    where = f"--address {cluster.dashboard}"
+    assert (
+        f"submit: detached; job {job_id} goes on: follow it with `cg-ray jobs logs {job_id} --follow "
+        f"{where}`, stop it with `cg-ray jobs stop {job_id} {where}`"
+    ) in rest
+    assert cluster.job_status(job_id) in ("PENDING", "RUNNING")
+    stopped = _cg_ray(cluster.env, "jobs", "stop", job_id, "--address", cluster.dashboard)
+    assert stopped.returncode == 0 and f"job {job_id}: STOPPED" in stopped.stdout
 
 
 def _raylet_pid(node_dir: str) -> int:
@@ -203,7 +314,7 @@ def test_a_training_job_runs_on_both_nodes_and_a_lost_node_costs_at_most_its_epo
             os.killpg(made.pid, signal.SIGKILL)
     logs, submitted = (tmp_path / "out.log").read_text(), (tmp_path / "err.log").read_text()
     assert made.returncode == 0, logs[-4000:] + submitted[-2000:]
-    assert "_config/demo.yaml" in submitted and ": SUCCEEDED" in submitted
+    assert "_files/demo.yaml" in submitted and ": SUCCEEDED" in submitted
     assert not list((tmp_path / "tmp").glob("cg-ray-job-*"))  # the staged copy went once uploaded
     experiment = client.get_experiment_by_name("cg_ray-demo")
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run_id]

@@ -533,8 +533,8 @@ FAKE_JOB = (
     "sys.exit(0) if auto else sys.exit(2) if args[0] == 'fail' else os.kill(os.getpid(), signal.SIGKILL)"
 )
 SUBMIT_WITH_FAKE_JOB = (
-    "import shlex, sys, submit; fake = sys.argv.pop(1); "
-    "submit.entrypoint = lambda job, env, args: shlex.join([sys.executable, '-c', fake, *args]); "
+    "import shlex, sys, submit, cg_ray.jobs.submit as code; fake = sys.argv.pop(1); "
+    "code.entrypoint = lambda job, env, args: shlex.join([sys.executable, '-c', fake, *args]); "
     "sys.exit(submit.main(sys.argv[1:]))"
 )
 

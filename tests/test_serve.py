@@ -1,8 +1,8 @@
 """`cg-ray serve`: the real command on a tiny checkpoint, asked over HTTP like a client would
-and through its page in a real browser (one server for the module), plus the request parsing
-and start-up checks without Ray."""
+and through its page in a real browser (one server for the module), plus the request parsing,
+the batcher and the start-up checks without Ray."""
 
-import concurrent.futures
+import asyncio
 import json
 import os
 import shutil
@@ -16,6 +16,7 @@ from serve_helpers import running_server, tiny_model
 
 from cg_ray.cli import main
 from cg_ray.errors import UserError
+from cg_ray.predict.batching import Batcher
 from cg_ray.predict.http import RequestError, check_token, classify, extract_frames, sniff, uri_upload
 from cg_ray.taxonomy import LEVELS
 
@@ -49,8 +50,10 @@ def server(model):
         "1",
         "--max-batch",
         "8",
+        # A batch waits for every request that was on its way, however slow the machine: the
+        # batch sizes the tests see do not depend on its speed.
         "--batch-wait-ms",
-        "50",
+        "600000",
         "--allow-local-paths",
         token=TOKEN,
     ) as server:
@@ -177,41 +180,68 @@ def test_token_guard(server, model):
     assert "<canvas" in server.request("/", token=None).body["text"]
 
 
+def new_counts(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
 @pytest.mark.slow
-def test_a_concurrent_burst_is_answered_in_batches(server, model):
-    clips = [row["path"] for row in model["rows"]]
-    payloads = [open(clips[i % len(clips)], "rb").read() for i in range(32)]
+def test_requests_in_flight_together_are_answered_in_one_batch(server, model):
+    """8 requests held until the replica counts all 8 on their way (max batch 8): one forward
+    pass answers them all, each with what the clip alone gets from `cg-ray predict`'s code."""
+    from cg_ray.predict.predictor import Predictor, open_checkpoint, predict_inputs
 
-    def ask(payload):
-        return server.request("/predict", payload, {"Content-Type": "video/mp4"})
-
-    before = server.request("/info").body["batch_sizes"]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(ask, payloads))
-    assert [a.status for a in answers] == [200] * 32
-    for i, answer in enumerate(answers):
-        assert answer.body["city"] == model["rows"][i % len(clips)]["city"] or answer.body["top_k"]
+    rows = model["rows"][:8]
+    before = server.replica()
+    with server.held([open(row["path"], "rb").read() for row in rows]) as release:
+        answers = release()
+    after = server.replica()
+    assert [a.status for a in answers] == [200] * 8, [a.body for a in answers]
+    assert new_counts(after["batch_sizes"], before["batch_sizes"]) == {"8": 1}
+    assert new_counts(after["batches_closed"], before["batches_closed"]) == {"full": 1}
+    alone = predict_inputs(
+        Predictor(open_checkpoint(model["ckpt"])[0]), [r["path"] for r in rows], batch_size=1
+    )
+    for answer, outcome in zip(answers, alone):
+        assert_same_prediction(answer.body, outcome.prediction)
     info = server.request("/info").body
-    after = {int(k): v for k, v in info["batch_sizes"].items()}
-    new = {k: v - int(before.get(str(k), 0)) for k, v in after.items()}
-    assert sum(k * v for k, v in new.items()) == 32  # every clip went through a batch
-    assert max(k for k, v in new.items() if v > 0) > 1, new  # and some batches held several
-    assert max(after) <= 8
     assert info["taxonomy"] == {"city": 6, "state": 6, "country": 6, "continent": 6}
     assert info["config_digest"].startswith("sha256:") and info["checkpoint"] == model["ckpt"]
-    assert info["auth"] is True and info["max_batch"] == 8
+    assert info["auth"] is True and info["max_batch"] == 8 and info["batch_sizes"] == after["batch_sizes"]
 
 
 @pytest.mark.slow
-def test_prometheus_metrics_include_serve_batches(server):
+def test_a_batch_waits_only_for_requests_on_their_way(server, model, tmp_path):
+    """5 requests in flight, one a clip that does not decode; max batch 8, wait cap 10 minutes:
+    the 4 clips go as one batch once no request is on its way (the bad one answered 422 and
+    left), not when the cap ends; a lone request after them is a batch of 1 that waited for no
+    one. Both closed because nothing more was coming, never by the cap."""
+    good = [open(row["path"], "rb").read() for row in model["rows"][:4]]
+    bad = good[0][:1500]  # the container's header without its frames
+    before = server.replica()
+    with server.held([good[0], good[1], bad, good[2], good[3]]) as release:
+        answers = release()
+    assert [a.status for a in answers] == [200, 200, 422, 200, 200], [a.body for a in answers]
+    assert "cannot decode video" in answers[2].body["error"]
+    middle = server.replica()
+    assert new_counts(middle["batch_sizes"], before["batch_sizes"]) == {"4": 1}
+    assert server.request("/predict", good[0], {"Content-Type": "video/mp4"}).status == 200
+    after = server.replica()
+    assert new_counts(after["batch_sizes"], middle["batch_sizes"]) == {"1": 1}
+    assert new_counts(after["batches_closed"], before["batches_closed"]) == {"none_coming": 2}
+    assert after["coming"] == after["queued"] == 0
+
+
+@pytest.mark.slow
+def test_prometheus_metrics_include_the_batches(server):
     assert server.metrics_url, server.log()[-2000:]
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
         text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-        if "ray_serve_actual_batch_size" in text and "ray_serve_num_http_requests" in text:
+        if "ray_cg_ray_serve_batch_size" in text and "ray_serve_num_http_requests" in text:
             break
         time.sleep(2)
-    assert "ray_serve_actual_batch_size" in text and "ray_serve_num_http_requests" in text
+    assert "ray_cg_ray_serve_batch_size" in text and "ray_serve_num_http_requests" in text
+    assert "ray_cg_ray_serve_batch_wait_ms" in text
 
 
 # -- without Ray ----------------------------------------------------------------------------------
@@ -265,6 +295,125 @@ def test_json_uris_and_tokens():
         assert err.value.status == 401
 
 
+class Scenario:
+    """A Batcher (max batch 3, wait cap an hour unless told) over a model that records its
+    batches and can be held; requests whose steps the test orders itself."""
+
+    def __init__(self, max_batch: int = 3, wait_s: float = 3600):
+        import threading
+
+        self.batches: list[list] = []
+        self.hold, self.running = threading.Event(), threading.Event()
+        self.hold.set()
+        self.batcher = Batcher(self._model, max_batch, wait_s)
+
+    def _model(self, items: list) -> list:
+        self.running.set()
+        self.hold.wait(30)
+        if "boom" in items:
+            raise ValueError("the model failed")
+        self.batches.append(list(items))
+        return [f"answer {item}" for item in items]
+
+    async def request(self, item, gate: asyncio.Event | None = None, leave: bool = False):
+        """On its way until `gate` opens; then submits `item`, or leaves without (a clip that
+        did not decode)."""
+        with self.batcher.expect() as ticket:
+            if gate:
+                await gate.wait()
+            if leave:
+                return None
+            return await ticket.submit(item)
+
+    async def until(self, **wanted):
+        while any(self.batcher.stats()[k] != v for k, v in wanted.items()):
+            await asyncio.sleep(0)
+
+
+def play(scenario: Scenario, script) -> None:
+    # A batch that waited for the cap (an hour) fails the test here instead of hanging it.
+    asyncio.run(asyncio.wait_for(script(scenario), 60))
+
+
+def test_batcher_a_lone_request_waits_for_nothing():
+    async def script(s):
+        assert await s.request("a") == "answer a"
+
+    play(s := Scenario(), script)
+    assert s.batches == [["a"]] and s.batcher.stats()["batches_closed"] == {"none_coming": 1}
+
+
+def test_batcher_gathers_the_requests_on_their_way_and_no_later_ones():
+    async def script(s):
+        gates = {name: asyncio.Event() for name in "abcd"}
+        first = [asyncio.create_task(s.request(n, gates[n])) for n in "ab"]
+        await s.until(coming=2)
+        gates["a"].set()
+        await s.until(queued=1)  # a waits for b, which was on its way when a was queued
+        later = asyncio.create_task(s.request("c", gates["c"]))  # c comes after: not waited for
+        await s.until(coming=2)
+        gates["b"].set()
+        assert await asyncio.gather(*first) == ["answer a", "answer b"]
+        gates["c"].set()
+        assert await later == "answer c"
+
+    play(s := Scenario(), script)
+    assert s.batches == [["a", "b"], ["c"]]
+    assert s.batcher.stats()["batches_closed"] == {"none_coming": 2}
+
+
+def test_batcher_fills_batches_while_the_model_runs_and_splits_at_the_max():
+    async def script(s):
+        s.hold.clear()  # the model is busy with x until released
+        busy = asyncio.create_task(s.request("x"))
+        while not s.running.is_set():
+            await asyncio.sleep(0.001)
+        waiting = [asyncio.create_task(s.request(n)) for n in "abcde"]
+        await s.until(queued=5)
+        s.hold.set()
+        assert await busy == "answer x"
+        assert await asyncio.gather(*waiting) == [f"answer {n}" for n in "abcde"]
+
+    play(s := Scenario(max_batch=3), script)
+    assert s.batches == [["x"], ["a", "b", "c"], ["d", "e"]]
+    assert s.batcher.stats()["batch_sizes"] == {"1": 1, "2": 1, "3": 1}
+    assert s.batcher.stats()["batches_closed"] == {"full": 1, "none_coming": 2}
+
+
+def test_batcher_a_request_that_leaves_or_a_failed_batch_or_the_cap_stop_no_one():
+    async def leave(s):  # a waits for "gone", which leaves without a clip: a's batch goes then
+        gate = asyncio.Event()
+        leaving = asyncio.create_task(s.request("gone", gate, leave=True))
+        await s.until(coming=1)
+        waiting = asyncio.create_task(s.request("a"))
+        await s.until(queued=1)
+        gate.set()
+        assert await waiting == "answer a" and await leaving is None
+
+    play(s := Scenario(), leave)
+    assert s.batches == [["a"]] and s.batcher.stats()["batches_closed"] == {"none_coming": 1}
+
+    async def failing(s):
+        with pytest.raises(ValueError, match="the model failed"):
+            await s.request("boom")
+        assert await s.request("b") == "answer b"  # the batcher goes on
+
+    play(s := Scenario(), failing)
+    assert s.batches == [["b"]]
+
+    async def capped(s):
+        gate = asyncio.Event()
+        slow = asyncio.create_task(s.request("slow", gate))
+        await s.until(coming=1)
+        assert await s.request("a") == "answer a"  # cap 0: does not wait for slow
+        gate.set()
+        assert await slow == "answer slow"
+
+    play(s := Scenario(wait_s=0), capped)
+    assert s.batches == [["a"], ["slow"]]
+    assert s.batcher.stats()["batches_closed"] == {"wait_cap": 1, "none_coming": 1}
+
+
 def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     import socket
 
@@ -284,6 +433,7 @@ def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
         (["--replicas", "2", "--autoscale", "1:2"], "not both"),
         (["--autoscale", "3:1"], "MIN:MAX"),
         (["--max-batch", "0"], "--max-batch"),
+        (["--batch-wait-ms", "-1"], "--batch-wait-ms must be 0 or more"),
     ):
         assert main(["serve", "--checkpoint", str(tmp_path), *args]) == 2
         assert message in capsys.readouterr().err

@@ -79,13 +79,15 @@ def test_app_builder_builds_the_application_from_config_args(tmp_path, monkeypat
         {"checkpoint": str(tmp_path / "ckpt"), "autoscale": "1:3", "max_batch": 4, "gpus_per_replica": 0}
     )
     assert isinstance(app, Application)
-    built = {d.name: d for d in build_app(app, name="cg_ray").deployments}
-    assert set(built) == {"Gateway", "Model"}
-    settings = built["Gateway"].init_args[1]
+    (endpoint,) = build_app(app, name="cg_ray").deployments
+    assert endpoint.name == "Endpoint"  # ingress, decoding and model in each replica
+    settings = endpoint.init_args[1]
     assert settings["token"] == "from-the-secret" and settings["max_batch"] == 4
-    assert settings["info"]["taxonomy"]["city"] == 6
-    assert built["Model"]._deployment_config.autoscaling_config.max_replicas == 3
-    assert built["Model"]._deployment_config.max_ongoing_requests >= 4  # room for a batch
+    assert settings["info"]["taxonomy"]["city"] == 6 and settings["decode_threads"] == 2
+    config = endpoint._deployment_config
+    assert config.autoscaling_config.max_replicas == 3
+    assert config.autoscaling_config.target_ongoing_requests == 4
+    assert config.max_ongoing_requests >= 2 * 4  # a batch decoding while the one before runs
 
 
 def test_serve_job_entry_point():

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cg_ray.cli import config, data, demo, evaluate, predict, serve, tracking, train, tune
+from cg_ray.cli import config, data, demo, evaluate, jobs, predict, serve, tracking, train, tune
 from cg_ray.cli.common import HelpFormatter, verbose_option
 from cg_ray.errors import UserError
 
 # In the order `cg-ray --help` lists them: the data's way from a layout to a model and its use.
-GROUPS = (data, train, tune, evaluate, predict, serve, config, tracking, demo)
+GROUPS = (data, train, tune, jobs, evaluate, predict, serve, config, tracking, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

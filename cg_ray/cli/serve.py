@@ -17,8 +17,8 @@ def register(sub) -> None:
 Serve a checkpoint over HTTP with Ray Serve until Ctrl-C: POST /predict takes a clip (multipart
 field `video`, raw video bytes, a zip of a frames folder, or JSON {"uri": "s3://..."}) and answers
 the `cg-ray predict --json` object plus mode and latency_ms; GET / is a page to try a video;
-GET /info, GET /healthz. Decoding runs in the HTTP deployment, requests are batched on the model
-replicas. Binds 127.0.0.1 unless --host says otherwise.""",
+GET /info, GET /healthz. Each replica receives requests, decodes them in threads and batches
+their forward passes. Binds 127.0.0.1 unless --host says otherwise.""",
         """
 cg-ray serve --checkpoint runs/demo/checkpoint_000002 --port 8000
 cg-ray serve --checkpoint models:/cityguessr/1 --autoscale 1:4 --gpus-per-replica 1 --max-batch 16
@@ -32,7 +32,9 @@ CG_RAY_SERVE_TOKEN=... cg-ray serve --checkpoint CKPT --host 0.0.0.0""",
         help="address to listen on; 0.0.0.0 exposes the endpoint to the network (use --token)",
     )
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
-    p.add_argument("--replicas", type=int, help="model replicas (default: 1)")
+    p.add_argument(
+        "--replicas", type=int, help="replicas, each receiving, decoding and predicting (default: 1)"
+    )
     p.add_argument(
         "--autoscale",
         metavar="MIN:MAX",
@@ -52,7 +54,17 @@ CG_RAY_SERVE_TOKEN=... cg-ray serve --checkpoint CKPT --host 0.0.0.0""",
         help="most clips per batched forward pass on a replica (1: no batching)",
     )
     p.add_argument(
-        "--batch-wait-ms", type=float, default=10.0, help="how long a replica waits to fill a batch"
+        "--batch-wait-ms",
+        type=float,
+        default=50.0,
+        help="longest a decoded clip waits for requests still being received or decoded in its "
+        "replica; never for ones that come later; a lone request never waits",
+    )
+    p.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=1.0,
+        help="CPUs each replica holds; it decodes with as many threads (at least 2)",
     )
     p.add_argument("--mode", choices=MODES, default="codependent", help="hierarchical evaluation mode")
     p.add_argument("--top-k", type=int, default=5, help="candidates answered per level")
@@ -91,6 +103,7 @@ def serve(args) -> None:
             replicas=args.replicas or 1,
             autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
             gpus_per_replica=args.gpus_per_replica,
+            cpus_per_replica=args.cpus_per_replica,
             max_batch=args.max_batch,
             batch_wait_ms=args.batch_wait_ms,
             mode=args.mode,

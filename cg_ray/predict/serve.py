@@ -1,9 +1,9 @@
-"""The online endpoint: `cg-ray serve` as a Ray Serve application of two deployments.
-
-Gateway   the HTTP ingress: token guard, body limits, request parsing (predict/http.py) and
-          clip decoding in threads, so decoding runs beside the model, never in its replica
-Model     one loaded checkpoint per replica (CPU or GPU); @serve.batch gathers the decoded
-          clips of concurrent requests into one forward pass of up to --max-batch clips
+"""The online endpoint: `cg-ray serve` as a Ray Serve application of one deployment, Endpoint
+(predict/endpoint.py). Each replica holds the checkpoint (CPU or GPU) and is its own HTTP
+ingress: token guard, body limits, request parsing (predict/http.py), clip decoding in a pool
+of threads, and a Batcher (predict/batching.py) that gathers the decoded clips of concurrent
+requests into one forward pass of up to --max-batch clips, waiting only for requests that are
+still being received or decoded (at most --batch-wait-ms).
 
 POST /predict   a clip -> the `cg-ray predict --json` object + mode + latency_ms
 GET  /          the page to try a video (page.html); GET /map.json: land and city points
@@ -15,27 +15,21 @@ app_builder(args)         the same application for a Serve config file (KubeRay 
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import hashlib
 import json
-import logging
+import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 
 from ray import serve
 
 from cg_ray.errors import UserError
 
-log = logging.getLogger("cg_ray.serve")
 APP_NAME = "cg_ray"
+DEPLOYMENT = "Endpoint"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "CG_RAY_SERVE_TOKEN"
 
@@ -47,13 +41,17 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 1
-    """Model replicas (fixed), unless `autoscale` is set."""
+    """Replicas (fixed), unless `autoscale` is set; each decodes and predicts."""
     autoscale: tuple[int, int] | None = None
-    """(min, max) model replicas, scaled by Serve on ongoing requests."""
+    """(min, max) replicas, scaled by Serve on ongoing requests."""
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
+    """CPUs a replica holds; it decodes in as many threads (at least 2)."""
     max_batch: int = 8
-    batch_wait_ms: float = 10.0
+    """Most clips in one forward pass (1: no batching)."""
+    batch_wait_ms: float = 50.0
+    """Longest a decoded clip waits for requests still being received or decoded to join its
+    batch; a clip waits for none when no other request is on its way."""
     mode: str = "codependent"
     top_k: int = 5
     max_upload_mb: float = 200.0
@@ -78,6 +76,7 @@ def check_options(options: ServeOptions) -> None:
 
     checks = [
         (options.max_batch >= 1, f"--max-batch must be at least 1, got {options.max_batch}"),
+        (options.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {options.batch_wait_ms:g}"),
         (options.top_k >= 1, f"--top-k must be at least 1, got {options.top_k}"),
         (options.replicas >= 1, f"--replicas must be at least 1, got {options.replicas}"),
         (options.gpus_per_replica >= 0, "--gpus-per-replica must be 0 or more"),
@@ -129,304 +128,49 @@ def describe_checkpoint(reference: str, tracking_uri: str | None = None) -> tupl
     }
 
 
-def map_data(cities: list[str]) -> dict:
-    """The page's world map: land as runs of cells per row of the shipped land mask, and the
-    coordinates of the model's cities (those the shipped tables know)."""
-    import numpy as np
-
-    from cg_ray.geo import CityCoordinates, load_land_mask
-
-    land, step = load_land_mask()
-    runs = []
-    for row in range(land.shape[0]):
-        padded = np.concatenate([[False], land[row], [False]]).astype(np.int8)
-        edges = np.flatnonzero(np.diff(padded))
-        runs.extend([row, int(a), int(b - a)] for a, b in zip(edges[::2], edges[1::2]))
-    coordinates = CityCoordinates.load()
-    known = {city: coordinates.get(city) for city in cities}
-    return {
-        "step": step,
-        "rows": int(land.shape[0]),
-        "cols": int(land.shape[1]),
-        "land": runs,
-        "cities": {c: [round(ll[0], 4), round(ll[1], 4)] for c, ll in known.items() if ll},
-    }
-
-
-def page_html() -> str:
-    return resources.files("cg_ray.predict").joinpath("page.html").read_text("utf-8")
-
-
-# -- the deployments ------------------------------------------------------------------------------
-
-
-class Model:
-    """One replica: the checkpoint on its device, answering batches of decoded clips."""
-
-    def __init__(
-        self,
-        checkpoint: str,
-        tracking_uri: str | None,
-        mode: str,
-        top_k: int,
-        max_batch: int,
-        batch_wait_s: float,
-    ):
-        import torch
-
-        from cg_ray.predict.predictor import Predictor, open_checkpoint
-
-        loaded, _ = open_checkpoint(checkpoint, tracking_uri)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.predictor = Predictor(loaded, mode, top_k, self.device)
-        self.predict.set_max_batch_size(max_batch)
-        self.predict.set_batch_wait_timeout_s(batch_wait_s)
-        self.batch_sizes: collections.Counter[int] = collections.Counter()
-        self.max_batch = max_batch
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # set from the options in __init__
-    async def predict(self, clips: list) -> list[dict]:
-        import numpy as np
-
-        self.batch_sizes[len(clips)] += 1
-        video = np.stack(clips)
-        # The forward pass runs in a thread: the replica's event loop goes on queueing the next
-        # batch meanwhile.
-        return await asyncio.get_running_loop().run_in_executor(None, self.predictor.predict, video)
-
-    def stats(self) -> dict:
-        return {
-            "replica": serve.get_replica_context().replica_id.unique_id,
-            "device": self.device,
-            "max_batch": self.max_batch,
-            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-        }
-
-
-class Gateway:
-    """The HTTP ingress. Routes by path; every refusal is a JSON {"error": message} with a 4xx."""
-
-    def __init__(self, model, settings: dict):
-        self.model = model
-        self.settings = settings
-        self.limit = int(settings["max_upload_mb"] * 2**20)
-        self.page = page_html()
-        self._map: bytes | None = None
-
-    async def __call__(self, request):
-        from starlette.responses import HTMLResponse, JSONResponse, Response
-
-        from cg_ray.predict.http import RequestError, check_token
-
-        path, method = request.url.path.rstrip("/") or "/", request.method
-        try:
-            if path == "/healthz" and method in ("GET", "HEAD"):
-                return JSONResponse({"status": "ok"})
-            if path == "/" and method in ("GET", "HEAD"):
-                return HTMLResponse(self.page)
-            if path == "/map.json" and method == "GET":
-                if self._map is None:
-                    self._map = json.dumps(map_data(self.settings["info"]["cities"])).encode()
-                return Response(self._map, media_type="application/json")
-            routes = {"/predict": "POST", "/info": "GET"}
-            if path not in routes:
-                raise RequestError(
-                    404,
-                    f"no such route {method} {path}: POST /predict, GET /info, "
-                    f"GET /healthz, GET / (the page)",
-                )
-            if method != routes[path]:
-                raise RequestError(405, f"{path} takes {routes[path]}, not {method}")
-            check_token(request.headers.get("authorization"), self.settings.get("token"))
-            if path == "/info":
-                return JSONResponse(await self.info())
-            try:
-                return JSONResponse(await self.predict(request))
-            except RequestError as exc:
-                if exc.status == 413:
-                    await self._drain(request)
-                raise
-        except RequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except Exception as exc:  # a bug or a failed replica: one line for the client, all in the log
-            log.exception("request %s %s failed", method, path)
-            return JSONResponse(
-                {
-                    "error": f"internal error: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
-                },
-                status_code=500,
-            )
-
-    async def info(self) -> dict:
-        info = {k: v for k, v in self.settings["info"].items() if k != "cities"}
-        stats = await self.model.stats.remote()
-        return {
-            **info,
-            "mode": self.settings["mode"],
-            "top_k": self.settings["top_k"],
-            "max_batch": self.settings["max_batch"],
-            "max_upload_mb": self.settings["max_upload_mb"],
-            "auth": bool(self.settings.get("token")),
-            "replica": stats,
-            "batch_sizes": stats["batch_sizes"],
-        }
-
-    async def predict(self, request) -> dict:
-        from cg_ray.predict.http import check_length, uri_upload
-
-        start = time.perf_counter()
-        check_length(request.headers.get("content-length"), self.limit)
-        content_type = request.headers.get("content-type", "")
-        workdir = None
-        try:
-            if content_type.split(";")[0].strip().lower() == "application/json":
-                body = await self._read_small(request)
-                upload = uri_upload(body, self.settings["allow_local_paths"])
-            else:
-                workdir = tempfile.mkdtemp(prefix="cg_ray-serve-")
-                upload = await self._receive(request, content_type, workdir)
-            clip = await asyncio.to_thread(self._decode, upload, workdir)
-            row = await self.model.predict.remote(clip)
-        finally:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-        return {
-            "input": upload.name,
-            **row,
-            "mode": self.settings["mode"],
-            "latency_ms": round(1000 * (time.perf_counter() - start), 2),
-        }
-
-    def _decode(self, upload, workdir):
-        from cg_ray.data.decode import decode_clip
-        from cg_ray.data.sampling import Sampling
-        from cg_ray.predict.http import RequestError, public_message
-
-        info = self.settings["info"]
-        sampling = Sampling(info["sampling"]["name"], info["num_frames"], info["sampling"]["views"])
-        try:
-            return decode_clip(
-                upload.source,
-                info["num_frames"],
-                info["image_size"],
-                min_frames=self.settings["min_frames"],
-                sampling=sampling,
-            )
-        except UserError as exc:  # ClipError, and storage errors (unknown scheme, no such object)
-            message = public_message(str(exc), upload, workdir)
-            status = 404 if "does not exist" in message else 422
-            raise RequestError(status, message) from None
-
-    async def _drain(self, request) -> None:
-        """Read (and drop) what is left of a refused body, up to the limit once more: a client
-        still sending when the answer comes would see a broken pipe instead of the 413."""
-        left = request.headers.get("content-length", "")
-        if left.isdigit() and int(left) > 2 * self.limit:
-            return
-        seen = 0
-        while seen <= self.limit:
-            message = await request.receive()
-            if message["type"] != "http.request":
-                return
-            seen += len(message.get("body", b""))
-            if not message.get("more_body"):
-                return
-
-    async def _read_small(self, request) -> bytes:
-        from cg_ray.predict.http import capped
-
-        return b"".join([chunk async for chunk in capped(request.stream(), min(self.limit, 1 << 20))])
-
-    async def _receive(self, request, content_type: str, workdir: str):
-        """The request's clip, written under `workdir`: a multipart field or the raw body."""
-        from cg_ray.predict.http import HOW, RequestError, capped, materialize, safe_name
-
-        stream = capped(request.stream(), self.limit)
-        if content_type.lower().startswith("multipart/form-data"):
-            from starlette.formparsers import MultiPartException, MultiPartParser
-
-            try:
-                form = await MultiPartParser(request.headers, stream, max_files=4, max_fields=16).parse()
-            except MultiPartException as exc:
-                raise RequestError(400, f"the multipart body does not parse ({exc}): {HOW}") from None
-            try:
-                video = form.get("video")
-                if video is None or isinstance(video, str):
-                    names = ", ".join(f"'{k}'" for k in form.keys()) or "none"
-                    raise RequestError(400, f"the form has no file field 'video' (fields: {names}): {HOW}")
-                name = safe_name(video.filename, "video")
-                path = os.path.join(workdir, name)
-                with open(path, "wb") as out:
-                    while chunk := await video.read(1 << 20):
-                        out.write(chunk)
-                kind = video.content_type or ""
-            finally:
-                await form.close()
-        else:
-            name = safe_name(request.headers.get("x-filename") or request.query_params.get("name"), "upload")
-            path = os.path.join(workdir, name)
-            with open(path, "wb") as out:
-                async for chunk in stream:
-                    out.write(chunk)
-            kind = content_type
-        with open(path, "rb") as f:
-            head = f.read(1024)
-        return materialize(path, head, kind, name, workdir, self.limit)
-
-
 # -- building and running the application ---------------------------------------------------------
 
 
+def decode_threads(options: ServeOptions) -> int:
+    """Decode threads of a replica: one per CPU it holds, and at least 2, so that one clip's
+    upload or file reads overlap another's decoding."""
+    return max(2, math.ceil(options.cpus_per_replica))
+
+
 def build_app(options: ServeOptions, replica_checkpoint: str, info: dict):
-    """The Serve application: Gateway (ingress) -> Model, with the options' resources."""
-    model_options: dict = {
-        # Batching needs room for a batch of requests in flight on each replica.
-        "max_ongoing_requests": max(2 * options.max_batch, 4),
+    """The Serve application: one deployment (predict/endpoint.py), ingress and model in each
+    replica, with the options' resources."""
+    from cg_ray.predict.endpoint import Endpoint
+
+    deployment_options: dict = {
+        # Room for a full batch being decoded while the one before runs, plus /info, /healthz.
+        "max_ongoing_requests": max(2 * options.max_batch, 8),
         "ray_actor_options": {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica},
-    }
-    gateway_options: dict = {
-        "max_ongoing_requests": max(8 * options.max_batch, 32),
-        "ray_actor_options": {"num_cpus": 1},
     }
     if options.autoscale:
         low, high = options.autoscale
-        model_options["autoscaling_config"] = {
+        deployment_options["autoscaling_config"] = {
             "min_replicas": low,
             "max_replicas": high,
             "target_ongoing_requests": options.max_batch,
         }
-        gateway_options["autoscaling_config"] = {
-            "min_replicas": max(1, low),
-            "max_replicas": high,
-            "target_ongoing_requests": 4 * options.max_batch,
-        }
     else:
-        model_options["num_replicas"] = options.replicas
-        gateway_options["num_replicas"] = options.replicas
-    model = serve.deployment(Model, name="Model").options(**model_options)
-    gateway = serve.deployment(Gateway, name="Gateway").options(**gateway_options)
+        deployment_options["num_replicas"] = options.replicas
     settings = {
         "info": info,
         "mode": options.mode,
         "top_k": options.top_k,
         "max_batch": options.max_batch,
+        "batch_wait_ms": options.batch_wait_ms,
+        "decode_threads": decode_threads(options),
         "max_upload_mb": options.max_upload_mb,
         "min_frames": options.min_frames,
         "allow_local_paths": options.allow_local_paths,
         "token": options.token,
+        "tracking_uri": options.tracking_uri,
     }
-    return gateway.bind(
-        model.bind(
-            replica_checkpoint,
-            options.tracking_uri,
-            options.mode,
-            options.top_k,
-            options.max_batch,
-            options.batch_wait_ms / 1000,
-        ),
-        settings,
-    )
+    endpoint = serve.deployment(Endpoint, name=DEPLOYMENT).options(**deployment_options)
+    return endpoint.bind(replica_checkpoint, settings)
 
 
 def app_builder(args: dict):
@@ -483,7 +227,7 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
     from cg_ray.ray_env import init_ray, shutdown_ray
 
     replicas = options.autoscale[1] if options.autoscale else options.replicas
-    init_ray(min_cpus=replicas * (1 + options.cpus_per_replica), metrics_port=options.metrics_port)
+    init_ray(min_cpus=replicas * options.cpus_per_replica + 1, metrics_port=options.metrics_port)
     stop = threading.Event()
     # Ctrl-C and SIGTERM (`ray job stop`, Kubernetes) both end the loop below; set here, since a
     # process started in the background may have been told to ignore SIGINT.

@@ -8,7 +8,8 @@ Ray 2.60 runs Train V2, where a TorchTrainer is not a Tune trainable: each trial
 that builds and fits the trainer, with a callback forwarding every epoch's metrics to Tune.
 The search lives in `run.storage_path/run.name/`: Tune's state, `cg_ray_search.json` (the
 parent MLflow run and the config), `trials/<name>-<n>/` (each trial's training run, whose
-checkpoints a resumed search continues from) and `best_config.yaml`.
+checkpoints a resumed search continues from), `best_config.yaml` and `report/` (the trials'
+table, importances and pictures: cg_ray.tune.report).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cg_ray.resources import (
     resolve_use_gpu,
     training_need,
 )
+from cg_ray.tune import report as search_report
 from cg_ray.tune.scheduling import (
     STOPPED,
     EpochReport,
@@ -240,6 +242,7 @@ def search(
     tracking.adopt(search_dir, uri, recursive=True)
     tracking.flush()
     settle_children(uri, parent_run_id, rows, search_dir)
+    search_report.at_search_end(search_dir, uri, parent_run_id, rows)  # before the parent run ends
     summary = write_best(cfg, uri, parent_run_id, results, rows, search_dir, best_config_out)
     warning = tracking.kept_warning(uri, search_dir)
     if warning:

@@ -228,7 +228,6 @@ def write_best(
     """The best trial's config as a ready-to-train YAML (in the search folder, and at `out`),
     recorded on the parent run, which is then closed."""
     metric = cfg.tune.metric
-    _print_rows(rows, metric)
     scored = [row for row in rows if row[metric] is not None]
     if not scored:
         tracking.end_run(uri, parent_run_id, "FAILED")
@@ -253,14 +252,3 @@ def write_best(
     tracking.end_run(uri, parent_run_id)
     count = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped_early", "failed")}
     return {"trials": len(rows), **count, "best": row, "best_config": paths[-1]}
-
-
-def _print_rows(rows: list[dict], metric: str) -> None:
-    for row in rows:
-        value = "-" if row[metric] is None else f"{row[metric]:.2f}"
-        params = " ".join(f"{k}={v}" for k, v in row["params"].items())
-        print(
-            f"trial {row['trial_id']} {row['status']:<13} epochs={row['epochs']} {metric}={value} "
-            f"{params}" + (f" error: {row['error']}" if row["error"] else ""),
-            flush=True,
-        )
