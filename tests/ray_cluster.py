@@ -87,6 +87,16 @@ class LocalCluster:
         )
 
     def __enter__(self) -> LocalCluster:
+        # A node that fails to start raises here, where `with` calls no __exit__: stop what
+        # did start (a head left behind loads the machine for the rest of the suite).
+        try:
+            self._start_nodes()
+        except BaseException:
+            stop(self.procs, self.root)
+            raise
+        return self
+
+    def _start_nodes(self) -> None:
         port = self.gcs.rsplit(":", 1)[1]
         dash_port = self.dashboard.rsplit(":", 1)[1]
         self._start(
@@ -115,7 +125,6 @@ class LocalCluster:
             os.path.join(self.root, "worker"),
         )
         self.wait_nodes(2)
-        return self
 
     def ray(self, *args: str, timeout: float = 120, cwd: str | None = None) -> subprocess.CompletedProcess:
         """A `ray` CLI call against this cluster (its token, its address)."""
