@@ -85,6 +85,14 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class _Terminal(logging.Handler):
     """To sys.stderr as it is when a record comes (a redirect, a test's capture)."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Ray Data's ERROR records tell of a failed execution, which raises in this process:
+        # the command reports it itself (one line for a storage or input error, else the
+        # traceback), so Ray Data's account of it (its task's stack trace) goes to the log only.
+        if record.name.startswith("ray.data") and record.levelno >= logging.ERROR:
+            return False
+        return super().filter(record)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             sys.stderr.write(self.format(record) + "\n")
