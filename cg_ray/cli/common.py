@@ -69,6 +69,11 @@ def config_options(p) -> None:
     )
 
 
+def resume_option(p, what: str) -> None:
+    """--resume [must|auto] of train and tune: bare --resume means must."""
+    p.add_argument("--resume", nargs="?", const="must", choices=["must", "auto"], help=what)
+
+
 def progress_option(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
 

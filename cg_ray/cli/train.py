@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cg_ray.cli.common import command, config_options, progress_option, write_json
+from cg_ray.cli.common import command, config_options, progress_option, resume_option, write_json
 
 
 def register(sub) -> None:
@@ -31,12 +31,9 @@ cg-ray train --config configs/demo.yaml --resume auto""",
         metavar="PATH",
         help="write the final metrics and the best checkpoint's path as JSON here",
     )
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="must",
-        choices=["must", "auto"],
-        help="continue run.name from its latest checkpoint: --resume (= must) is an error if "
+    resume_option(
+        p,
+        "continue run.name from its latest checkpoint: --resume (= must) is an error if "
         "there is none; --resume auto starts a new run then (so does no --resume: a run folder "
         "with checkpoints is always continued)",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cg_ray.cli.common import command, config_options, write_json
+from cg_ray.cli.common import command, config_options, resume_option, write_json
 
 
 def register(sub) -> None:
@@ -38,12 +38,9 @@ cg-ray tune --config configs/search.yaml --report""",
         metavar="M",
         help="trials at once (tune.max_concurrent; default: what the cluster fits)",
     )
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="must",
-        choices=["must", "auto"],
-        help="continue the interrupted search run.storage_path/run.name: --resume (= must) is "
+    resume_option(
+        p,
+        "continue the interrupted search run.storage_path/run.name: --resume (= must) is "
         "an error if there is none; --resume auto starts a new search then (for jobs that "
         "restart themselves)",
     )
