@@ -86,6 +86,11 @@ FILE_NAMED_LOGGERS = (
     ("train", "v2", "_internal", "execution", "context.py"),
     ("train", "collective", "collectives.py"),
 )
+# Ray Train's controller asks Ray's autoscaling coordinator for its workers' resources with a 5 s
+# timeout; on a busy machine the ask times out and the controller logs a warning with a
+# 20-line traceback that says itself it is "safe to ignore" (it asks again 20 s later): that
+# logger's warnings are dropped unless --verbose (it logs nothing else).
+TRANSIENT_LOGGERS = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",)
 
 
 def setup_worker_process() -> None:
@@ -96,6 +101,8 @@ def setup_worker_process() -> None:
     if not console.verbose():
         for parts in FILE_NAMED_LOGGERS:
             logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *parts)).setLevel(logging.WARNING)
+        for name in TRANSIENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def worker_env() -> dict[str, str]:
