@@ -1,5 +1,3 @@
-import sys
+from cg_ray.cli import run
 
-from cg_ray.cli import main
-
-sys.exit(main())
+run()
