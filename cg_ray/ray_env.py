@@ -61,6 +61,11 @@ SETUP_HOOK = "cg_ray.ray_env.setup_worker_process"
 RAY_OWN_DEPRECATION = "`ExecutionOptions.exclude_resources` is deprecated"
 
 
+class _OnlyErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 class _OurBarsAreOff(logging.Filter):
     """Ray Data's warning that its progress bars are off: cg_ray turned them off (RAY_DATA_BARS)
     and prints its own progress."""
@@ -95,7 +100,9 @@ FILE_NAMED_LOGGERS = (
 # Ray Train's controller asks Ray's autoscaling coordinator for its workers' resources with a 5 s
 # timeout; on a busy machine the ask times out and the controller logs a warning with a
 # 20-line traceback that says itself it is "safe to ignore" (it asks again 20 s later): that
-# logger's warnings are dropped unless --verbose (it logs nothing else).
+# logger's warnings are dropped unless --verbose (it logs nothing else). A filter, not a level:
+# Train configures its loggers with dictConfig after this hook, which resets the level of every
+# logger under "ray.train" but keeps their filters.
 TRANSIENT_LOGGERS = ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",)
 
 
@@ -108,7 +115,9 @@ def setup_worker_process() -> None:
         for parts in FILE_NAMED_LOGGERS:
             logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *parts)).setLevel(logging.WARNING)
         for name in TRANSIENT_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+            transient = logging.getLogger(name)
+            if not any(isinstance(f, _OnlyErrors) for f in transient.filters):
+                transient.addFilter(_OnlyErrors())
 
 
 def worker_env() -> dict[str, str]:

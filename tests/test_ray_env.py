@@ -121,11 +121,21 @@ def test_every_worker_process_of_a_cg_ray_job_is_set_up_quiet(ray_session):
             warnings.warn("a warning of our own", UserWarning, stacklevel=1)
         report = logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *FILE_NAMED_LOGGERS[0]))
         levels = [os.environ.get(name) for name in ("RAY_DATA_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL")]
-        # the controller's "safe to ignore" traceback when a resource request times out
-        transient = [logging.getLogger(name).isEnabledFor(logging.WARNING) for name in TRANSIENT_LOGGERS]
+        # the controller's "safe to ignore" traceback when a resource request times out, also
+        # once Ray Train has configured its loggers as its controller does (dictConfig)
+        from logging import config as logging_config
+
+        logging_config.dictConfig(
+            {"version": 1, "disable_existing_loggers": False, "loggers": {"ray.train": {"level": "DEBUG"}}}
+        )
+        transient = [
+            (logging.getLogger(name).filter(logging.makeLogRecord({"levelno": level})) is not False)
+            for name in TRANSIENT_LOGGERS
+            for level in (logging.WARNING, logging.ERROR)
+        ]
         return [str(w.message) for w in caught], report.level, levels, transient
 
-    quiet = (["a warning of our own"], logging.WARNING, ["WARNING", "WARNING"], [False])
+    quiet = (["a warning of our own"], logging.WARNING, ["WARNING", "WARNING"], [False, True])
     assert ray.get(inside.remote()) == quiet
 
 
