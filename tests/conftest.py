@@ -5,11 +5,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("CG_RAY_PROGRESS", "0")
-# Ray Train's controller polls its workers every 2 s, so each fit ended up to 4 s after its last
-# epoch (the poll that sees the workers done, then the one after their shutdown). Every Ray the
-# tests start (the session's, the own clusters, the CLI's) inherits this: a 2-epoch fit on 2
-# workers takes 14 s instead of 18 s. A hanging poll still fails only after Ray's 10 minutes.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 if not os.environ.get("CG_RAY_CACHE"):  # registry models fetched by tests: not into ~/.cache
     from tmpdirs import short_tmpdir
 
