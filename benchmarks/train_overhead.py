@@ -6,8 +6,16 @@ same step in a bare PyTorch loop (benchmarks/bare_loop.py) over the same packed 
 Both sides are compared once warm: for `cg-ray train`, the last epoch's clips/s after its
 first batch (`train_clips_per_s_warm`: Ray Data's start-up of the epoch left out); for the bare
 loop, clips/s after a few warm-up steps. Both run the model with the same number of torch
-threads (a Ray Train worker gets as many as train.cpus_per_worker). The last line is a JSON
-object with `overhead_ratio` = bare clips/s / Ray Train clips/s (1.0: no overhead).
+threads (a Ray Train worker gets as many as train.cpus_per_worker). The bare loop runs before
+and after `cg-ray train`: a shared machine's speed drifts by tens of percent within minutes, and
+the mean of the two brackets the Ray run. The last line is a JSON object with `overhead_ratio` =
+bare clips/s (mean) / Ray Train clips/s (1.0: no overhead).
+
+Where a step's wall time goes on each side, from the scheduler's counters (sched_watch.py): the
+share of the training thread's time (Ray Train: its last 1/epochs, about the last epoch) spent
+on a CPU, runnable but waiting for one (`runqueue`: what the processes beside it cost it) and
+asleep (waiting for data or a lock), and the cores every other process used meanwhile (Ray's
+own: raylet, GCS, dashboard, Train's and Data's helper actors, the decode tasks).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ def main() -> None:
     from bare_loop import bare_loop
     from packed_synthetic import write_packed_dataset
     from result_line import print_result
+    from sched_watch import ProcessWatch, ThisThread
 
     from cg_ray.cli import main as cli
     from cg_ray.config import load_config
@@ -83,34 +92,47 @@ def main() -> None:
         f"run.tracking_uri=sqlite:///{work}/mlflow.db",
         "run.name=overhead",
     ]
+
+    def bare() -> dict:
+        torch.set_num_threads(args.threads)
+        with ThisThread() as thread:
+            figures = bare_loop(
+                load_config(str(DEMO), overrides),
+                data,
+                steps=args.steps,
+                warmup=max(3, args.steps // 20),
+                device="cpu",
+                decode="cpu",
+            )
+        return {**figures, "thread": thread.figures}
+
+    before = bare()
     metrics = os.path.join(work, "train.json")
+    watch = ProcessWatch("ray::RayTrainWorker").start()
     start = time.perf_counter()
     with redirect_stdout(io.StringIO()):
         code = cli(["train", "--config", str(DEMO), "--metrics-out", metrics, "--set", *overrides])
     if code:
         raise SystemExit(f"cg-ray train exited {code}")
     wall = time.perf_counter() - start
+    ray_thread = watch.stop(tail=1 / args.epochs)  # about the last epoch: the one compared
     ray_side = json.loads(open(metrics).read())
+    after = bare()
 
-    torch.set_num_threads(args.threads)
-    bare = bare_loop(
-        load_config(str(DEMO), overrides),
-        data,
-        steps=args.steps,
-        warmup=max(3, args.steps // 20),
-        device="cpu",
-        decode="cpu",
-    )
+    bare_rate = (before["clips_per_s"] + after["clips_per_s"]) / 2
     ray_rate = ray_side["train_clips_per_s_warm"]
     result = {
-        "overhead_ratio": round(bare["clips_per_s"] / max(ray_rate, 1e-9), 3),
+        "overhead_ratio": round(bare_rate / max(ray_rate, 1e-9), 3),
         "ray_train_clips_per_s_warm": round(ray_rate, 2),
         "ray_train_clips_per_s_epoch": round(ray_side["train_clips_per_s"], 2),
         "ray_train_first_batch_s": round(ray_side["first_batch_s"], 2),
         "ray_train_data_wait_fraction": round(ray_side["data_wait_fraction"], 3),
         "ray_train_wall_s": round(wall, 1),
-        "bare_clips_per_s": bare["clips_per_s"],
-        "bare_data_fraction": bare["data_fraction"],
+        "ray_train_thread": ray_thread,
+        "bare_clips_per_s": round(bare_rate, 2),
+        "bare_clips_per_s_before_after": [before["clips_per_s"], after["clips_per_s"]],
+        "bare_data_fraction": before["data_fraction"],
+        "bare_thread": before["thread"],
         "steps_per_epoch": args.steps,
         "batch_size": batch,
         "threads": args.threads,
@@ -121,9 +143,15 @@ def main() -> None:
     }
     print(
         f"Ray Train (1 worker, last of {args.epochs} epochs, warm): {ray_rate:.1f} clips/s; "
-        f"bare PyTorch loop: {bare['clips_per_s']:.1f} clips/s; "
+        f"bare PyTorch loop: {before['clips_per_s']:.1f} before, {after['clips_per_s']:.1f} after; "
         f"overhead ratio {result['overhead_ratio']:.3f} (goal: <= 1.10)"
     )
+    for side, figures in (("Ray Train", ray_thread), ("bare loop", before["thread"])):
+        if figures:
+            print(
+                f"{side} training thread: {figures['cpu_share']:.0%} on a CPU, "
+                f"{figures['runqueue_share']:.0%} waiting for one, {figures['sleep_share']:.0%} asleep"
+            )
     print_result(result)
 
 
