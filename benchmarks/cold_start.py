@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -31,8 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def machine_cpu_seconds() -> float:
     """CPU time of every process on the machine since boot (user, nice, system, irq, softirq,
     steal), in seconds."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]) / os.sysconf("SC_CLK_TCK")
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 def cold_train(data: str, work: str, name: str, epochs: int, extra_env: dict) -> dict:

@@ -21,10 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-CLOCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+import psutil
 
 
 def _schedstat(pid: int, tid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable waiting for one) of one thread: the run-queue figure that
+    psutil does not give."""
     try:
         on_cpu, runnable, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
         return int(on_cpu), int(runnable)
@@ -32,23 +34,11 @@ def _schedstat(pid: int, tid: int) -> tuple[int, int] | None:
         return None
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK  # utime + stime, in clock ticks
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _find(title: str) -> int | None:
     """The first other process whose command line (arguments joined by spaces) starts with title."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if (entry / "cmdline").read_bytes().replace(b"\0", b" ").startswith(title.encode()):
-                    return int(entry.name)
-            except OSError:
-                continue
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if process.pid != os.getpid() and " ".join(process.info["cmdline"] or []).startswith(title):
+            return process.pid
     return None
 
 
@@ -79,11 +69,10 @@ class ProcessWatch:
 
     def _others_cpu(self) -> dict[int, float]:
         found = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) not in (self.pid, os.getpid()):
-                seconds = _cpu_seconds(int(entry.name))
-                if seconds is not None:
-                    found[int(entry.name)] = seconds
+        for process in psutil.process_iter(["pid", "cpu_times"]):
+            times = process.info["cpu_times"]
+            if times is not None and process.pid not in (self.pid, os.getpid()):
+                found[process.pid] = times.user + times.system
         return found
 
     def _run(self) -> None:
