@@ -73,6 +73,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each run (default: 2)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs must be 1 or more, got {args.runs}")
+    malformed = [item for item in args.against if "=" not in item or item.startswith("=")]
+    if malformed:
+        parser.error(
+            f"--against takes NAME=VALUE pairs, e.g. RAY_enable_metrics_collection=0; got {malformed}"
+        )
     against = dict(item.split("=", 1) for item in args.against)
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="cg-cold-"))
 
