@@ -266,7 +266,8 @@ def pack(data_path: str, opts: PackOptions | None = None, log=print) -> dict:
     if todo:
         init_ray()
         start = time.perf_counter()
-        summaries = ray.data.from_arrow(todo).map_batches(
+        # from_blocks: the plans' metadata read here, not by a Ray task per shard (from_arrow)
+        summaries = ray.data.from_blocks(todo).map_batches(
             pack_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={"opts": asdict(opts)}, num_cpus=1
         )
         progress = Progress("pack", sum(p.num_rows for p in todo), stream=sys.stdout)

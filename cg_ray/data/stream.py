@@ -135,8 +135,11 @@ def _manifest_rows(dataset: PreparedDataset, split: str, rows_per_block: int) ->
     A manifest is small beside the clips (paths, labels and scene targets: tens of MB for
     CityGuessr68k's 68k clips), and
     `ray.data.read_parquet` of one small file cost 3.5-4.6 s per execution on 2 cores (its
-    ListFiles task alone), i.e. per epoch and split; this costs ~0.2 s. Blocks of
-    `rows_per_block` rows let the decode tasks run in parallel."""
+    ListFiles task alone), i.e. per epoch and split. Blocks of `rows_per_block` rows let the
+    decode tasks run in parallel. `from_blocks` reads each block's metadata here, where
+    `from_arrow` runs a Ray task per block for it: 1.4 s against 0.02 s for the 8 blocks of a
+    60-clip split; a 200,000-row split's first batch after 21-24 s instead of 40-49 s
+    (benchmarks/manifest_scale.py)."""
     table = dataset.manifest(split)
     step = max(rows_per_block, 1)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
+    return ray.data.from_blocks([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
