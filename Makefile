@@ -68,7 +68,7 @@ docs: $(STAMP)
 #   and JSON figures in $(BENCH_OUT)/NAME.log and NAME.json, the machine and every result in
 #   summary.json; the figures and the machines that gave them: docs/benchmarks.md. BENCH_GPU
 #   need a GPU (make gpu-check). tests/test_docs.py: every benchmark script is in one of them.
-BENCH_CPU := frame_count manifest_scale stream_cost storage_faults core_pipeline cold_start train_overhead \
+BENCH_CPU := frame_count manifest_scale epoch_order stream_cost storage_faults core_pipeline cold_start train_overhead \
 	tune_overhead serve predict scenes data_engine recipes
 BENCH_GPU := gpu_check train_step
 BENCH ?= $(BENCH_CPU)

@@ -15,6 +15,7 @@ import numpy as np
 import ray.data
 
 from cg_ray.data.decode import ClipError, decode_clip
+from cg_ray.data.order import reshuffled
 from cg_ray.data.prepared import PreparedDataset
 from cg_ray.data.sampling import Sampling
 from cg_ray.data.tables import scene_targets
@@ -108,11 +109,8 @@ def clip_dataset(
             f"data.decode=gpu needs packed shards of '{dataset}' for "
             f"{num_frames} frames at {image_size}: run `cg-ray pack` first"
         )
-    ds = _manifest_rows(dataset, split, rows_per_block=16 * decode_batch_size)
-    if shuffle_seed is not None:
-        # Rows of the manifest are small: shuffling them before decoding is cheap. An int seed
-        # would give the same order every epoch; this config re-seeds with each execution.
-        ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(shuffle_seed, reseed_after_execution=True))
+    # Rows of the manifest are small: shuffling them before decoding is cheap.
+    ds = _manifest_rows(dataset, split, 16 * decode_batch_size, shuffle_seed)
     return ds.map_batches(
         decode_batch,
         batch_size=decode_batch_size,
@@ -129,8 +127,11 @@ def clip_dataset(
     )
 
 
-def _manifest_rows(dataset: PreparedDataset, split: str, rows_per_block: int) -> ray.data.Dataset:
-    """The manifest rows of one split, read here and handed to Ray Data as in-memory blocks.
+def _manifest_rows(
+    dataset: PreparedDataset, split: str, rows_per_block: int, shuffle_seed: int | None = None
+) -> ray.data.Dataset:
+    """The manifest rows of one split, read here and handed to Ray Data as in-memory blocks
+    (with a seed: in a new order every epoch, see reshuffled).
 
     A manifest is small beside the clips (paths, labels and scene targets: tens of MB for
     CityGuessr68k's 68k clips), and
@@ -142,4 +143,6 @@ def _manifest_rows(dataset: PreparedDataset, split: str, rows_per_block: int) ->
     (benchmarks/manifest_scale.py)."""
     table = dataset.manifest(split)
     step = max(rows_per_block, 1)
+    if shuffle_seed is not None:
+        return reshuffled(ray.data.from_blocks([table]), shuffle_seed, max(-(-table.num_rows // step), 1))
     return ray.data.from_blocks([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
