@@ -11,6 +11,6 @@ def reshuffled(rows: ray.data.Dataset, seed: int, num_blocks: int) -> ray.data.D
 
     One task shuffles the one block and the split is a slice per block. Ray Data's random
     shuffle of n blocks exchanges n x n pieces: for 200 blocks of 128 rows an epoch of the rows
-    alone took 25-28 s on 2 cores against 6.5-12 s this way, for 850 blocks 289 s."""
+    alone took 24-41 s on 2 cores against 6-7 s this way (benchmarks/epoch_order.py)."""
     seed_config = ray.data.RandomSeedConfig(seed, reseed_after_execution=True)
     return rows.random_shuffle(seed=seed_config).repartition(num_blocks)
