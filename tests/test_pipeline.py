@@ -53,13 +53,19 @@ def test_training_reports_metrics_and_checkpoint(trained):
 def test_a_run_on_a_local_ray_starts_no_preemption_watcher(trained):
     """Ray Train's per-run actor that watches for drained nodes is off on a local Ray (nothing
     drains its one node): a process less per run. The run's controller is listed, so the
-    listing itself works."""
+    listing itself works. Only this session's job counts: a driver that joins the session's Ray
+    from another test (test_resilience's, as a cluster job's driver) is a job of its own, and
+    keeps the watcher as on a cluster."""
     import ray
     from ray.util.state import list_actors
 
+    context = ray.get_runtime_context()
+
     def count(name):
         actors = list_actors(
-            address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", name)], limit=10000
+            address=context.gcs_address,
+            filters=[("class_name", "=", name), ("job_id", "=", context.get_job_id())],
+            limit=10000,
         )
         return len(actors)
 
