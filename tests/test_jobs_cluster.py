@@ -199,11 +199,20 @@ def test_ctrl_c_detaches_and_the_job_goes_on(cluster, tiny_dataset, tmp_path):
         text=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # As at a terminal: a shell's background job (pytest under `nohup ... &`, say) passes on
+        # SIGINT ignored, and Python then leaves Ctrl-C ignored too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         job_id = next(m.group(1) for line in follow.stderr if (m := re.search(r"submitted (\S+):", line)))
         follow.send_signal(signal.SIGINT)
-        rest = follow.communicate(timeout=60)[1]
+        try:
+            rest = follow.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            follow.kill()
+            raise AssertionError(
+                f"cg-ray submit went on 60 s after Ctrl-C:\n{follow.communicate()[1]}"
+            ) from None
     finally:
         if follow.poll() is None:
             follow.kill()
