@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast lint format bench clean submit browser gpu-check docs
+.PHONY: install demo test test-fast lint format bench clean submit system-packages gpu-check docs
 
 install: $(STAMP)
 
@@ -21,16 +21,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cg-ray demo --out $(DEMO_DIR)
 
-# Debian's chromium for tests/test_serve.py (driven by Playwright; no browser download).
-browser:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+# Debian's packages the tests use: chromium for tests/test_serve.py's page (driven by Playwright;
+# no browser download) and haproxy, which `cg-ray serve` puts in front of its replicas when found.
+SYSTEM_PACKAGES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/sbin/haproxy),,haproxy)
+system-packages:
+	@test -z "$(strip $(SYSTEM_PACKAGES))" || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }
 
 # Two pytest-xdist workers, whole files each: the files that start Ray clusters of their own
 # (tests/conftest.py, OWN_CLUSTERS) one after another on one worker, the heaviest other files
 # first on the other, the short ones on whichever is free. Two own clusters at once overload 2
 # cores (Ray's node start-up and the autoscaler's scale-down time out), and the CPUs are busy
 # 95 % of the time with two workers, so more workers only help on a bigger machine.
-test: $(STAMP) browser
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -n 2 --no-loadscope-reorder
 
 # ruff (lint and format check, configured in pyproject.toml) and mypy on the typed core

@@ -1,5 +1,6 @@
 """A real `cg-ray serve` for the serve tests: the command itself in a subprocess, on a tiny
-checkpoint, on 127.0.0.1, with its own RAY_TMPDIR; stopped with SIGINT (Ctrl-C) at the end."""
+checkpoint, on 127.0.0.1, with its own RAY_TMPDIR; stopped with SIGINT (Ctrl-C) at the end, when
+the process that received HTTP on its port (HAProxy, or Serve's proxy) must be gone too."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import psutil
 from predict_helpers import CITIES, mp4_world, train_tiny_checkpoint
 from tmpdirs import short_tmpdir
 
@@ -41,6 +43,8 @@ class Server:
     metrics_url: str | None = None
     pid: int = 0
     """The command's process (Ray's below it)."""
+    ingress: psutil.Process | None = None
+    """The process listening on the server's port."""
 
     def request(
         self,
@@ -188,6 +192,7 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
             if time.monotonic() > deadline:
                 raise AssertionError(f"cg-ray serve did not come up:\n{server.log()[-3000:]}")
             time.sleep(1)
+        server.ingress = listener(port)
         found = re.search(r"Prometheus metrics: (\S+)", server.log())
         server.metrics_url = found.group(1).rstrip(";") if found else None
         yield server
@@ -204,3 +209,14 @@ def running_server(ckpt: str, *args: str, token: str | None = None, timeout: flo
                 ) from None
     assert process.returncode == 0, server.log()[-3000:]
     assert "cg-ray serve: stopped" in server.log()
+    if server.ingress is not None:
+        _, alive = psutil.wait_procs([server.ingress], timeout=30)
+        assert not alive, f"{server.ingress.name()} (pid {server.ingress.pid}) outlived cg-ray serve"
+
+
+def listener(port: int) -> psutil.Process | None:
+    """The process that listens on TCP `port` (None if none does)."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None

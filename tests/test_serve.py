@@ -244,7 +244,57 @@ def test_prometheus_metrics_include_the_batches(server):
     assert "ray_cg_ray_serve_batch_wait_ms" in text
 
 
+@pytest.mark.slow
+def test_haproxy_receives_the_requests_when_it_is_installed(server):
+    """make test installs Debian's haproxy: the module's server (--ingress auto) has it in front,
+    and every test above went through it; running_server checks it is gone after the stop."""
+    assert server.ingress is not None and server.ingress.name() == "haproxy", server.ingress
+    assert "ingress HAProxy" in server.log()
+    assert server.request("/info").body["ingress"] == "haproxy"
+
+
+@pytest.mark.slow
+def test_ingress_serve_puts_serve_proxy_in_front(model):
+    with running_server(model["ckpt"], "--ingress", "serve") as server:
+        assert server.ingress is not None and server.ingress.cmdline()[0].startswith("ray::ProxyActor")
+        assert "ingress Serve's proxy" in server.log()
+        answer = server.upload(model["rows"][0]["path"])
+        assert answer.status == 200 and answer.body["city"] == model["rows"][0]["city"], answer.body
+        assert server.request("/info").body["ingress"] == "serve"
+
+
 # -- without Ray ----------------------------------------------------------------------------------
+
+
+def test_the_ingress_is_haproxy_when_found_unless_told_and_the_cluster_s_on_a_cluster(tmp_path, monkeypatch):
+    from cg_ray.predict.serve import ServeOptions, choose_ingress
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no haproxy here
+    auto, forced = ServeOptions("ckpt"), ServeOptions("ckpt", ingress="haproxy")
+    assert choose_ingress(auto, remote=False) == "serve"
+    with pytest.raises(UserError, match="no haproxy on PATH: install it .* or use --ingress serve"):
+        choose_ingress(forced, remote=False)
+    with pytest.raises(UserError, match="on a cluster, set RAY_SERVE_ENABLE_HA_PROXY=1"):
+        choose_ingress(forced, remote=True)
+    assert choose_ingress(auto, remote=True) == "cluster"
+    found = tmp_path / "haproxy"  # only looked up on PATH, never run here
+    found.write_text("#!/bin/sh\n")
+    found.chmod(0o755)
+    assert choose_ingress(auto, remote=False) == choose_ingress(forced, remote=False) == "haproxy"
+    assert choose_ingress(ServeOptions("ckpt", ingress="serve"), remote=False) == "serve"
+
+
+def test_haproxy_files_and_ports_are_each_server_s_own(tmp_path):
+    """Ray's defaults (/tmp/haproxy-serve, stats on 8404, metrics on 9101, the fallback proxy on
+    8500) would collide between two servers on one machine."""
+    from cg_ray.predict.serve import haproxy_environment
+
+    one, two = haproxy_environment(str(tmp_path / "a")), haproxy_environment(str(tmp_path / "b"))
+    assert one["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ports = [k for k in one if k.endswith("_PORT")]
+    assert len(ports) == 4 and len({one[k] for k in ports} | {two[k] for k in ports}) == 8
+    paths = [k for k in one if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE")) and "BINARY" not in k]
+    assert len(paths) == 5 and all(one[k].startswith(str(tmp_path / "a")) for k in paths)
 
 
 def test_sniffing_bodies():
@@ -414,7 +464,7 @@ def test_batcher_a_request_that_leaves_or_a_failed_batch_or_the_cap_stop_no_one(
     assert s.batcher.stats()["batches_closed"] == {"wait_cap": 1, "none_coming": 1}
 
 
-def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
+def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys, monkeypatch):
     import socket
 
     assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--host", "0.0.0.0", "--port", "0"]) == 2
@@ -437,6 +487,10 @@ def test_serve_refuses_bad_options_before_starting_ray(tmp_path, capsys):
     ):
         assert main(["serve", "--checkpoint", str(tmp_path), *args]) == 2
         assert message in capsys.readouterr().err
+    with monkeypatch.context() as env:
+        env.setenv("PATH", str(tmp_path))  # no haproxy here
+        assert main(["serve", "--checkpoint", str(tmp_path), "--ingress", "haproxy"]) == 2
+        assert "--ingress haproxy: no haproxy on PATH" in capsys.readouterr().err
     with pytest.raises(UserError, match="unknown serve args"):
         from cg_ray.predict.serve import app_builder
 
@@ -452,7 +506,7 @@ def test_the_page_locates_a_chosen_video_on_the_map(server, model, tmp_path_fact
     (tests/artifacts/serve_page.png, or $CG_RAY_ARTIFACTS). Last in the module: its requests
     come after the other tests' counts."""
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (make browser)")
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (make system-packages)")
     playwright = pytest.importorskip("playwright.sync_api")
     row = next(r for r in model["rows"] if r["city"] == "Chicago")
     profile = tmp_path_factory.mktemp("chromium-profile")

@@ -84,6 +84,14 @@ CG_RAY_SERVE_TOKEN=... cg-ray serve --checkpoint CKPT --host 0.0.0.0""",
     )
     tracking_option(p, what="MLflow store for models:/ references")
     p.add_argument(
+        "--ingress",
+        choices=("auto", "haproxy", "serve"),
+        default="auto",
+        help="what receives HTTP in front of the replicas on a local Ray: haproxy (forwards each "
+        "request to a replica's own HTTP server), serve (Serve's Python proxy, which relays it over "
+        "Ray calls: about half the clips/s), auto: haproxy when it is on PATH",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         help="Ray's Prometheus metrics port (default: one Ray picks, printed at start)",
@@ -114,5 +122,6 @@ def serve(args) -> None:
             allow_local_paths=args.allow_local_paths,
             tracking_uri=args.tracking_uri,
             metrics_port=args.metrics_port,
+            ingress=args.ingress,
         )
     )

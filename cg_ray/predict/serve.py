@@ -5,6 +5,11 @@ of threads, and a Batcher (predict/batching.py) that gathers the decoded clips o
 requests into one forward pass of up to --max-batch clips, waiting only for requests that are
 still being received or decoded (at most --batch-wait-ms).
 
+In front of the replicas, on a local Ray, sits HAProxy when it is installed (Ray Serve's HAProxy
+ingress: each replica runs an HTTP server of its own and HAProxy forwards requests to them);
+otherwise Serve's Python proxy, which relays every request to a replica over Ray calls and
+costs about as much CPU as the replica's own work on a small model (--ingress).
+
 POST /predict   a clip -> the `cg-ray predict --json` object + mode + latency_ms
 GET  /          the page to try a video (page.html); GET /map.json: land and city points
 GET  /healthz   liveness; GET /info: model, taxonomy sizes, config digest, batch sizes
@@ -19,8 +24,11 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 
@@ -32,6 +40,12 @@ APP_NAME = "cg_ray"
 DEPLOYMENT = "Endpoint"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "CG_RAY_SERVE_TOKEN"
+INGRESSES = ("auto", "haproxy", "serve")
+INGRESS_NAMES = {
+    "haproxy": "HAProxy",
+    "serve": "Serve's proxy",
+    "cluster": "the cluster's",
+}
 
 
 @dataclass
@@ -60,6 +74,11 @@ class ServeOptions:
     allow_local_paths: bool = False
     tracking_uri: str | None = None
     metrics_port: int | None = None
+    ingress: str = "auto"
+    """What receives HTTP in front of the replicas on a local Ray: `haproxy` (HAProxy forwards
+    each request to a replica's own HTTP server), `serve` (Serve's Python proxy relays it over
+    Ray calls), `auto`: haproxy when the `haproxy` binary is on PATH. On a cluster
+    ($RAY_ADDRESS) the cluster's Serve setting decides."""
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
@@ -84,6 +103,7 @@ def check_options(options: ServeOptions) -> None:
         (options.min_frames >= 1, "--min-frames must be at least 1"),
         (options.mode in MODES, f"unknown mode '{options.mode}' (known: {', '.join(MODES)})"),
         (0 < options.port < 65536, f"--port {options.port} is not a TCP port"),
+        (options.ingress in INGRESSES, f"unknown --ingress '{options.ingress}' ({', '.join(INGRESSES)})"),
     ]
     for ok, message in checks:
         if not ok:
@@ -176,7 +196,8 @@ def build_app(options: ServeOptions, replica_checkpoint: str, info: dict):
 def app_builder(args: dict):
     """For a Serve config (`import_path: cg_ray.predict.serve:app_builder`, `args:` the
     ServeOptions fields): the token comes from $CG_RAY_SERVE_TOKEN, never from the config."""
-    known = {f for f in ServeOptions.__dataclass_fields__} - {"token", "host", "port", "metrics_port"}
+    local_only = {"token", "host", "port", "metrics_port", "ingress"}
+    known = {f for f in ServeOptions.__dataclass_fields__} - local_only
     unknown = set(args) - known
     if unknown:
         raise UserError(f"unknown serve args {sorted(unknown)} (known: {sorted(known)})")
@@ -187,12 +208,59 @@ def app_builder(args: dict):
     check_options(options)
     _, info = describe_checkpoint(options.checkpoint, options.tracking_uri)
     # On a cluster every replica fetches the checkpoint itself (registry or object store).
-    return build_app(options, options.checkpoint, info)
+    return build_app(options, options.checkpoint, {**info, "ingress": "cluster"})
+
+
+# -- the ingress ----------------------------------------------------------------------------------
+
+
+def choose_ingress(options: ServeOptions, remote: bool) -> str:
+    """'haproxy' or 'serve' for a local Ray, 'cluster' on $RAY_ADDRESS's (whose own processes
+    were started with, or without, Serve's HAProxy setting)."""
+    if remote:
+        if options.ingress == "haproxy":
+            raise UserError(
+                "--ingress haproxy is for a Ray that cg-ray serve starts; on a cluster, set "
+                "RAY_SERVE_ENABLE_HA_PROXY=1 in every node's environment (with haproxy in the image)"
+            )
+        return "cluster"
+    found = shutil.which("haproxy")
+    if options.ingress == "haproxy" and not found:
+        raise UserError(
+            "--ingress haproxy: no haproxy on PATH: install it (Debian, Ubuntu: apt-get install "
+            "haproxy) or use --ingress serve"
+        )
+    return "haproxy" if found and options.ingress != "serve" else "serve"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def haproxy_environment(workdir: str) -> dict[str, str]:
+    """The variables that turn Ray Serve's HAProxy ingress on for a Ray started from this process
+    (every Ray process reads them when it starts). Ray's defaults put HAProxy's files in
+    /tmp/haproxy-serve and its stats page, its metrics and Serve's fallback proxy on fixed ports,
+    where a second `cg-ray serve` on the machine would collide: here they go under `workdir`
+    and on free ports."""
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": shutil.which("haproxy") or "",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(workdir, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(workdir, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": workdir,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(workdir, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(workdir, "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+    }
 
 
 def _check_port_free(host: str, port: int) -> None:
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -218,10 +286,33 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
             file=sys.stderr,
         )
     remote = bool(os.environ.get("RAY_ADDRESS"))
+    ingress = choose_ingress(options, remote)
     if not remote:
         _check_port_free(options.host, options.port)
     local_path, info = describe_checkpoint(options.checkpoint, options.tracking_uri)
 
+    # HAProxy's sockets live here: a short path (a unix socket's is at most 107 bytes), and
+    # Ray adds the node's id (56 characters) to it.
+    workdir = tempfile.mkdtemp(prefix="cgr-haproxy-", dir="/tmp") if ingress == "haproxy" else None
+    if ingress == "serve" and options.ingress == "auto":
+        print(
+            "cg-ray serve: note: no haproxy on PATH, so Serve's Python proxy receives the requests, "
+            "at about half the clips/s under load (Debian, Ubuntu: apt-get install haproxy)",
+            file=sys.stderr,
+        )
+    added = haproxy_environment(workdir) if workdir else {}
+    os.environ.update(added)
+    try:
+        _serve(options, ingress, local_path if not remote else options.checkpoint, info, remote, out)
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("cg-ray serve: stopped", file=out, flush=True)
+
+
+def _serve(options: ServeOptions, ingress: str, checkpoint: str, info: dict, remote: bool, out) -> None:
     import ray
 
     from cg_ray.ray_env import init_ray, shutdown_ray
@@ -236,7 +327,7 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
         serve.start(
             http_options={"host": options.host, "port": options.port}, logging_config={"log_level": "WARNING"}
         )
-        app = build_app(options, options.checkpoint if remote else local_path, info)
+        app = build_app(options, checkpoint, {**info, "ingress": ingress})
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         node = ray._private.worker.global_worker.node
         host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
@@ -248,7 +339,7 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
         print(
             f"cg-ray serve: http://{host}:{options.port}/ ready: {info['checkpoint']} "
             f"({info['model']['backbone']}, {info['taxonomy']['city']} cities), {scale}"
-            f", max batch {options.max_batch}; Prometheus metrics: "
+            f", max batch {options.max_batch}, ingress {INGRESS_NAMES[ingress]}; Prometheus metrics: "
             f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics; Ctrl-C stops",
             file=out,
             flush=True,
@@ -265,7 +356,6 @@ def serve_forever(options: ServeOptions, out=sys.stdout) -> None:
                 serve.shutdown()
         finally:
             shutdown_ray()
-    print("cg-ray serve: stopped", file=out, flush=True)
 
 
 def options_dict(options: ServeOptions) -> dict:
