@@ -4,7 +4,7 @@ and the predictor in this process.
 
     flock /tmp/cgray-ray.lock .venv/bin/python benchmarks/serve.py [--checkpoint CKPT --clip FILE]
         [--requests 64] [--bursts 3] [--concurrency 8] [--single 30] [--max-batch 8]
-        [--batch-wait-ms MS]
+        [--batch-wait-ms MS] [--ingress auto|haproxy|serve] [--replicas 1]
 
 Starts the real command twice (a local Ray each time) on 127.0.0.1 and sends real HTTP requests
 (raw mp4 bytes; each client thread keeps its connection open, as a load generator would):
@@ -81,8 +81,8 @@ def cpu_seconds(pid: int) -> collections.Counter:
             continue
         if title.startswith("ray::ServeReplica"):
             kind = "replica"
-        elif title.startswith("ray::ProxyActor"):
-            kind = "proxy"
+        elif title.startswith("ray::ProxyActor") or os.path.basename(title.split(" ")[0]) == "haproxy":
+            kind = "proxy"  # what receives HTTP: HAProxy, or Serve's proxy (--ingress serve)
         elif process.pid == pid:
             kind = "driver"
         else:
@@ -110,23 +110,52 @@ class Client:
         return 1000 * (time.perf_counter() - start), body["latency_ms"]
 
 
+def replicas_figures(server, replicas: int) -> dict:
+    """The batching counters of all the replicas, summed: /info answers from whichever replica
+    gets the request, so ask until each has answered."""
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + 60  # HAProxy sends to a new replica once its checks pass
+    while len(seen) < replicas and time.monotonic() < deadline:
+        figures = server.replica()
+        seen[figures["replica"]] = figures
+        time.sleep(0.1)
+    assert len(seen) == replicas, f"{len(seen)} of {replicas} replicas answered /info"
+    total: dict = {"batch_sizes": collections.Counter(), "batches_closed": collections.Counter()}
+    total["waited_ms"] = collections.Counter()
+    for figures in seen.values():
+        for key in total:
+            total[key].update(figures[key])
+    return total
+
+
 def measure(checkpoint: str, clip: bytes, max_batch: int, args) -> dict:
     with running_server(
-        checkpoint, "--max-batch", str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms)
+        checkpoint,
+        "--max-batch",
+        str(max_batch),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--ingress",
+        args.ingress,
+        "--replicas",
+        str(args.replicas),
     ) as server:
+        ingress = server.request("/info").body["ingress"]
         client = Client(server.url, clip)
         for _ in range(5):  # warm: first requests load code paths and allocate
             client.ask()
-        alone = server.replica()
+        alone = replicas_figures(server, args.replicas)
         single = [client.ask() for _ in range(args.single)]
-        before, cpu_before, me_before = server.replica(), cpu_seconds(server.pid), time.process_time()
+        before = replicas_figures(server, args.replicas)
+        cpu_before, me_before = cpu_seconds(server.pid), time.process_time()
         burst, rates = [], []
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
             for _ in range(args.bursts):
                 start = time.perf_counter()
                 burst += pool.map(client.ask, range(args.requests))
                 rates.append(args.requests / (time.perf_counter() - start))
-        after, cpu_after, me_after = server.replica(), cpu_seconds(server.pid), time.process_time()
+        after = replicas_figures(server, args.replicas)
+        cpu_after, me_after = cpu_seconds(server.pid), time.process_time()
     clips = args.requests * args.bursts
     sizes = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
     sizes = {k: v for k, v in sorted(sizes.items()) if v}
@@ -139,6 +168,7 @@ def measure(checkpoint: str, clip: bytes, max_batch: int, args) -> dict:
     client_ms = [c for c, _ in single]
     return {
         "max_batch": max_batch,
+        "ingress": ingress,
         "single_p50_ms": statistics.median(client_ms),
         "single_p95_ms": percentile(client_ms, 95),
         "server_p50_ms": statistics.median(s for _, s in single),
@@ -171,6 +201,13 @@ def main() -> None:
         default=ServeOptions.batch_wait_ms,
         help="--batch-wait-ms of serve (default: serve's)",
     )
+    parser.add_argument(
+        "--ingress",
+        choices=("auto", "haproxy", "serve"),
+        default="auto",
+        help="--ingress of serve (default: serve's, HAProxy when installed)",
+    )
+    parser.add_argument("--replicas", type=int, default=1, help="--replicas of serve")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     checkpoint, clip_path = args.checkpoint, args.clip
@@ -182,7 +219,8 @@ def main() -> None:
     print(
         f"cg-ray serve on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); checkpoint "
         f"{checkpoint}; clip {clip_path} ({len(clip) / 1024:.0f} KiB); {args.bursts} bursts of "
-        f"{args.requests} requests, {args.concurrency} at a time; batch wait {args.batch_wait_ms:g} ms",
+        f"{args.requests} requests, {args.concurrency} at a time; batch wait {args.batch_wait_ms:g} ms; "
+        f"ingress {args.ingress}; {args.replicas} replica(s)",
         flush=True,
     )
     baselines = [in_process(checkpoint, clip_path, args.requests, args.max_batch, args.bursts)]
@@ -221,6 +259,8 @@ def main() -> None:
     figures = {
         "requests": args.requests,
         "concurrency": args.concurrency,
+        "ingress": on["ingress"],
+        "replicas": args.replicas,
         "batch_wait_ms": args.batch_wait_ms,
         "in_process_clips_per_s": [round(rate, 1) for rate, _ in baselines],
         "in_process_cpu_ms_per_clip": [round(cpu, 2) for _, cpu in baselines],
