@@ -69,7 +69,14 @@ class AutoscalingHead(LocalCluster):
             json.dump(fake_config(head, workers, self.gcs, idle_minutes), f)
         self.env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
 
-    def __enter__(self) -> AutoscalingHead:
+    def _ports_changed(self) -> None:
+        with open(self.config_path) as f:
+            config = json.load(f)
+        config["provider"]["gcs_address"] = self.gcs
+        with open(self.config_path, "w") as f:
+            json.dump(config, f)
+
+    def _start_nodes(self) -> None:
         port = self.gcs.rsplit(":", 1)[1]
         dash_port = self.dashboard.rsplit(":", 1)[1]
         extra = {k: v for k, v in self.head_resources.items() if k not in ("CPU", "GPU")}
@@ -89,7 +96,6 @@ class AutoscalingHead(LocalCluster):
             os.path.join(self.root, "head"),
         )
         self.wait_nodes(1)
-        return self
 
     def wait_for(self, predicate, timeout: float = 300, every: float = 2) -> float:
         """Poll the alive nodes until predicate(nodes) holds; the seconds it took."""

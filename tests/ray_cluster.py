@@ -87,14 +87,33 @@ class LocalCluster:
         )
 
     def __enter__(self) -> LocalCluster:
-        # A node that fails to start raises here, where `with` calls no __exit__: stop what
-        # did start (a head left behind loads the machine for the rest of the suite).
-        try:
-            self._start_nodes()
-        except BaseException:
-            stop(self.procs, self.root)
-            raise
+        self._started()
         return self
+
+    def _started(self) -> None:
+        """Start the nodes; once more, on fresh ports, when a `ray start` exits on the way: a
+        port found free may be taken before Ray binds it (every Ray worker on the machine binds
+        ports of its own). A node that fails to start raises here, where `with` calls no
+        __exit__: what did start is stopped (a head left behind loads the machine for the rest
+        of the suite)."""
+        for attempt in (1, 2):
+            try:
+                self._start_nodes()
+                return
+            except NodeExited as exc:
+                stop(self.procs, self.root)
+                self.procs = []
+                if attempt == 2:
+                    raise
+                print(f"ray_cluster: starting again on fresh ports: {exc}", file=sys.stderr)
+                self.gcs, self.dashboard = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+                self._ports_changed()
+            except BaseException:
+                stop(self.procs, self.root)
+                raise
+
+    def _ports_changed(self) -> None:
+        """For subclasses whose files name the GCS address."""
 
     def _start_nodes(self) -> None:
         port = self.gcs.rsplit(":", 1)[1]
@@ -178,14 +197,27 @@ class LocalCluster:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError(f"a ray start process exited; see {self.root}/*.log")
+                raise NodeExited(f"a ray start process exited:\n{self._log_tails()}")
             if len(self.alive_nodes()) >= count:
                 return
             time.sleep(2)
-        raise TimeoutError(f"{count} Ray nodes not up in {timeout} s; see {self.root}/*.log")
+        raise TimeoutError(f"{count} Ray nodes not up in {timeout} s:\n{self._log_tails()}")
+
+    def _log_tails(self, lines: int = 15) -> str:
+        """The last lines of each `ray start` log (the folder is removed with the cluster)."""
+        tails = []
+        for name in sorted(os.listdir(self.root)):
+            if name.endswith(".log"):
+                with open(os.path.join(self.root, name), errors="replace") as f:
+                    tails.append(f"--- {name}\n" + "".join(f.readlines()[-lines:]))
+        return "\n".join(tails)
 
     def __exit__(self, *exc) -> None:
         stop(self.procs, self.root)
+
+
+class NodeExited(RuntimeError):
+    """A `ray start` process of the cluster exited while its nodes were starting."""
 
 
 def stop(procs: list[subprocess.Popen], root: str, grace: float = 3) -> None:
