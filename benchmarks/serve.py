@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from result_line import print_result  # noqa: E402
 from serve_helpers import running_server, tiny_model  # noqa: E402
 
-from cg_ray.predict.serve import ServeOptions  # noqa: E402
+from cg_ray.predict.serve import INGRESSES, ServeOptions  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -203,7 +203,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--ingress",
-        choices=("auto", "haproxy", "serve"),
+        choices=INGRESSES,
         default="auto",
         help="--ingress of serve (default: serve's, HAProxy when installed)",
     )

@@ -140,7 +140,8 @@ def quiet_environment() -> None:
         os.environ[RAY_DATA_BARS] = "0" if os.environ.get("CG_RAY_PROGRESS") == "1" else "1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on every interface now (taken by whoever binds it first)."""
     import socket
 
     with socket.socket() as sock:
@@ -220,7 +221,7 @@ def init_ray(min_cpus: float = 0, metrics_port: int | None = None) -> None:
 
 def _start_local(ray, num_cpus: int, runtime_env: dict, metrics_port: int | None) -> None:
     env_vars = runtime_env["env_vars"]
-    port = _free_port()
+    port = free_port()
     env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
     # Ray Train watches for nodes being drained (a spot node reclaimed) with an actor of its
     # own per run; nothing drains the one node of a local Ray, so that actor would only cost a

@@ -233,18 +233,14 @@ def choose_ingress(options: ServeOptions, remote: bool) -> str:
     return "haproxy" if found and options.ingress != "serve" else "serve"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 def haproxy_environment(workdir: str) -> dict[str, str]:
     """The variables that turn Ray Serve's HAProxy ingress on for a Ray started from this process
     (every Ray process reads them when it starts). Ray's defaults put HAProxy's files in
     /tmp/haproxy-serve and its stats page, its metrics and Serve's fallback proxy on fixed ports,
     where a second `cg-ray serve` on the machine would collide: here they go under `workdir`
     and on free ports."""
+    from cg_ray.ray_env import free_port
+
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": shutil.which("haproxy") or "",
@@ -253,10 +249,10 @@ def haproxy_environment(workdir: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": workdir,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(workdir, "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(workdir, "metrics.sock"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
 
 
